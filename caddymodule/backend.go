@@ -1,0 +1,165 @@
+package streamproxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strings"
+	"sync"
+
+	"go.uber.org/zap"
+)
+
+// copyBufPool holds the buffers that move part data and backend responses.
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// errBackendAnswered closes the upload's pipe when the backend answered, or
+// failed, before it had taken the whole upload.
+var errBackendAnswered = errors.New("backend answered before the upload ended")
+
+// hopHeaders are the hop-by-hop fields a proxy must not forward (RFC 9110 7.6.1).
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func removeHopHeaders(h http.Header) {
+	for _, f := range h["Connection"] {
+		for _, sf := range strings.Split(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				h.Del(sf)
+			}
+		}
+	}
+	for _, f := range hopHeaders {
+		h.Del(f)
+	}
+}
+
+// backendRequest builds a request to the backend carrying body. It keeps the
+// client's method, end-to-end headers and Host, as reverse_proxy does, adds the
+// X-Forwarded-* fields and applies header_up.
+func (u *upload) backendRequest(body io.Reader, contentType string) (*http.Request, *uploadError) {
+	target := u.repl.ReplaceAll(u.h.To, "")
+	dst, err := url.Parse(target)
+	if err != nil || (dst.Scheme != "http" && dst.Scheme != "https") || dst.Host == "" {
+		return nil, &uploadError{Status: http.StatusBadGateway, Code: CodeBackendFailed,
+			Message: "backend url is not valid", err: fmt.Errorf("to %q expands to %q", u.h.To, target)}
+	}
+	if dst.Path == "" {
+		dst.Path, dst.RawPath = u.r.URL.Path, u.r.URL.RawPath
+		if dst.RawQuery == "" {
+			dst.RawQuery = u.r.URL.RawQuery
+		}
+	}
+	req, err := http.NewRequestWithContext(u.r.Context(), u.r.Method, dst.String(), body)
+	if err != nil {
+		return nil, &uploadError{Status: http.StatusBadGateway, Code: CodeBackendFailed, Message: "backend request", err: err}
+	}
+	req.Header = u.r.Header.Clone()
+	removeHopHeaders(req.Header)
+	req.Header.Del("Content-Length")
+	req.Header.Del("Expect")
+	req.Header.Set("Content-Type", contentType)
+	req.ContentLength = -1
+	req.Host = u.r.Host
+
+	if ip, _, err := net.SplitHostPort(u.r.RemoteAddr); err == nil {
+		if prior := req.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		req.Header.Set("X-Forwarded-For", ip)
+	}
+	proto := "http"
+	if u.r.TLS != nil {
+		proto = "https"
+	}
+	req.Header.Set("X-Forwarded-Proto", proto)
+	req.Header.Set("X-Forwarded-Host", u.r.Host)
+
+	if u.h.HeaderUp != nil {
+		u.h.HeaderUp.ApplyToRequest(req)
+	}
+	return req, nil
+}
+
+// exchange sends req to the backend while produce writes req's body into pw,
+// and returns the backend's response. produce runs in a goroutine of its own
+// that has always ended when exchange returns.
+//
+// A failure of the upload itself (a broken limit, a malformed body) wins over
+// whatever the backend did: the pipe is closed with that error, so the backend
+// request is aborted and never ends cleanly. A backend that answers before it
+// has read the whole upload (401, 413) gets its answer relayed to the client.
+func (u *upload) exchange(req *http.Request, pr *io.PipeReader, pw *io.PipeWriter, produce func() error) (*http.Response, *uploadError) {
+	done := make(chan error, 1)
+	go func() {
+		err := produce()
+		pw.CloseWithError(err) // nil: a clean end of the body
+		done <- err
+	}()
+
+	res, rtErr := u.h.transport.RoundTrip(req)
+
+	var perr error
+	select {
+	case perr = <-done:
+	default:
+		u.stopReading()
+		pr.CloseWithError(errBackendAnswered)
+		perr = <-done
+	}
+	pr.Close()
+
+	var ue *uploadError
+	if errors.As(perr, &ue) && !(ue.clientRead && u.stopped.Load()) {
+		if res != nil {
+			res.Body.Close()
+		}
+		return nil, ue
+	}
+	if rtErr != nil {
+		return nil, backendError(rtErr, u.r.Context())
+	}
+	if u.stopped.Load() {
+		if ce := u.logger.Check(zap.DebugLevel, "backend answered before the upload ended"); ce != nil {
+			ce.Write(zap.Int("status", res.StatusCode), zap.Int64("bytes", u.body.n))
+		}
+	}
+	return res, nil
+}
+
+// relay streams the backend's response to the client.
+func (u *upload) relay(res *http.Response) error {
+	defer res.Body.Close()
+	hdr := u.w.Header()
+	removeHopHeaders(res.Header)
+	for k, v := range res.Header {
+		hdr[k] = v
+	}
+	u.w.WriteHeader(res.StatusCode)
+
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	rc := http.NewResponseController(u.w)
+	for {
+		n, err := res.Body.Read(*bp)
+		if n > 0 {
+			if _, werr := u.w.Write((*bp)[:n]); werr != nil {
+				return nil // the client went away; nothing more to tell it
+			}
+			_ = rc.Flush()
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			u.logger.Warn("reading backend response", zap.Error(err), zap.Int("status", res.StatusCode))
+			return nil
+		}
+	}
+}

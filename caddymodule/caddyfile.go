@@ -1,0 +1,179 @@
+package streamproxy
+
+import (
+	"math"
+	"net/http"
+	"strconv"
+
+	"github.com/dustin/go-humanize"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("stream_proxy", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("stream_proxy", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	sp := new(Handler)
+	err := sp.UnmarshalCaddyfile(h.Dispenser)
+	return sp, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	stream_proxy [<matcher>] [<backend-url>] {
+//		to <backend-url>
+//		mode forward
+//		transport http {
+//			...
+//		}
+//		header_up [+|-]<field> [<value|regexp> [<replacement>]]
+//		max_body_size <size>
+//		max_part_size <size>
+//		max_parts <n>
+//		max_field_size <size>
+//		max_part_header_size <size>
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+
+	if d.NextArg() {
+		h.To = d.Val()
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "to":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if h.To != "" {
+				return d.Err("backend already specified")
+			}
+			h.To = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+
+		case "mode":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			switch d.Val() {
+			case ModeForward:
+			case ModePerPart, ModeStore:
+				return d.Errf("mode %s is not implemented yet", d.Val())
+			default:
+				return d.Errf("unknown mode %q (want forward, per_part or store)", d.Val())
+			}
+			h.Mode = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+
+		case "transport":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if h.TransportRaw != nil {
+				return d.Err("transport already specified")
+			}
+			name := d.Val()
+			modID := "http.reverse_proxy.transport." + name
+			unm, err := caddyfile.UnmarshalModule(d, modID)
+			if err != nil {
+				return err
+			}
+			rt, ok := unm.(http.RoundTripper)
+			if !ok {
+				return d.Errf("module %s (%T) is not a RoundTripper", modID, unm)
+			}
+			h.TransportRaw = caddyconfig.JSONModuleObject(rt, "protocol", name, nil)
+
+		case "header_up":
+			if h.HeaderUp == nil {
+				h.HeaderUp = new(headers.HeaderOps)
+			}
+			args := d.RemainingArgs()
+			var err error
+			switch len(args) {
+			case 1:
+				err = headers.CaddyfileHeaderOp(h.HeaderUp, args[0], "", nil)
+			case 2:
+				err = headers.CaddyfileHeaderOp(h.HeaderUp, args[0], args[1], nil)
+			case 3:
+				err = headers.CaddyfileHeaderOp(h.HeaderUp, args[0], args[1], &args[2])
+			default:
+				return d.ArgErr()
+			}
+			if err != nil {
+				return d.Err(err.Error())
+			}
+
+		case "max_body_size":
+			if err := parseSize(d, &h.MaxBodySize); err != nil {
+				return err
+			}
+		case "max_part_size":
+			if err := parseSize(d, &h.MaxPartSize); err != nil {
+				return err
+			}
+		case "max_field_size":
+			if err := parseSize(d, &h.MaxFieldSize); err != nil {
+				return err
+			}
+		case "max_part_header_size":
+			if err := parseSize(d, &h.MaxPartHeaderSize); err != nil {
+				return err
+			}
+		case "max_parts":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n < 1 {
+				return d.Errf("max_parts must be a positive whole number, got %q", d.Val())
+			}
+			h.MaxParts = n
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+
+		default:
+			return d.Errf("unrecognized subdirective %s", d.Val())
+		}
+	}
+	return nil
+}
+
+// parseSize reads one size argument such as 10GiB or 512KB.
+func parseSize(d *caddyfile.Dispenser, dst *int64) error {
+	name := d.Val()
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	n, err := humanize.ParseBytes(d.Val())
+	if err != nil {
+		return d.Errf("%s: parsing size %q: %v", name, d.Val(), err)
+	}
+	if n == 0 || n > math.MaxInt64 {
+		return d.Errf("%s must be between 1 byte and 8EiB, got %q", name, d.Val())
+	}
+	*dst = int64(n)
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

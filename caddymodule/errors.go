@@ -1,0 +1,111 @@
+package streamproxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+)
+
+// Stable, machine-readable codes of refused or failed uploads. They appear in
+// the JSON error body, in {http.stream_proxy.error.code} and in the logs.
+const (
+	CodeMalformed         = "malformed_multipart"
+	CodeBodyTooLarge      = "body_too_large"
+	CodePartTooLarge      = "part_too_large"
+	CodeFieldTooLarge     = "field_too_large"
+	CodeTooManyParts      = "too_many_parts"
+	CodePartHeaderTooBig  = "part_header_too_large"
+	CodeTransferEncoding  = "content_transfer_encoding"
+	CodeClientGone        = "client_gone"
+	CodeClientTimeout     = "client_timeout"
+	CodeBackendFailed     = "backend_failed"
+	CodeBackendTimeout    = "backend_timeout"
+)
+
+// statusClientClosed is logged when the client went away; nobody reads it.
+const statusClientClosed = 499
+
+// partRef names the part an error is about.
+type partRef struct {
+	Index    int    `json:"index"`
+	Field    string `json:"field,omitempty"`
+	Filename string `json:"filename,omitempty"`
+}
+
+// uploadError is a refused or failed upload: what the client is told.
+type uploadError struct {
+	Status  int      `json:"status"`
+	Code    string   `json:"code"`
+	Message string   `json:"message"`
+	Limit   string   `json:"limit,omitempty"`
+	Part    *partRef `json:"part,omitempty"`
+
+	err        error // the cause, for logs and errors.Is
+	clientRead bool  // the client's body could not be read
+}
+
+func (e *uploadError) Error() string {
+	if e.err != nil {
+		return e.Message + ": " + e.err.Error()
+	}
+	return e.Message
+}
+
+func (e *uploadError) Unwrap() error { return e.err }
+
+// writeJSON writes the error as the response.
+func (e *uploadError) writeJSON(w http.ResponseWriter) {
+	if e.Status == statusClientClosed {
+		w.WriteHeader(e.Status) // for the access log only
+		return
+	}
+	body, _ := json.Marshal(struct {
+		Error *uploadError `json:"error"`
+	}{e})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", fmt.Sprint(len(body)+1))
+	w.WriteHeader(e.Status)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+func malformed(err error) *uploadError {
+	return &uploadError{Status: http.StatusBadRequest, Code: CodeMalformed, Message: "malformed multipart body", err: err}
+}
+
+func limitError(status int, code, limit string, max int64, what string) *uploadError {
+	return &uploadError{
+		Status:  status,
+		Code:    code,
+		Limit:   limit,
+		Message: fmt.Sprintf("%s exceeds %s (%d)", what, limit, max),
+	}
+}
+
+// clientReadError classifies a failure to read the client's body.
+func clientReadError(err error) *uploadError {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) { // Caddy's request_body max_size
+		return limitError(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request_body max_size", mbe.Limit, "request body")
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &uploadError{Status: http.StatusRequestTimeout, Code: CodeClientTimeout, Message: "client stopped sending", err: err, clientRead: true}
+	}
+	return &uploadError{Status: statusClientClosed, Code: CodeClientGone, Message: "client went away", err: err, clientRead: true}
+}
+
+// backendError classifies a failed round trip, as reverse_proxy does.
+func backendError(err error, clientCtx context.Context) *uploadError {
+	if clientCtx.Err() != nil || errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "operation was canceled") {
+		return &uploadError{Status: statusClientClosed, Code: CodeClientGone, Message: "client went away", err: err}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &uploadError{Status: http.StatusGatewayTimeout, Code: CodeBackendTimeout, Message: "backend timed out", err: err}
+	}
+	return &uploadError{Status: http.StatusBadGateway, Code: CodeBackendFailed, Message: "backend failed", err: err}
+}

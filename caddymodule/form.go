@@ -1,0 +1,242 @@
+package streamproxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/textproto"
+)
+
+// formReader reads a multipart/form-data body strictly and with limits, one
+// part at a time. It wraps mime/multipart, which leaves these to its caller:
+// it has no part-count limit, allows megabytes of headers per part, decodes
+// quoted-printable silently and tolerates nameless parts.
+type formReader struct {
+	mr      *multipart.Reader
+	headers *budgetReader // between the upload's buffer and mr; caps header reads
+
+	maxParts     int
+	maxPartSize  int64
+	maxFieldSize int64
+	maxHeader    int64
+
+	index int // parts seen so far
+	part  *formPart
+}
+
+// formPart is the part being read. Read returns its data, counted and limited.
+type formPart struct {
+	Index       int // from 0
+	Field       string
+	Filename    string // as the client sent it; never a path
+	IsFile      bool   // the part has a filename parameter
+	ContentType string
+	Header      textproto.MIMEHeader
+	Size        int64 // data bytes read so far
+
+	raw   *multipart.Part
+	limit int64
+	lname string // the limit's config name
+}
+
+// headerSlack is what mime/multipart may read ahead of a part's header: its
+// 4 KiB peek buffer plus a boundary line.
+const headerSlack = 4096 + 80
+
+func newFormReader(src io.Reader, boundary string, h *Handler) *formReader {
+	br := &budgetReader{r: src}
+	return &formReader{
+		mr:           multipart.NewReader(br, boundary),
+		headers:      br,
+		maxParts:     h.MaxParts,
+		maxPartSize:  h.MaxPartSize,
+		maxFieldSize: h.MaxFieldSize,
+		maxHeader:    h.MaxPartHeaderSize,
+	}
+}
+
+// next returns the next part, or io.EOF after the closing delimiter. A body
+// that ends before the closing delimiter is an error, never io.EOF.
+func (f *formReader) next() (*formPart, error) {
+	if f.part != nil && f.part.raw != nil {
+		// Parts are always read to their end before the next; this only
+		// drains a part a caller gave up on.
+		f.part.raw.Close()
+	}
+	f.headers.budget = f.maxHeader + headerSlack
+	raw, err := f.mr.NextRawPart()
+	over := f.headers.exhausted
+	f.headers.budget = -1
+	if over {
+		return nil, f.headerTooLarge()
+	}
+	if err == io.EOF {
+		return nil, io.EOF
+	}
+	if err != nil {
+		var ue *uploadError
+		if errors.As(err, &ue) {
+			return nil, ue
+		}
+		return nil, malformed(err)
+	}
+	if f.index >= f.maxParts {
+		return nil, limitError(http.StatusRequestEntityTooLarge, CodeTooManyParts, "max_parts", int64(f.maxParts), "number of parts")
+	}
+	p := &formPart{Index: f.index, Header: raw.Header, raw: raw}
+	f.index++
+	f.part = p
+
+	if headerSize(raw.Header) > f.maxHeader {
+		return nil, f.headerTooLarge()
+	}
+	if err := p.parseHeader(); err != nil {
+		return nil, err
+	}
+	if p.IsFile {
+		p.limit, p.lname = f.maxPartSize, "max_part_size"
+	} else {
+		p.limit, p.lname = f.maxFieldSize, "max_field_size"
+	}
+	return p, nil
+}
+
+func (f *formReader) headerTooLarge() *uploadError {
+	e := limitError(http.StatusRequestHeaderFieldsTooLarge, CodePartHeaderTooBig, "max_part_header_size", f.maxHeader, "part header")
+	e.Part = &partRef{Index: f.index}
+	return e
+}
+
+// parseHeader checks the part's header and fills in its name, filename and type.
+func (p *formPart) parseHeader() *uploadError {
+	bad := func(format string, args ...any) *uploadError {
+		e := malformed(fmt.Errorf(format, args...))
+		e.Part = p.ref()
+		return e
+	}
+	if _, ok := p.Header["Content-Transfer-Encoding"]; ok {
+		return &uploadError{
+			Status:  http.StatusBadRequest,
+			Code:    CodeTransferEncoding,
+			Message: "parts must not have a Content-Transfer-Encoding (RFC 7578)",
+			Part:    p.ref(),
+		}
+	}
+	cds := p.Header["Content-Disposition"]
+	if len(cds) != 1 {
+		return bad("part %d has %d Content-Disposition headers, want 1", p.Index, len(cds))
+	}
+	disposition, params, err := mime.ParseMediaType(cds[0])
+	if err != nil {
+		return bad("part %d Content-Disposition: %v", p.Index, err)
+	}
+	if disposition != "form-data" {
+		return bad("part %d Content-Disposition is %q, want form-data", p.Index, disposition)
+	}
+	p.Field = params["name"]
+	if p.Field == "" {
+		return bad("part %d has no name", p.Index)
+	}
+	p.Filename, p.IsFile = params["filename"]
+	if cts := p.Header["Content-Type"]; len(cts) > 1 {
+		return bad("part %d has %d Content-Type headers", p.Index, len(cts))
+	} else if len(cts) == 1 {
+		if _, _, err := mime.ParseMediaType(cts[0]); err != nil {
+			return bad("part %d Content-Type: %v", p.Index, err)
+		}
+		p.ContentType = cts[0]
+	}
+	return nil
+}
+
+// Read reads the part's data, enforcing its size limit. A body that ends
+// inside the part is an error.
+func (p *formPart) Read(b []byte) (int, error) {
+	n, err := p.raw.Read(b)
+	p.Size += int64(n)
+	if p.Size > p.limit {
+		code := CodePartTooLarge
+		if !p.IsFile {
+			code = CodeFieldTooLarge
+		}
+		e := limitError(http.StatusRequestEntityTooLarge, code, p.lname, p.limit, "part")
+		e.Part = p.ref()
+		return 0, e
+	}
+	if err != nil && err != io.EOF {
+		var ue *uploadError
+		if !errors.As(err, &ue) {
+			ue = malformed(err)
+			ue.Part = p.ref()
+		}
+		return n, ue
+	}
+	return n, err
+}
+
+func (p *formPart) ref() *partRef {
+	return &partRef{Index: p.Index, Field: p.Field, Filename: p.Filename}
+}
+
+// formHeader is the part's header as the backend gets it: the disposition
+// re-encoded from what was parsed, so that the backend cannot read a different
+// name or filename than the gateway checked, and the other fields as they came.
+func (p *formPart) formHeader() textproto.MIMEHeader {
+	h := make(textproto.MIMEHeader, len(p.Header))
+	for k, v := range p.Header {
+		h[k] = v
+	}
+	params := map[string]string{"name": p.Field}
+	if p.IsFile {
+		params["filename"] = p.Filename
+	}
+	h.Set("Content-Disposition", mime.FormatMediaType("form-data", params))
+	return h
+}
+
+// headerSize is the size of a parsed header block as it would be written.
+func headerSize(h textproto.MIMEHeader) int64 {
+	var n int64
+	for k, vs := range h {
+		for _, v := range vs {
+			n += int64(len(k) + len(": ") + len(v) + len("\r\n"))
+		}
+	}
+	return n
+}
+
+// budgetReader lets through at most budget bytes while a part header is being
+// read (budget -1: no cap), so that an endless header never fills memory.
+type budgetReader struct {
+	r         io.Reader
+	budget    int64
+	exhausted bool
+}
+
+var errHeaderBudget = errors.New("part header exceeds its budget")
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	if b.budget < 0 {
+		return b.r.Read(p)
+	}
+	if b.budget == 0 {
+		b.exhausted = true
+		return 0, errHeaderBudget
+	}
+	if int64(len(p)) > b.budget {
+		p = p[:b.budget]
+	}
+	n, err := b.r.Read(p)
+	b.budget -= int64(n)
+	return n, err
+}
+
+// isClientReadError reports whether err came from reading the client's body
+// rather than from what the body said.
+func isClientReadError(err error) bool {
+	var ue *uploadError
+	return errors.As(err, &ue) && ue.clientRead
+}

@@ -1,0 +1,254 @@
+// Package streamproxy is a Caddy HTTP handler that re-streams multipart/form-data
+// uploads part by part, as they arrive, in constant memory.
+package streamproxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Modes of operation.
+const (
+	ModeForward = "forward"
+	ModePerPart = "per_part"
+	ModeStore   = "store"
+)
+
+// Defaults for a public edge. Every one can be raised or lowered in the config.
+const (
+	DefaultMaxBodySize       = 10 << 30 // 10 GiB
+	DefaultMaxParts          = 1000
+	DefaultMaxFieldSize      = 1 << 20  // 1 MiB
+	DefaultMaxPartHeaderSize = 16 << 10 // 16 KiB
+)
+
+// Handler intercepts multipart/form-data requests and moves every part to a
+// backend while it arrives, without holding any body, part or field in memory.
+// Requests that are not multipart/form-data pass to the next handler with their
+// body unread.
+//
+// In forward mode (the default) the client's form is re-encoded under a fresh
+// boundary and streamed through an io.Pipe into one backend request; the
+// backend's response streams back to the client.
+//
+// Statuses it answers with itself, each with a JSON body carrying a stable
+// `code` (see the README): 400 for malformed multipart, 408 when the client
+// stops sending within the server's read timeout, 413 when a size or count
+// limit is broken, 415 for a refused content type, 431 for an oversized part
+// header, 499 (logged only) when the client goes away, 502 when the backend
+// cannot be reached or fails mid-stream, and 504 when it times out. When the
+// site has `handle_errors` routes, the error is returned to them instead, with
+// the code in the `{http.stream_proxy.error.code}` placeholder.
+//
+// Placeholders it sets on the request:
+//
+//	{http.stream_proxy.parts}            parts read so far
+//	{http.stream_proxy.bytes_in}         request body bytes read so far
+//	{http.stream_proxy.error.code}       machine-readable code of a refused upload
+//	{http.stream_proxy.error.limit}      the limit that was broken, if any
+type Handler struct {
+	// To is the backend URL, such as `http://127.0.0.1:9000/upload`.
+	// Placeholders are expanded per request. When the URL has no path,
+	// the client's path and query are kept.
+	To string `json:"to,omitempty"`
+
+	// Mode is one of `forward`, `per_part` or `store`. Default: `forward`.
+	// Only `forward` is implemented so far.
+	Mode string `json:"mode,omitempty"`
+
+	// TransportRaw configures the round trip to the backend. It takes the same
+	// modules as reverse_proxy's transport; default: the `http` transport with
+	// its defaults.
+	TransportRaw json.RawMessage `json:"transport,omitempty" caddy:"namespace=http.reverse_proxy.transport inline_key=protocol"`
+
+	// HeaderUp manipulates the headers of backend requests, like
+	// reverse_proxy's header_up. Placeholders are expanded per request.
+	HeaderUp *headers.HeaderOps `json:"header_up,omitempty"`
+
+	// MaxBodySize is the largest request body accepted, in bytes.
+	// A declared Content-Length above it is refused before any byte is read.
+	// Default: 10 GiB.
+	MaxBodySize int64 `json:"max_body_size,omitempty"`
+
+	// MaxPartSize is the largest single part accepted, in bytes.
+	// Default: MaxBodySize.
+	MaxPartSize int64 `json:"max_part_size,omitempty"`
+
+	// MaxParts is the largest number of parts accepted in one form. Default: 1000.
+	MaxParts int `json:"max_parts,omitempty"`
+
+	// MaxFieldSize is the largest non-file field accepted, in bytes.
+	// Default: 1 MiB.
+	MaxFieldSize int64 `json:"max_field_size,omitempty"`
+
+	// MaxPartHeaderSize is the largest header block of one part, in bytes.
+	// Default: 16 KiB.
+	MaxPartHeaderSize int64 `json:"max_part_header_size,omitempty"`
+
+	transport http.RoundTripper
+	logger    *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.stream_proxy",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets defaults and loads the backend transport.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+
+	if h.Mode == "" {
+		h.Mode = ModeForward
+	}
+	if h.MaxBodySize == 0 {
+		h.MaxBodySize = DefaultMaxBodySize
+	}
+	if h.MaxPartSize == 0 {
+		h.MaxPartSize = h.MaxBodySize
+	}
+	if h.MaxParts == 0 {
+		h.MaxParts = DefaultMaxParts
+	}
+	if h.MaxFieldSize == 0 {
+		h.MaxFieldSize = DefaultMaxFieldSize
+	}
+	if h.MaxPartHeaderSize == 0 {
+		h.MaxPartHeaderSize = DefaultMaxPartHeaderSize
+	}
+
+	if h.HeaderUp != nil {
+		if err := h.HeaderUp.Provision(ctx); err != nil {
+			return fmt.Errorf("provisioning header_up: %w", err)
+		}
+	}
+
+	if h.TransportRaw == nil {
+		h.TransportRaw = caddyconfig.JSONModuleObject(new(reverseproxy.HTTPTransport), "protocol", "http", nil)
+	}
+	mod, err := ctx.LoadModule(h, "TransportRaw")
+	if err != nil {
+		return fmt.Errorf("loading transport: %w", err)
+	}
+	h.transport = mod.(http.RoundTripper)
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	switch h.Mode {
+	case ModeForward:
+	case ModePerPart, ModeStore:
+		return fmt.Errorf("mode %s is not implemented yet; use forward", h.Mode)
+	default:
+		return fmt.Errorf("unknown mode %q (want forward, per_part or store)", h.Mode)
+	}
+	if h.To == "" {
+		return fmt.Errorf("mode %s needs a backend: set to", h.Mode)
+	}
+	if !strings.Contains(h.To, "{") {
+		u, err := url.Parse(h.To)
+		if err != nil {
+			return fmt.Errorf("backend url %q: %w", h.To, err)
+		}
+		if u.Scheme != "http" && u.Scheme != "https" {
+			return fmt.Errorf("backend url %q: scheme must be http or https", h.To)
+		}
+		if u.Host == "" {
+			return fmt.Errorf("backend url %q: no host", h.To)
+		}
+	}
+	for name, v := range map[string]int64{
+		"max_body_size":        h.MaxBodySize,
+		"max_part_size":        h.MaxPartSize,
+		"max_field_size":       h.MaxFieldSize,
+		"max_part_header_size": h.MaxPartHeaderSize,
+		"max_parts":            int64(h.MaxParts),
+	} {
+		if v < 0 {
+			return fmt.Errorf("%s must not be negative, got %d", name, v)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases the backend transport's idle connections.
+func (h *Handler) Cleanup() error {
+	if c, ok := h.transport.(caddy.CleanerUpper); ok {
+		return c.Cleanup()
+	}
+	return nil
+}
+
+// ServeHTTP streams multipart/form-data uploads and passes everything else on.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !isFormData(r.Header.Get("Content-Type")) {
+		return next.ServeHTTP(w, r)
+	}
+	u := newUpload(h, w, r)
+	if uerr := u.checkRequest(); uerr != nil {
+		return u.fail(uerr)
+	}
+	return h.serveForward(u)
+}
+
+// isFormData reports whether a Content-Type names multipart/form-data, whatever
+// its parameters (which are checked later, strictly).
+func isFormData(contentType string) bool {
+	mediaType, _, _ := strings.Cut(contentType, ";")
+	return strings.EqualFold(strings.TrimSpace(mediaType), "multipart/form-data")
+}
+
+// boundaryOf returns the request's boundary, checked against RFC 2046: 1 to 70
+// characters from the bchars set, not ending in a space.
+func boundaryOf(contentType string) (string, error) {
+	_, params, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return "", fmt.Errorf("content-type: %w", err)
+	}
+	b, ok := params["boundary"]
+	if !ok {
+		return "", fmt.Errorf("content-type has no boundary")
+	}
+	if len(b) < 1 || len(b) > 70 {
+		return "", fmt.Errorf("boundary must be 1 to 70 characters, got %d", len(b))
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("'()+_,-./:=?", c) >= 0:
+		case c == ' ' && i != len(b)-1:
+		default:
+			return "", fmt.Errorf("boundary has a character RFC 2046 does not allow: %q", c)
+		}
+	}
+	return b, nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)
