@@ -87,18 +87,34 @@ func (u *upload) backendRequest(body io.Reader, contentType string) (*http.Reque
 	return req, nil
 }
 
-// exchange sends req to the backend while produce writes req's body into pw,
-// and returns the backend's response. produce runs in a goroutine of its own
-// that has always ended when exchange returns.
+// exchange sends a request to the backend whose body produce writes, while
+// produce writes it, and returns the backend's response. produce runs in a
+// goroutine of its own, which has always ended when exchange returns. It
+// starts only once the backend is connected and has the request header, so a
+// backend that is down costs the client no body bytes and no 100 Continue.
 //
 // A failure of the upload itself (a broken limit, a malformed body) wins over
 // whatever the backend did: the pipe is closed with that error, so the backend
 // request is aborted and never ends cleanly. A backend that answers before it
 // has read the whole upload (401, 413) gets its answer relayed to the client.
-func (u *upload) exchange(req *http.Request, pr *io.PipeReader, pw *io.PipeWriter, produce func() error) (*http.Response, *uploadError) {
+func (u *upload) exchange(contentType string, produce func(w io.Writer) error) (*http.Response, *uploadError) {
+	pr, pw := io.Pipe()
+	body := &startReader{PipeReader: pr, started: make(chan struct{})}
+	req, uerr := u.backendRequest(body, contentType)
+	if uerr != nil {
+		return nil, uerr
+	}
+
+	abort := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		err := produce()
+		var err error
+		select {
+		case <-body.started:
+			err = produce(pw)
+		case <-abort:
+			err = errBackendAnswered
+		}
 		pw.CloseWithError(err) // nil: a clean end of the body
 		done <- err
 	}()
@@ -109,7 +125,12 @@ func (u *upload) exchange(req *http.Request, pr *io.PipeReader, pw *io.PipeWrite
 	select {
 	case perr = <-done:
 	default:
-		u.stopReading()
+		close(abort)
+		select {
+		case <-body.started:
+			u.stopReading()
+		default:
+		}
 		pr.CloseWithError(errBackendAnswered)
 		perr = <-done
 	}
@@ -131,6 +152,19 @@ func (u *upload) exchange(req *http.Request, pr *io.PipeReader, pw *io.PipeWrite
 		}
 	}
 	return res, nil
+}
+
+// startReader is a backend request's body. Its first Read, by the transport,
+// tells that the backend is connected and has the request header.
+type startReader struct {
+	*io.PipeReader
+	once    sync.Once
+	started chan struct{}
+}
+
+func (s *startReader) Read(p []byte) (int, error) {
+	s.once.Do(func() { close(s.started) })
+	return s.PipeReader.Read(p)
 }
 
 // relay streams the backend's response to the client.

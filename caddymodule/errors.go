@@ -13,17 +13,17 @@ import (
 // Stable, machine-readable codes of refused or failed uploads. They appear in
 // the JSON error body, in {http.stream_proxy.error.code} and in the logs.
 const (
-	CodeMalformed         = "malformed_multipart"
-	CodeBodyTooLarge      = "body_too_large"
-	CodePartTooLarge      = "part_too_large"
-	CodeFieldTooLarge     = "field_too_large"
-	CodeTooManyParts      = "too_many_parts"
-	CodePartHeaderTooBig  = "part_header_too_large"
-	CodeTransferEncoding  = "content_transfer_encoding"
-	CodeClientGone        = "client_gone"
-	CodeClientTimeout     = "client_timeout"
-	CodeBackendFailed     = "backend_failed"
-	CodeBackendTimeout    = "backend_timeout"
+	CodeMalformed        = "malformed_multipart"
+	CodeBodyTooLarge     = "body_too_large"
+	CodePartTooLarge     = "part_too_large"
+	CodeFieldTooLarge    = "field_too_large"
+	CodeTooManyParts     = "too_many_parts"
+	CodePartHeaderTooBig = "part_header_too_large"
+	CodeTransferEncoding = "content_transfer_encoding"
+	CodeClientGone       = "client_gone"
+	CodeClientTimeout    = "client_timeout"
+	CodeBackendFailed    = "backend_failed"
+	CodeBackendTimeout   = "backend_timeout"
 )
 
 // statusClientClosed is logged when the client went away; nobody reads it.

@@ -13,20 +13,17 @@ func (h *Handler) serveForward(u *upload) error {
 	form := u.openBody()
 	defer u.closeBody()
 
-	pr, pw := io.Pipe()
 	out := writerPool.Get().(*bufio.Writer)
-	out.Reset(pw)
 	defer func() {
 		out.Reset(nil)
 		writerPool.Put(out)
 	}()
 	mw := multipart.NewWriter(out)
 
-	req, uerr := u.backendRequest(pr, mw.FormDataContentType())
-	if uerr != nil {
-		return u.fail(uerr)
-	}
-	res, uerr := u.exchange(req, pr, pw, func() error { return u.forward(form, mw, out) })
+	res, uerr := u.exchange(mw.FormDataContentType(), func(w io.Writer) error {
+		out.Reset(w)
+		return u.forward(form, mw, out)
+	})
 	if uerr != nil {
 		return u.fail(uerr)
 	}

@@ -114,6 +114,16 @@ func (u *upload) fail(e *uploadError) error {
 			ce.Write(fields...)
 		}
 	}
+	if u.body == nil || u.body.n == 0 {
+		// The body is not wanted: closing it keeps the server from sending
+		// 100 Continue to drain it, and the connection is not reused. A body
+		// already flowing is left to the server, which drains a little of it
+		// so that the client can read this answer.
+		_ = u.r.Body.Close()
+		if u.r.ProtoMajor == 1 {
+			u.w.Header().Set("Connection", "close")
+		}
+	}
 	if srv, ok := u.r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok &&
 		srv.Errors != nil && len(srv.Errors.Routes) > 0 && e.Status != statusClientClosed {
 		return caddyhttp.Error(e.Status, e)
