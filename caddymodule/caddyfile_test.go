@@ -1,0 +1,81 @@
+package streamproxy
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		input string
+		want  string // JSON of the handler, or "" when an error is expected
+		err   string // part of the expected error
+	}{
+		{
+			name:  "backend as argument",
+			input: `stream_proxy http://127.0.0.1:9000/upload`,
+			want:  `{"to":"http://127.0.0.1:9000/upload"}`,
+		},
+		{
+			name: "every subdirective",
+			input: `stream_proxy {
+				to http://{env.BACKEND}:9000
+				mode forward
+				max_body_size 10GiB
+				max_part_size 512KB
+				max_parts 50
+				max_field_size 1KiB
+				max_part_header_size 8KiB
+				header_up X-Tenant {http.request.header.X-Tenant}
+				header_up -Cookie
+			}`,
+			want: `{"to":"http://{env.BACKEND}:9000","mode":"forward",` +
+				`"header_up":{"set":{"X-Tenant":["{http.request.header.X-Tenant}"]},"delete":["Cookie"]},` +
+				`"max_body_size":10737418240,"max_part_size":512000,"max_parts":50,"max_field_size":1024,"max_part_header_size":8192}`,
+		},
+		{
+			name: "transport block",
+			input: `stream_proxy http://b:1 {
+				transport http {
+					dial_timeout 2s
+					response_header_timeout 30s
+				}
+			}`,
+			want: `{"to":"http://b:1","transport":{"dial_timeout":2000000000,"protocol":"http","response_header_timeout":30000000000}}`,
+		},
+		{name: "two backends", input: `stream_proxy http://a:1 http://b:1`, err: "wrong argument count"},
+		{name: "backend twice", input: "stream_proxy http://a:1 {\n to http://b:1\n}", err: "backend already specified"},
+		{name: "to without value", input: "stream_proxy {\n to\n}", err: "wrong argument count"},
+		{name: "unknown mode", input: "stream_proxy http://a:1 {\n mode fast\n}", err: `unknown mode "fast"`},
+		{name: "mode not built yet", input: "stream_proxy http://a:1 {\n mode store\n}", err: "not implemented"},
+		{name: "bad size", input: "stream_proxy http://a:1 {\n max_body_size lots\n}", err: "parsing size"},
+		{name: "zero size", input: "stream_proxy http://a:1 {\n max_part_size 0\n}", err: "between 1 byte"},
+		{name: "size with extra arg", input: "stream_proxy http://a:1 {\n max_part_size 1MB 2MB\n}", err: "wrong argument count"},
+		{name: "bad part count", input: "stream_proxy http://a:1 {\n max_parts -3\n}", err: "positive whole number"},
+		{name: "unknown subdirective", input: "stream_proxy http://a:1 {\n buffer_size 1MB\n}", err: "unrecognized subdirective buffer_size"},
+		{name: "unknown transport", input: "stream_proxy http://a:1 {\n transport carrier_pigeon\n}", err: "carrier_pigeon"},
+		{name: "header_up without field", input: "stream_proxy http://a:1 {\n header_up\n}", err: "wrong argument count"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Handler
+			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := json.Marshal(&h)
+			if string(got) != tc.want {
+				t.Fatalf("got  %s\nwant %s", got, tc.want)
+			}
+		})
+	}
+}

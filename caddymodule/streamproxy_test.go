@@ -1,0 +1,221 @@
+package streamproxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// provision returns a provisioned handler whose resources end with the test.
+func provision(t testing.TB, h *Handler) *Handler {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+	return h
+}
+
+func TestProvisionDefaults(t *testing.T) {
+	h := provision(t, &Handler{To: "http://127.0.0.1:1"})
+	if h.Mode != ModeForward || h.MaxBodySize != DefaultMaxBodySize || h.MaxPartSize != DefaultMaxBodySize ||
+		h.MaxParts != DefaultMaxParts || h.MaxFieldSize != DefaultMaxFieldSize || h.MaxPartHeaderSize != DefaultMaxPartHeaderSize {
+		t.Fatalf("defaults not set: %+v", h)
+	}
+	if h.transport == nil {
+		t.Fatal("no transport loaded")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		h   Handler
+		err string
+	}{
+		{Handler{}, "needs a backend"},
+		{Handler{To: "ftp://x/"}, "scheme must be http or https"},
+		{Handler{To: "http:///path"}, "no host"},
+		{Handler{To: "http://x", Mode: "bulk"}, "unknown mode"},
+		{Handler{To: "http://x", Mode: ModeStore}, "not implemented"},
+		{Handler{To: "http://x", MaxParts: -1}, "max_parts must not be negative"},
+	} {
+		h := tc.h
+		if h.Mode == "" {
+			h.Mode = ModeForward
+		}
+		err := h.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%+v: error %v, want %q", tc.h, err, tc.err)
+		}
+	}
+	ok := Handler{To: "http://{http.request.header.X-Backend}:9000", Mode: ModeForward}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("placeholder backend: %v", err)
+	}
+}
+
+func TestBoundaryOf(t *testing.T) {
+	for ct, ok := range map[string]bool{
+		"multipart/form-data; boundary=abc":                         true,
+		`multipart/form-data; boundary="a b'()+_,-./:=?"`:           true,
+		"multipart/form-data; boundary=" + strings.Repeat("x", 70): true,
+		"multipart/form-data; boundary=" + strings.Repeat("x", 71): false,
+		"multipart/form-data":                                       false,
+		"multipart/form-data; boundary=":                            false,
+		`multipart/form-data; boundary="abc "`:                      false,
+		`multipart/form-data; boundary="ab@c"`:                      false,
+		"multipart/form-data; boundary=a; boundary=b":               false,
+	} {
+		_, err := boundaryOf(ct)
+		if (err == nil) != ok {
+			t.Errorf("%q: error %v, want ok=%v", ct, err, ok)
+		}
+	}
+}
+
+// serve runs one request through h with a Caddy replacer in its context.
+func serve(h *Handler, r *http.Request, next caddyhttp.Handler) *httptest.ResponseRecorder {
+	repl := caddy.NewReplacer()
+	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		w.Code = caddyhttp.Error(0, err).StatusCode
+	}
+	return w
+}
+
+var failNext = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+	panic("next handler called")
+})
+
+func TestNotFormDataPassesUnread(t *testing.T) {
+	h := provision(t, &Handler{To: "http://127.0.0.1:1"})
+	for _, ct := range []string{"application/json", "multipart/mixed; boundary=x", "text/plain", ""} {
+		body := &readCounter{r: strings.NewReader("payload")}
+		r := httptest.NewRequest(http.MethodPost, "/upload", body)
+		r.Header.Set("Content-Type", ct)
+		called := false
+		serve(h, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			called = true
+			return nil
+		}))
+		if !called || body.n != 0 {
+			t.Errorf("%q: next called=%v, body bytes read=%d", ct, called, body.n)
+		}
+	}
+}
+
+type readCounter struct {
+	r io.Reader
+	n int
+}
+
+func (c *readCounter) Read(p []byte) (int, error) { n, err := c.r.Read(p); c.n += n; return n, err }
+
+// echoBackend answers with the parts it parsed, or 400 if the body is broken.
+func echoBackend(t testing.TB) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		mr := multipart.NewReader(r.Body, params["boundary"])
+		var out []string
+		for {
+			p, err := mr.NextPart()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			sum := sha256.New()
+			n, err := io.Copy(sum, p)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			out = append(out, p.FormName()+"|"+p.FileName()+"|"+p.Header.Get("Content-Type")+"|"+
+				hex.EncodeToString(sum.Sum(nil))[:16]+"|"+string(rune('0'+n%10)))
+		}
+		_ = json.NewEncoder(w).Encode(out)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestServeForward(t *testing.T) {
+	be := echoBackend(t)
+	h := provision(t, &Handler{To: be.URL})
+	body := "preamble\r\n--B\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nsmall\r\n" +
+		"--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nhello world\r\n" +
+		"--B--\r\nepilogue"
+	r := httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader(body))
+	r.Header.Set("Content-Type", "multipart/form-data; boundary=B")
+	w := serve(h, r, failNext)
+	if w.Code != 200 {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	var got []string
+	_ = json.Unmarshal(w.Body.Bytes(), &got)
+	helloSum := sha256.Sum256([]byte("hello world"))
+	smallSum := sha256.Sum256([]byte("small"))
+	want := []string{
+		"model|||" + hex.EncodeToString(smallSum[:])[:16] + "|5",
+		"f|a.txt|text/plain|" + hex.EncodeToString(helloSum[:])[:16] + "|1",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("backend saw %q, want %q", got, want)
+	}
+}
+
+func TestServeRefusals(t *testing.T) {
+	be := echoBackend(t)
+	h := provision(t, &Handler{To: be.URL, MaxBodySize: 1000, MaxParts: 2, MaxFieldSize: 10, MaxPartHeaderSize: 200})
+	part := func(name, value string) string {
+		return "--B\r\nContent-Disposition: form-data; name=\"" + name + "\"\r\n\r\n" + value + "\r\n"
+	}
+	for _, tc := range []struct {
+		name, body string
+		status     int
+		code       string
+	}{
+		{"too many parts", part("a", "1") + part("b", "2") + part("c", "3") + "--B--\r\n", 413, CodeTooManyParts},
+		{"field too large", part("a", strings.Repeat("x", 11)) + "--B--\r\n", 413, CodeFieldTooLarge},
+		{"body too large", part("a", "1") + strings.Repeat("x", 2000), 413, CodeBodyTooLarge},
+		{"header too large", "--B\r\nContent-Disposition: form-data; name=\"a\"\r\nX-Pad: " + strings.Repeat("p", 300) + "\r\n\r\nv\r\n--B--\r\n", 431, CodePartHeaderTooBig},
+		{"transfer encoding", "--B\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Transfer-Encoding: base64\r\n\r\nv\r\n--B--\r\n", 400, CodeTransferEncoding},
+		{"no closing delimiter", part("a", "1"), 400, CodeMalformed},
+		{"not form-data disposition", "--B\r\nContent-Disposition: attachment; name=\"a\"\r\n\r\nv\r\n--B--\r\n", 400, CodeMalformed},
+		{"two dispositions", "--B\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\nv\r\n--B--\r\n", 400, CodeMalformed},
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader(tc.body))
+		r.Header.Set("Content-Type", "multipart/form-data; boundary=B")
+		w := serve(h, r, failNext)
+		var e struct{ Error uploadError }
+		_ = json.Unmarshal(w.Body.Bytes(), &e)
+		if w.Code != tc.status || e.Error.Code != tc.code {
+			t.Errorf("%s: %d %s, want %d %s", tc.name, w.Code, w.Body, tc.status, tc.code)
+		}
+	}
+}

@@ -1,0 +1,87 @@
+# Build, run, test and benchmark caddy-stream-proxy.
+#
+#   make -f xcaddy.mk run     the example gateway (Caddyfile.example) and its demo backend
+#   make -f xcaddy.mk test    vet, every test, and checks of the xcaddy-built binary
+#
+# xcaddy is installed into ./bin at a pinned version; nothing else is needed
+# but Go, make and access to the Go module proxy.
+
+SHELL          := /bin/bash
+.SHELLFLAGS    := -eu -o pipefail -c
+MODULE         := github.com/streamproxy/caddy-stream-proxy
+CADDY_VERSION  ?= v2.11.9
+XCADDY_VERSION ?= v0.4.5
+BIN            := $(CURDIR)/bin
+XCADDY         := $(BIN)/xcaddy
+CADDY          := $(BIN)/caddy
+UPLOADBENCH    := $(BIN)/uploadbench
+DEMO_BACKEND   ?= 127.0.0.1:9001
+BENCH_SIZE     ?= 2GiB
+BENCH_RUNS     ?= 5
+FUZZTIME       ?= 10s
+
+.PHONY: build run test unit integration check-binary bench rss gobench fuzz adapt list-modules clean
+
+$(XCADDY):
+	GOBIN=$(BIN) go install github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION)
+
+# The module is not published, so the lookup of its package path that xcaddy's
+# `go get` makes must end in "not found"; some module proxies refuse (403)
+# instead, so any proxy error falls through to "off", which means not found.
+XCADDY_GOPROXY ?= $(shell go env GOPROXY | sed 's/,direct$$//')|off
+
+## build: Caddy with the standard modules plus stream_proxy, built by xcaddy, at bin/caddy
+build: $(XCADDY)
+	cd $(BIN) && GOPROXY='$(XCADDY_GOPROXY)' $(XCADDY) build $(CADDY_VERSION) \
+		--output $(CADDY) \
+		--with $(MODULE)/caddymodule \
+		--replace $(MODULE)=$(CURDIR)
+
+$(UPLOADBENCH): $(shell find cmd/uploadbench -name '*.go' 2>/dev/null) go.mod
+	go build -o $(UPLOADBENCH) ./cmd/uploadbench
+
+## run: the gateway on :8080 with Caddyfile.example, and the demo backend it fronts
+run: build $(UPLOADBENCH)
+	$(UPLOADBENCH) backend -listen $(DEMO_BACKEND) & backend=$$!; \
+	trap 'kill $$backend 2>/dev/null' EXIT INT TERM; \
+	$(CADDY) run --config Caddyfile.example --adapter caddyfile
+
+## test: everything CI runs
+test: unit check-binary
+
+unit:
+	test -z "$$(gofmt -l caddymodule cmd integration)" || { gofmt -l caddymodule cmd integration; exit 1; }
+	go vet ./...
+	go test -count=1 -timeout 20m ./...
+
+## check-binary: the xcaddy build lists the module and adapts the example
+check-binary: build
+	$(CADDY) list-modules | grep -qx 'http.handlers.stream_proxy'
+	$(CADDY) adapt --config Caddyfile.example --adapter caddyfile --validate >/dev/null
+	@echo "bin/caddy: http.handlers.stream_proxy present, Caddyfile.example adapts and validates"
+
+## bench: direct vs reverse_proxy vs stream_proxy, side by side, one table
+bench: build $(UPLOADBENCH)
+	$(UPLOADBENCH) compare -caddy $(CADDY) -size $(BENCH_SIZE) -runs $(BENCH_RUNS)
+
+## rss: the gateway's peak RSS after a small and a large upload
+rss: build $(UPLOADBENCH)
+	$(UPLOADBENCH) rss -caddy $(CADDY) -rss-sizes 64MiB,4GiB
+
+## gobench: Go benchmarks of the hot path
+gobench:
+	go test -run '^$$' -bench . -benchmem ./caddymodule
+
+## fuzz: the forward path's fuzz target, for FUZZTIME
+fuzz:
+	go test -run '^$$' -fuzz FuzzForward -fuzztime $(FUZZTIME) ./caddymodule
+
+## adapt: the example as JSON
+adapt: build
+	$(CADDY) adapt --config Caddyfile.example --adapter caddyfile --pretty
+
+list-modules: build
+	$(CADDY) list-modules
+
+clean:
+	rm -rf $(BIN)
