@@ -78,15 +78,15 @@ func TestValidate(t *testing.T) {
 
 func TestBoundaryOf(t *testing.T) {
 	for ct, ok := range map[string]bool{
-		"multipart/form-data; boundary=abc":                         true,
-		`multipart/form-data; boundary="a b'()+_,-./:=?"`:           true,
+		"multipart/form-data; boundary=abc":                        true,
+		`multipart/form-data; boundary="a b'()+_,-./:=?"`:          true,
 		"multipart/form-data; boundary=" + strings.Repeat("x", 70): true,
 		"multipart/form-data; boundary=" + strings.Repeat("x", 71): false,
-		"multipart/form-data":                                       false,
-		"multipart/form-data; boundary=":                            false,
-		`multipart/form-data; boundary="abc "`:                      false,
-		`multipart/form-data; boundary="ab@c"`:                      false,
-		"multipart/form-data; boundary=a; boundary=b":               false,
+		"multipart/form-data":                                      false,
+		"multipart/form-data; boundary=":                           false,
+		`multipart/form-data; boundary="abc "`:                     false,
+		`multipart/form-data; boundary="ab@c"`:                     false,
+		"multipart/form-data; boundary=a; boundary=b":              false,
 	} {
 		_, err := boundaryOf(ct)
 		if (err == nil) != ok {

@@ -38,7 +38,7 @@ func TestForwardByteIdentical(t *testing.T) {
 			if tc.size >= 1<<30 && testing.Short() {
 				t.Skip("large upload skipped in -short mode")
 			}
-					be := newBackend(t)
+			be := newBackend(t)
 			startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
 
 			parts := sampleForm(tc.size)
@@ -260,7 +260,7 @@ func TestContentLengthOverLimitRefusedBeforeBody(t *testing.T) {
 func TestPartOverLimitAbortsBackendRequest(t *testing.T) {
 	for _, chunked := range []bool{false, true} {
 		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) {
-					be := newBackend(t)
+			be := newBackend(t)
 			startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
 	max_part_size 1MiB
 }`, be.URL))
