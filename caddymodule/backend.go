@@ -43,7 +43,7 @@ func removeHopHeaders(h http.Header) {
 // backendRequest builds a request to the backend carrying body. It keeps the
 // client's method, end-to-end headers and Host, as reverse_proxy does, adds the
 // X-Forwarded-* fields and applies header_up.
-func (u *upload) backendRequest(body io.Reader, contentType string) (*http.Request, *uploadError) {
+func (u *upload) backendRequest(body io.Reader, extra http.Header) (*http.Request, *uploadError) {
 	target := u.repl.ReplaceAll(u.h.To, "")
 	dst, err := url.Parse(target)
 	if err != nil || (dst.Scheme != "http" && dst.Scheme != "https") || dst.Host == "" {
@@ -64,7 +64,9 @@ func (u *upload) backendRequest(body io.Reader, contentType string) (*http.Reque
 	removeHopHeaders(req.Header)
 	req.Header.Del("Content-Length")
 	req.Header.Del("Expect")
-	req.Header.Set("Content-Type", contentType)
+	for k, v := range extra {
+		req.Header[k] = v
+	}
 	req.ContentLength = -1
 	req.Host = u.r.Host
 
@@ -87,7 +89,8 @@ func (u *upload) backendRequest(body io.Reader, contentType string) (*http.Reque
 	return req, nil
 }
 
-// exchange sends a request to the backend whose body produce writes, while
+// exchange sends a request to the backend, with the fields of header set on
+// it, whose body produce writes, while
 // produce writes it, and returns the backend's response. produce runs in a
 // goroutine of its own, which has always ended when exchange returns. It
 // starts only once the backend is connected and has the request header, so a
@@ -97,10 +100,10 @@ func (u *upload) backendRequest(body io.Reader, contentType string) (*http.Reque
 // whatever the backend did: the pipe is closed with that error, so the backend
 // request is aborted and never ends cleanly. A backend that answers before it
 // has read the whole upload (401, 413) gets its answer relayed to the client.
-func (u *upload) exchange(contentType string, produce func(w io.Writer) error) (*http.Response, *uploadError) {
+func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (*http.Response, *uploadError) {
 	pr, pw := io.Pipe()
 	body := &startReader{PipeReader: pr, started: make(chan struct{})}
-	req, uerr := u.backendRequest(body, contentType)
+	req, uerr := u.backendRequest(body, header)
 	if uerr != nil {
 		return nil, uerr
 	}

@@ -29,7 +29,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	stream_proxy [<matcher>] [<backend-url>] {
 //		to <backend-url>
-//		mode forward
+//		mode forward|per_part|store
+//		store <dir> {
+//			file_mode <octal>
+//			dir_mode <octal>
+//			layout date|flat
+//		}
 //		transport http {
 //			...
 //		}
@@ -39,6 +44,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_parts <n>
 //		max_field_size <size>
 //		max_part_header_size <size>
+//		allow_fields <name...>
+//		allow_types <mime-pattern...>
+//		hash sha256|sha1|md5|crc32c ...
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -69,15 +77,71 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			switch d.Val() {
-			case ModeForward:
-			case ModePerPart, ModeStore:
-				return d.Errf("mode %s is not implemented yet", d.Val())
+			case ModeForward, ModePerPart, ModeStore:
 			default:
 				return d.Errf("unknown mode %q (want forward, per_part or store)", d.Val())
 			}
 			h.Mode = d.Val()
 			if d.NextArg() {
 				return d.ArgErr()
+			}
+
+		case "store":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if h.Store != nil {
+				return d.Err("store already specified")
+			}
+			h.Store = &StoreConfig{Root: d.Val()}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			for d.NextBlock(1) {
+				var dst *string
+				switch d.Val() {
+				case "file_mode":
+					dst = &h.Store.FileMode
+				case "dir_mode":
+					dst = &h.Store.DirMode
+				case "layout":
+					dst = &h.Store.Layout
+				default:
+					return d.Errf("unrecognized store option %s", d.Val())
+				}
+				if !d.NextArg() {
+					return d.ArgErr()
+				}
+				*dst = d.Val()
+				if d.NextArg() {
+					return d.ArgErr()
+				}
+			}
+
+		case "allow_fields":
+			h.AllowFields = append(h.AllowFields, d.RemainingArgs()...)
+			if len(h.AllowFields) == 0 {
+				return d.ArgErr()
+			}
+
+		case "allow_types":
+			h.AllowTypes = append(h.AllowTypes, d.RemainingArgs()...)
+			if len(h.AllowTypes) == 0 {
+				return d.ArgErr()
+			}
+			for _, p := range h.AllowTypes {
+				if !validTypePattern(p) {
+					return d.Errf("allow_types: %q is not a media type or type/* pattern", p)
+				}
+			}
+
+		case "hash":
+			h.Hash = append(h.Hash, d.RemainingArgs()...)
+			if len(h.Hash) == 0 {
+				return d.ArgErr()
+			}
+			if err := checkHashNames(h.Hash); err != nil {
+				return d.Err(err.Error())
 			}
 
 		case "transport":

@@ -51,7 +51,28 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "backend twice", input: "stream_proxy http://a:1 {\n to http://b:1\n}", err: "backend already specified"},
 		{name: "to without value", input: "stream_proxy {\n to\n}", err: "wrong argument count"},
 		{name: "unknown mode", input: "stream_proxy http://a:1 {\n mode fast\n}", err: `unknown mode "fast"`},
-		{name: "mode not built yet", input: "stream_proxy http://a:1 {\n mode store\n}", err: "not implemented"},
+		{
+			name: "store mode",
+			input: `stream_proxy {
+				mode store
+				store /var/uploads {
+					file_mode 0600
+					layout flat
+				}
+				allow_fields audio meta
+				allow_types audio/* application/json
+				hash sha256 crc32c
+			}`,
+			want: `{"mode":"store","store":{"root":"/var/uploads","file_mode":"0600","layout":"flat"},` +
+				`"allow_fields":["audio","meta"],"allow_types":["audio/*","application/json"],"hash":["sha256","crc32c"]}`,
+		},
+		{name: "unknown store option", input: "stream_proxy {\n store /x {\n owner me\n }\n}", err: "unrecognized store option owner"},
+		{name: "store twice", input: "stream_proxy {\n store /x\n store /y\n}", err: "store already specified"},
+		{name: "unknown hash", input: "stream_proxy http://a:1 {\n hash sha3\n}", err: `unknown hash "sha3"`},
+		{name: "hash twice", input: "stream_proxy http://a:1 {\n hash md5 md5\n}", err: "listed twice"},
+		{name: "hash without names", input: "stream_proxy http://a:1 {\n hash\n}", err: "wrong argument count"},
+		{name: "bad type pattern", input: "stream_proxy http://a:1 {\n allow_types audio\n}", err: "not a media type"},
+		{name: "allow_fields without names", input: "stream_proxy http://a:1 {\n allow_fields\n}", err: "wrong argument count"},
 		{name: "bad size", input: "stream_proxy http://a:1 {\n max_body_size lots\n}", err: "parsing size"},
 		{name: "zero size", input: "stream_proxy http://a:1 {\n max_part_size 0\n}", err: "between 1 byte"},
 		{name: "size with extra arg", input: "stream_proxy http://a:1 {\n max_part_size 1MB 2MB\n}", err: "wrong argument count"},

@@ -2,7 +2,6 @@ package streamproxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -20,10 +19,16 @@ const (
 	CodeTooManyParts     = "too_many_parts"
 	CodePartHeaderTooBig = "part_header_too_large"
 	CodeTransferEncoding = "content_transfer_encoding"
+	CodeFieldNotAllowed  = "field_not_allowed"
+	CodeTypeNotAllowed   = "type_not_allowed"
 	CodeClientGone       = "client_gone"
 	CodeClientTimeout    = "client_timeout"
 	CodeBackendFailed    = "backend_failed"
 	CodeBackendTimeout   = "backend_timeout"
+	CodeBackendRejected  = "backend_rejected"
+	CodeDigestMismatch   = "digest_mismatch"
+	CodeStorageFull      = "insufficient_storage"
+	CodeStoreFailed      = "store_failed"
 )
 
 // statusClientClosed is logged when the client went away; nobody reads it.
@@ -57,19 +62,27 @@ func (e *uploadError) Error() string {
 
 func (e *uploadError) Unwrap() error { return e.err }
 
-// writeJSON writes the error as the response.
-func (e *uploadError) writeJSON(w http.ResponseWriter) {
+// writeJSON writes the error as the response, with the parts handled before
+// it (per_part and store mode).
+func (e *uploadError) writeJSON(w http.ResponseWriter, parts []partResult) {
 	if e.Status == statusClientClosed {
 		w.WriteHeader(e.Status) // for the access log only
 		return
 	}
-	body, _ := json.Marshal(struct {
+	_ = writeJSON(w, e.Status, struct {
 		Error *uploadError `json:"error"`
-	}{e})
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", fmt.Sprint(len(body)+1))
-	w.WriteHeader(e.Status)
-	_, _ = w.Write(append(body, '\n'))
+		Parts []partResult `json:"parts,omitempty"`
+	}{e, parts})
+}
+
+// asUploadError returns err as an uploadError; anything that is not one is a
+// malformed body.
+func asUploadError(err error) *uploadError {
+	var ue *uploadError
+	if errors.As(err, &ue) {
+		return ue
+	}
+	return malformed(err)
 }
 
 func malformed(err error) *uploadError {

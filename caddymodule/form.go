@@ -8,6 +8,8 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/textproto"
+	"slices"
+	"strings"
 )
 
 // formReader reads a multipart/form-data body strictly and with limits, one
@@ -22,6 +24,9 @@ type formReader struct {
 	maxPartSize  int64
 	maxFieldSize int64
 	maxHeader    int64
+	allowFields  []string
+	allowTypes   []string
+	hashNames    []string
 
 	index int // parts seen so far
 	part  *formPart
@@ -37,9 +42,10 @@ type formPart struct {
 	Header      textproto.MIMEHeader
 	Size        int64 // data bytes read so far
 
-	raw   *multipart.Part
-	limit int64
-	lname string // the limit's config name
+	raw     *multipart.Part
+	limit   int64
+	lname   string       // the limit's config name
+	digests *partDigests // nil unless there is something to compute
 }
 
 // headerSlack is what mime/multipart may read ahead of a part's header: its
@@ -55,6 +61,9 @@ func newFormReader(src io.Reader, boundary string, h *Handler) *formReader {
 		maxPartSize:  h.MaxPartSize,
 		maxFieldSize: h.MaxFieldSize,
 		maxHeader:    h.MaxPartHeaderSize,
+		allowFields:  h.AllowFields,
+		allowTypes:   h.AllowTypes,
+		hashNames:    h.Hash,
 	}
 }
 
@@ -71,7 +80,7 @@ func (f *formReader) next() (*formPart, error) {
 	over := f.headers.exhausted
 	f.headers.budget = -1
 	if over {
-		return nil, f.headerTooLarge()
+		return nil, f.headerTooLarge(f.index)
 	}
 	if err == io.EOF {
 		return nil, io.EOF
@@ -91,22 +100,54 @@ func (f *formReader) next() (*formPart, error) {
 	f.part = p
 
 	if headerSize(raw.Header) > f.maxHeader {
-		return nil, f.headerTooLarge()
+		return nil, f.headerTooLarge(p.Index)
 	}
 	if err := p.parseHeader(); err != nil {
 		return nil, err
 	}
+	if len(f.allowFields) > 0 && !slices.Contains(f.allowFields, p.Field) {
+		return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeFieldNotAllowed,
+			Message: fmt.Sprintf("field %q is not in allow_fields", p.Field), Limit: "allow_fields", Part: p.ref()}
+	}
+	if p.IsFile && len(f.allowTypes) > 0 && !typeAllowed(p.ContentType, f.allowTypes) {
+		return nil, &uploadError{Status: http.StatusUnsupportedMediaType, Code: CodeTypeNotAllowed,
+			Message: fmt.Sprintf("content type %q is not in allow_types", p.ContentType), Limit: "allow_types", Part: p.ref()}
+	}
 	if p.IsFile {
 		p.limit, p.lname = f.maxPartSize, "max_part_size"
+		p.digests, err = newPartDigests(f.hashNames, http.Header(p.Header))
 	} else {
 		p.limit, p.lname = f.maxFieldSize, "max_field_size"
+		p.digests, err = newPartDigests(nil, http.Header(p.Header))
+	}
+	if err != nil {
+		e := malformed(err)
+		e.Part = p.ref()
+		return nil, e
 	}
 	return p, nil
 }
 
-func (f *formReader) headerTooLarge() *uploadError {
+// typeAllowed matches a part's Content-Type (application/octet-stream when it
+// has none, RFC 7578) against patterns such as audio/*, image/png or */*.
+func typeAllowed(contentType string, patterns []string) bool {
+	mediaType := "application/octet-stream"
+	if contentType != "" {
+		mediaType, _, _ = mime.ParseMediaType(contentType) // checked in parseHeader
+	}
+	major, _, _ := strings.Cut(mediaType, "/")
+	for _, p := range patterns {
+		if p == "*/*" || strings.EqualFold(p, mediaType) ||
+			(strings.HasSuffix(p, "/*") && strings.EqualFold(strings.TrimSuffix(p, "/*"), major)) {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *formReader) headerTooLarge(index int) *uploadError {
 	e := limitError(http.StatusRequestHeaderFieldsTooLarge, CodePartHeaderTooBig, "max_part_header_size", f.maxHeader, "part header")
-	e.Part = &partRef{Index: f.index}
+	e.Part = &partRef{Index: index}
 	return e
 }
 
@@ -157,6 +198,9 @@ func (p *formPart) parseHeader() *uploadError {
 func (p *formPart) Read(b []byte) (int, error) {
 	n, err := p.raw.Read(b)
 	p.Size += int64(n)
+	if p.digests != nil && n > 0 {
+		p.digests.w.Write(b[:n]) // hashes never fail
+	}
 	if p.Size > p.limit {
 		code := CodePartTooLarge
 		if !p.IsFile {
@@ -173,6 +217,12 @@ func (p *formPart) Read(b []byte) (int, error) {
 			ue.Part = p.ref()
 		}
 		return n, ue
+	}
+	if err == io.EOF && p.digests != nil {
+		if verr := p.digests.verify(); verr != nil {
+			return n, &uploadError{Status: http.StatusBadRequest, Code: CodeDigestMismatch,
+				Message: verr.Error(), Part: p.ref()}
+		}
 	}
 	return n, err
 }

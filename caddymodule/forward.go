@@ -2,8 +2,10 @@ package streamproxy
 
 import (
 	"bufio"
+	"encoding/hex"
 	"io"
 	"mime/multipart"
+	"net/http"
 )
 
 // serveForward re-encodes the client's form under a fresh boundary and streams
@@ -20,7 +22,8 @@ func (h *Handler) serveForward(u *upload) error {
 	}()
 	mw := multipart.NewWriter(out)
 
-	res, uerr := u.exchange(mw.FormDataContentType(), func(w io.Writer) error {
+	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
+	res, uerr := u.exchange(header, func(w io.Writer) error {
 		out.Reset(w)
 		return u.forward(form, mw, out)
 	})
@@ -52,6 +55,9 @@ func (u *upload) forward(form *formReader, mw *multipart.Writer, out *bufio.Writ
 		if err := u.copyPart(dst, p, out, *bp); err != nil {
 			return err
 		}
+		if err := writeDigestFields(mw, p); err != nil {
+			return err
+		}
 	}
 	if err := mw.Close(); err != nil {
 		return err
@@ -59,7 +65,8 @@ func (u *upload) forward(form *formReader, mw *multipart.Writer, out *bufio.Writ
 	return out.Flush()
 }
 
-// copyPart copies one part's data into dst.
+// copyPart copies one part's data into dst. When dst streams to a backend,
+// out is its buffer, flushed whenever the client has nothing more buffered.
 func (u *upload) copyPart(dst io.Writer, p *formPart, out *bufio.Writer, buf []byte) error {
 	for {
 		n, err := p.Read(buf)
@@ -80,11 +87,26 @@ func (u *upload) copyPart(dst io.Writer, p *formPart, out *bufio.Writer, buf []b
 	}
 }
 
+// writeDigestFields follows a file part with a text field per configured
+// digest: `<field>.sha256` and so on.
+func writeDigestFields(mw *multipart.Writer, p *formPart) error {
+	if !p.IsFile || p.digests == nil {
+		return nil
+	}
+	for i, name := range p.digests.names {
+		sum := hex.EncodeToString(p.digests.computed[i].Sum(nil))
+		if err := mw.WriteField(p.Field+"."+name, sum); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // flushIfIdle sends what is buffered for the backend when the next read from
 // the client may block, so that the backend gets every byte as soon as the
 // client has sent it, in writes as large as the client's reads allow.
 func (u *upload) flushIfIdle(out *bufio.Writer) error {
-	if u.in.Buffered() == 0 && out.Buffered() > 0 {
+	if out != nil && u.in.Buffered() == 0 && out.Buffered() > 0 {
 		return out.Flush()
 	}
 	return nil

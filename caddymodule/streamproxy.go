@@ -4,6 +4,7 @@ package streamproxy
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"mime"
 	"net/http"
@@ -69,8 +70,11 @@ type Handler struct {
 	To string `json:"to,omitempty"`
 
 	// Mode is one of `forward`, `per_part` or `store`. Default: `forward`.
-	// Only `forward` is implemented so far.
 	Mode string `json:"mode,omitempty"`
+
+	// Store configures where store mode writes file parts. Required in store
+	// mode, refused in the others.
+	Store *StoreConfig `json:"store,omitempty"`
 
 	// TransportRaw configures the round trip to the backend. It takes the same
 	// modules as reverse_proxy's transport; default: the `http` transport with
@@ -101,7 +105,24 @@ type Handler struct {
 	// Default: 16 KiB.
 	MaxPartHeaderSize int64 `json:"max_part_header_size,omitempty"`
 
+	// AllowFields, when set, lists the only part names accepted; a part with
+	// any other name fails the upload with 400 (code field_not_allowed).
+	AllowFields []string `json:"allow_fields,omitempty"`
+
+	// AllowTypes, when set, lists the Content-Types accepted for file parts,
+	// as media types (image/png) or type wildcards (audio/*). A file part
+	// without a Content-Type is application/octet-stream (RFC 7578). Any other
+	// type fails the upload with 415 (code type_not_allowed).
+	AllowTypes []string `json:"allow_types,omitempty"`
+
+	// Hash lists the digests computed over every file part while it streams:
+	// sha256, sha1, md5, crc32c. In forward mode each file part is followed by
+	// a text field `<field>.<hash>` with the hex digest; per_part and store
+	// mode report them in their JSON and metadata. Default: none.
+	Hash []string `json:"hash,omitempty"`
+
 	transport http.RoundTripper
+	store     *store
 	logger    *zap.Logger
 }
 
@@ -150,22 +171,42 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading transport: %w", err)
 	}
 	h.transport = mod.(http.RoundTripper)
+
+	if h.Store != nil {
+		h.store, err = openStore(h.Store)
+		if err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+	}
 	return nil
 }
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
 	switch h.Mode {
-	case ModeForward:
-	case ModePerPart, ModeStore:
-		return fmt.Errorf("mode %s is not implemented yet; use forward", h.Mode)
+	case ModeForward, ModePerPart:
+		if h.To == "" {
+			return fmt.Errorf("mode %s needs a backend: set to", h.Mode)
+		}
+		if h.Store != nil {
+			return fmt.Errorf("store is for mode store, not %s", h.Mode)
+		}
+	case ModeStore:
+		if h.Store == nil || h.Store.Root == "" {
+			return fmt.Errorf("mode store needs a directory: set store")
+		}
 	default:
 		return fmt.Errorf("unknown mode %q (want forward, per_part or store)", h.Mode)
 	}
-	if h.To == "" {
-		return fmt.Errorf("mode %s needs a backend: set to", h.Mode)
+	if err := checkHashNames(h.Hash); err != nil {
+		return err
 	}
-	if !strings.Contains(h.To, "{") {
+	for _, p := range h.AllowTypes {
+		if !validTypePattern(p) {
+			return fmt.Errorf("allow_types: %q is not a media type or type/* pattern", p)
+		}
+	}
+	if h.To != "" && !strings.Contains(h.To, "{") {
 		u, err := url.Parse(h.To)
 		if err != nil {
 			return fmt.Errorf("backend url %q: %w", h.To, err)
@@ -191,12 +232,16 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases the backend transport's idle connections.
+// Cleanup releases the backend transport's idle connections and the store.
 func (h *Handler) Cleanup() error {
+	var errs []error
 	if c, ok := h.transport.(caddy.CleanerUpper); ok {
-		return c.Cleanup()
+		errs = append(errs, c.Cleanup())
 	}
-	return nil
+	if h.store != nil {
+		errs = append(errs, h.store.close())
+	}
+	return errors.Join(errs...)
 }
 
 // ServeHTTP streams multipart/form-data uploads and passes everything else on.
@@ -208,7 +253,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if uerr := u.checkRequest(); uerr != nil {
 		return u.fail(uerr)
 	}
-	return h.serveForward(u)
+	switch h.Mode {
+	case ModePerPart:
+		return h.servePerPart(u)
+	case ModeStore:
+		return h.serveStore(u)
+	default:
+		return h.serveForward(u)
+	}
+}
+
+// validTypePattern reports whether p is type/subtype, type/* or */*.
+func validTypePattern(p string) bool {
+	major, minor, ok := strings.Cut(p, "/")
+	if !ok || major == "" || minor == "" || strings.ContainsAny(p, " ;") {
+		return false
+	}
+	return minor == "*" || (major != "*" && !strings.Contains(minor, "*"))
 }
 
 // isFormData reports whether a Content-Type names multipart/form-data, whatever

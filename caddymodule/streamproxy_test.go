@@ -58,7 +58,10 @@ func TestValidate(t *testing.T) {
 		{Handler{To: "ftp://x/"}, "scheme must be http or https"},
 		{Handler{To: "http:///path"}, "no host"},
 		{Handler{To: "http://x", Mode: "bulk"}, "unknown mode"},
-		{Handler{To: "http://x", Mode: ModeStore}, "not implemented"},
+		{Handler{To: "http://x", Mode: ModeStore}, "needs a directory"},
+		{Handler{To: "http://x", Store: &StoreConfig{Root: "/tmp"}}, "store is for mode store"},
+		{Handler{To: "http://x", Hash: []string{"sha3"}}, "unknown hash"},
+		{Handler{To: "http://x", AllowTypes: []string{"audio/x*"}}, "not a media type"},
 		{Handler{To: "http://x", MaxParts: -1}, "max_parts must not be negative"},
 	} {
 		h := tc.h

@@ -40,6 +40,9 @@ type upload struct {
 	in       *bufio.Reader // buffered client body
 
 	stopped atomic.Bool // the client's body is no longer wanted
+
+	fieldBytes int          // text field bytes kept as placeholders
+	partsSoFar []partResult // reported with an error in per_part and store mode
 }
 
 func newUpload(h *Handler, w http.ResponseWriter, r *http.Request) *upload {
@@ -128,7 +131,7 @@ func (u *upload) fail(e *uploadError) error {
 		srv.Errors != nil && len(srv.Errors.Routes) > 0 && e.Status != statusClientClosed {
 		return caddyhttp.Error(e.Status, e)
 	}
-	e.writeJSON(u.w)
+	e.writeJSON(u.w, u.partsSoFar)
 	return nil
 }
 

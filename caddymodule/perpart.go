@@ -1,0 +1,203 @@
+package streamproxy
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+)
+
+// Bounds on what per_part and store mode keep of text fields and backend
+// answers: the only bytes of an upload ever held whole, so that they can be
+// placeholders and JSON.
+const (
+	maxFieldValue     = 8 << 10  // one text field kept as a placeholder
+	maxFieldValues    = 64 << 10 // all text fields of one upload
+	maxBackendAnswer  = 64 << 10 // one backend response body in per_part JSON
+	headerPartField   = "X-Stream-Proxy-Field"
+	headerPartName    = "X-Stream-Proxy-Filename"
+	headerPartIndex   = "X-Stream-Proxy-Part-Index"
+	placeholderPrefix = "http.stream_proxy."
+)
+
+// partResult is one part in per_part and store mode's JSON.
+type partResult struct {
+	Index       int               `json:"index"`
+	Field       string            `json:"field"`
+	Filename    *string           `json:"filename,omitempty"`
+	ContentType string            `json:"content_type,omitempty"`
+	Size        int64             `json:"size"`
+	Digests     map[string]string `json:"digests,omitempty"`
+	Path        string            `json:"path,omitempty"`      // store mode
+	Status      int               `json:"status,omitempty"`    // per_part: the backend's
+	Response    json.RawMessage   `json:"response,omitempty"`  // per_part: the backend's, JSON kept as JSON
+	Truncated   bool              `json:"truncated,omitempty"` // the response was longer than 64 KiB
+}
+
+func newPartResult(p *formPart) partResult {
+	r := partResult{Index: p.Index, Field: p.Field, ContentType: p.ContentType, Size: p.Size, Digests: p.digests.sums()}
+	if p.IsFile {
+		name := p.Filename
+		r.Filename = &name
+	}
+	return r
+}
+
+// servePerPart sends each file part as its own backend request, streamed while
+// it arrives, and answers with JSON listing every part.
+func (h *Handler) servePerPart(u *upload) error {
+	form := u.openBody()
+	defer u.closeBody()
+	out := writerPool.Get().(*bufio.Writer)
+	defer func() {
+		out.Reset(nil)
+		writerPool.Put(out)
+	}()
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+
+	var results []partResult
+	for {
+		p, err := form.next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return u.failParts(asUploadError(err), results)
+		}
+		if !p.IsFile {
+			if err := u.readField(p); err != nil {
+				return u.failParts(asUploadError(err), results)
+			}
+			results = append(results, newPartResult(p))
+			continue
+		}
+
+		u.setPartPlaceholders(p)
+		res, uerr := u.exchange(partHeader(p), func(w io.Writer) error {
+			out.Reset(w)
+			if err := u.copyPart(out, p, out, *bp); err != nil {
+				return err
+			}
+			return out.Flush()
+		})
+		if uerr != nil {
+			results = append(results, newPartResult(p))
+			return u.failParts(uerr, results)
+		}
+		r := newPartResult(p)
+		r.Status = res.StatusCode
+		r.Response, r.Truncated = readAnswer(res)
+		results = append(results, r)
+		switch {
+		case res.StatusCode >= 400:
+			return u.failParts(&uploadError{Status: res.StatusCode, Code: CodeBackendRejected,
+				Message: fmt.Sprintf("backend answered %d to part %d", res.StatusCode, p.Index), Part: p.ref()}, results)
+		case u.stopped.Load():
+			return u.failParts(&uploadError{Status: http.StatusBadGateway, Code: CodeBackendFailed,
+				Message: fmt.Sprintf("backend answered before it had read part %d", p.Index), Part: p.ref()}, results)
+		}
+	}
+	return writeJSON(u.w, http.StatusOK, map[string]any{"parts": results})
+}
+
+// partHeader is what a per_part request says of its part: the part's own
+// Content-Type, a Content-Disposition naming field and file, and the same
+// again in X-Stream-Proxy-* fields (the filename percent-encoded).
+func partHeader(p *formPart) http.Header {
+	ct := p.ContentType
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	return http.Header{
+		"Content-Type":        {ct},
+		"Content-Disposition": {mime.FormatMediaType("form-data", map[string]string{"name": p.Field, "filename": p.Filename})},
+		headerPartField:       {p.Field},
+		headerPartName:        {url.PathEscape(p.Filename)},
+		headerPartIndex:       {strconv.Itoa(p.Index)},
+	}
+}
+
+// readAnswer reads a backend's answer for the JSON report: kept as JSON when it
+// is JSON, as a JSON string otherwise, and cut at 64 KiB.
+func readAnswer(res *http.Response) (json.RawMessage, bool) {
+	defer res.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(res.Body, maxBackendAnswer+1))
+	truncated := len(body) > maxBackendAnswer
+	if truncated {
+		body = body[:maxBackendAnswer]
+	}
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return nil, truncated
+	}
+	if !truncated && json.Valid(body) {
+		return body, false
+	}
+	s, _ := json.Marshal(string(body))
+	return s, truncated
+}
+
+// readField reads a text field. A value of up to 8 KiB (64 KiB for all fields
+// together) becomes the placeholder {http.stream_proxy.form.<name>}; a longer
+// one is read through and counted, but not kept.
+func (u *upload) readField(p *formPart) error {
+	var buf bytes.Buffer
+	keep := u.fieldBytes+len(p.Field) <= maxFieldValues
+	for {
+		var chunk [4096]byte
+		n, err := p.Read(chunk[:])
+		if keep && n > 0 {
+			if buf.Len()+n > maxFieldValue || u.fieldBytes+buf.Len()+n > maxFieldValues {
+				keep = false
+				buf.Reset()
+			} else {
+				buf.Write(chunk[:n])
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if keep {
+		u.fieldBytes += buf.Len()
+		u.repl.Set(placeholderPrefix+"form."+p.Field, buf.String())
+	}
+	return nil
+}
+
+// setPartPlaceholders describes the part about to be sent, for `to` and
+// header_up.
+func (u *upload) setPartPlaceholders(p *formPart) {
+	u.repl.Set(placeholderPrefix+"part.field", p.Field)
+	u.repl.Set(placeholderPrefix+"part.filename", p.Filename)
+	u.repl.Set(placeholderPrefix+"part.content_type", p.ContentType)
+	u.repl.Set(placeholderPrefix+"part.index", p.Index)
+}
+
+// failParts answers with e and the parts handled so far.
+func (u *upload) failParts(e *uploadError, parts []partResult) error {
+	u.partsSoFar = parts
+	return u.fail(e)
+}
+
+// writeJSON writes v as the response.
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)+1))
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+	return nil
+}
