@@ -86,7 +86,7 @@ func asUploadError(err error) *uploadError {
 }
 
 func malformed(err error) *uploadError {
-	return &uploadError{Status: http.StatusBadRequest, Code: CodeMalformed, Message: "malformed multipart body", err: err}
+	return &uploadError{Status: http.StatusBadRequest, Code: CodeMalformed, Message: "malformed multipart body: " + err.Error()}
 }
 
 func limitError(status int, code, limit string, max int64, what string) *uploadError {
