@@ -303,18 +303,49 @@ func TestBodyOverLimitMidStream(t *testing.T) {
 	}
 }
 
+// A dead backend is found before the body is read: a client that waits for
+// 100 Continue gets 502 without sending its body.
 func TestBackendUnreachable(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* http://%s`, addr))
-	res, body := postForm(t, newClient(t), gatewayURL+"/upload", sampleForm(1<<20), false)
+
+	c := newClient(t)
+	c.Transport.(*http.Transport).ExpectContinueTimeout = time.Minute
+	body, ct, n := formBody(sampleForm(64 << 20))
+	counted := &readCounter{r: body}
+	req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/upload", counted)
+	req.Header.Set("Content-Type", ct)
+	req.Header.Set("Expect", "100-continue")
+	req.ContentLength = n
+	res, err := c.Do(req)
+	body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
 	if res.StatusCode != http.StatusBadGateway {
-		t.Fatalf("status %d: %s", res.StatusCode, body)
+		t.Fatalf("status %d: %s", res.StatusCode, b)
 	}
-	if e := decodeError(t, body); e.Error.Code != "backend_failed" {
-		t.Errorf("error %s", body)
+	if e := decodeError(t, b); e.Error.Code != "backend_failed" {
+		t.Errorf("error %s", b)
 	}
+	if counted.n != 0 {
+		t.Errorf("the client sent %d body bytes; want none", counted.n)
+	}
+}
+
+type readCounter struct {
+	r io.Reader
+	n int64
+}
+
+func (c *readCounter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func TestMalformedMultipart(t *testing.T) {

@@ -13,6 +13,8 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -25,22 +27,31 @@ import (
 	_ "github.com/streamproxy/caddy-stream-proxy/caddymodule"
 )
 
-const (
-	adminPort = 2999
-	httpPort  = 9080
+// The in-process Caddy's ports: caddytest's admin port and an HTTP port that
+// nothing else uses. SP_TEST_ADMIN_PORT and SP_TEST_HTTP_PORT move them, so
+// that two test runs on one machine do not share one Caddy.
+var (
+	adminPort  = envPort("SP_TEST_ADMIN_PORT", 2999)
+	httpPort   = envPort("SP_TEST_HTTP_PORT", 9080)
+	gatewayURL = fmt.Sprintf("http://localhost:%d", httpPort)
 )
 
-var gatewayURL = fmt.Sprintf("http://localhost:%d", httpPort)
+func envPort(name string, def int) int {
+	if p, err := strconv.Atoi(os.Getenv(name)); err == nil && p > 0 {
+		return p
+	}
+	return def
+}
 
 // startGateway loads site into the in-process Caddy, served on httpPort.
 func startGateway(t *testing.T, site string) {
 	t.Helper()
-	tester := caddytest.NewTester(t)
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 	tester.InitServer(fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:%d
 	http_port %d
-	https_port 9443
+	https_port %d
 	grace_period 1ns
 	servers {
 		timeouts {
@@ -51,7 +62,7 @@ func startGateway(t *testing.T, site string) {
 http://localhost:%d {
 %s
 }
-`, adminPort, httpPort, httpPort, site), "caddyfile")
+`, adminPort, httpPort, httpPort+363, httpPort, site), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -68,6 +79,11 @@ func checkLeaks(t *testing.T) {
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
 		goleak.IgnoreAnyFunction("net/http.(*conn).serve"),
+		// Caddy's own background work, which a config load may start.
+		goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.keepLockfileFresh"),
+		goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.(*Cache).maintainAssets"),
+		goleak.IgnoreAnyFunction("github.com/caddyserver/caddy/v2/modules/caddytls.(*TLS).keepStorageClean.func1"),
+		goleak.IgnoreAnyFunction("github.com/caddyserver/caddy/v2/modules/caddypki.(*PKI).maintenanceForCA"),
 	}
 	t.Cleanup(func() { goleak.VerifyNone(t, opts...) })
 }
