@@ -232,20 +232,27 @@ func (p *formPart) ref() *partRef {
 }
 
 // formHeader is the part's header as the backend gets it: the disposition
-// re-encoded from what was parsed, so that the backend cannot read a different
+// written anew from what was parsed, so that the backend cannot read another
 // name or filename than the gateway checked, and the other fields as they came.
 func (p *formPart) formHeader() textproto.MIMEHeader {
 	h := make(textproto.MIMEHeader, len(p.Header))
 	for k, v := range p.Header {
 		h[k] = v
 	}
-	params := map[string]string{"name": p.Field}
+	cd := `form-data; name="` + quoteParam(p.Field) + `"`
 	if p.IsFile {
-		params["filename"] = p.Filename
+		cd += `; filename="` + quoteParam(p.Filename) + `"`
 	}
-	h.Set("Content-Disposition", mime.FormatMediaType("form-data", params))
+	h.Set("Content-Disposition", cd)
 	return h
 }
+
+// quoteParam escapes a parameter value for a quoted string as mime/multipart
+// does (backslash before \ and "), so parsers read back the same bytes; CR and
+// LF, which only an RFC 2231 filename* can carry, are percent-encoded as
+// browsers do, for they would end the header line. RFC 7578 forbids filename*,
+// so UTF-8 names are written as they are.
+var quoteParam = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\r", "%0D", "\n", "%0A").Replace
 
 // headerSize is the size of a parsed header block as it would be written.
 func headerSize(h textproto.MIMEHeader) int64 {

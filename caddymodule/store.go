@@ -270,6 +270,9 @@ func (st *storing) discard() {
 		}
 	}
 	st.files = nil
+	for i := range st.parts {
+		st.parts[i].Path = "" // reported parts were not stored after all
+	}
 }
 
 // serveStore writes file parts to the store. Without a backend it answers 201

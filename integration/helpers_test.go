@@ -276,10 +276,11 @@ func expected(parts []formPart) []seenPart {
 func writeForm(mw *multipart.Writer, parts []formPart) error {
 	for _, p := range parts {
 		h := make(map[string][]string)
+		quote := strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace
 		if p.filename != "" {
-			h["Content-Disposition"] = []string{fmt.Sprintf(`form-data; name=%q; filename=%q`, p.field, p.filename)}
+			h["Content-Disposition"] = []string{fmt.Sprintf(`form-data; name="%s"; filename="%s"`, quote(p.field), quote(p.filename))}
 		} else {
-			h["Content-Disposition"] = []string{fmt.Sprintf(`form-data; name=%q`, p.field)}
+			h["Content-Disposition"] = []string{fmt.Sprintf(`form-data; name="%s"`, quote(p.field))}
 		}
 		if p.contentType != "" {
 			h["Content-Type"] = []string{p.contentType}
