@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -122,7 +123,11 @@ func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (
 		done <- err
 	}()
 
+	start := time.Now()
 	res, rtErr := u.h.transport.RoundTrip(req)
+	if rtErr == nil {
+		metrics.backendTTFB.WithLabelValues(u.h.Mode).Observe(time.Since(start).Seconds())
+	}
 
 	var perr error
 	select {
@@ -151,7 +156,7 @@ func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (
 	}
 	if u.stopped.Load() {
 		if ce := u.logger.Check(zap.DebugLevel, "backend answered before the upload ended"); ce != nil {
-			ce.Write(zap.Int("status", res.StatusCode), zap.Int64("bytes", u.body.n))
+			ce.Write(zap.Int("status", res.StatusCode), zap.Int64("bytes", u.body.n.Load()))
 		}
 	}
 	return res, nil
@@ -178,6 +183,7 @@ func (u *upload) relay(res *http.Response) error {
 	for k, v := range res.Header {
 		hdr[k] = v
 	}
+	u.status = res.StatusCode
 	u.w.WriteHeader(res.StatusCode)
 
 	bp := copyBufPool.Get().(*[]byte)

@@ -30,6 +30,13 @@ type formReader struct {
 
 	index int // parts seen so far
 	part  *formPart
+	obs   partObserver
+}
+
+// partObserver hears of each part's start and clean end.
+type partObserver interface {
+	partStarted(*formPart)
+	partEnded(*formPart)
 }
 
 // formPart is the part being read. Read returns its data, counted and limited.
@@ -52,7 +59,7 @@ type formPart struct {
 // 4 KiB peek buffer plus a boundary line.
 const headerSlack = 4096 + 80
 
-func newFormReader(src io.Reader, boundary string, h *Handler) *formReader {
+func newFormReader(src io.Reader, boundary string, h *Handler, obs partObserver) *formReader {
 	br := &budgetReader{r: src}
 	return &formReader{
 		mr:           multipart.NewReader(br, boundary),
@@ -64,16 +71,17 @@ func newFormReader(src io.Reader, boundary string, h *Handler) *formReader {
 		allowFields:  h.AllowFields,
 		allowTypes:   h.AllowTypes,
 		hashNames:    h.Hash,
+		obs:          obs,
 	}
 }
 
 // next returns the next part, or io.EOF after the closing delimiter. A body
 // that ends before the closing delimiter is an error, never io.EOF.
 func (f *formReader) next() (*formPart, error) {
-	if f.part != nil && f.part.raw != nil {
-		// Parts are always read to their end before the next; this only
-		// drains a part a caller gave up on.
-		f.part.raw.Close()
+	if f.part != nil {
+		// Parts are read to their end before the next is asked for.
+		f.obs.partEnded(f.part)
+		f.part = nil
 	}
 	f.headers.budget = f.maxHeader + headerSlack
 	raw, err := f.mr.NextRawPart()
@@ -97,7 +105,6 @@ func (f *formReader) next() (*formPart, error) {
 	}
 	p := &formPart{Index: f.index, Header: raw.Header, raw: raw}
 	f.index++
-	f.part = p
 
 	if headerSize(raw.Header) > f.maxHeader {
 		return nil, f.headerTooLarge(p.Index)
@@ -125,6 +132,8 @@ func (f *formReader) next() (*formPart, error) {
 		e.Part = p.ref()
 		return nil, e
 	}
+	f.part = p
+	f.obs.partStarted(p)
 	return p, nil
 }
 

@@ -74,6 +74,7 @@ func (u *upload) copyPart(dst io.Writer, p *formPart, out *bufio.Writer, buf []b
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return werr
 			}
+			u.sent.Add(int64(n))
 			if werr := u.flushIfIdle(out); werr != nil {
 				return werr
 			}

@@ -78,7 +78,6 @@ func (h *Handler) servePerPart(u *upload) error {
 			continue
 		}
 
-		u.setPartPlaceholders(p)
 		res, uerr := u.exchange(partHeader(p), func(w io.Writer) error {
 			out.Reset(w)
 			if err := u.copyPart(out, p, out, *bp); err != nil {
@@ -103,7 +102,8 @@ func (h *Handler) servePerPart(u *upload) error {
 				Message: fmt.Sprintf("backend answered before it had read part %d", p.Index), Part: p.ref()}, results)
 		}
 	}
-	return writeJSON(u.w, http.StatusOK, map[string]any{"parts": results})
+	u.status = http.StatusOK
+	return writeJSON(u.w, u.status, map[string]any{"parts": results})
 }
 
 // partHeader is what a per_part request says of its part: the part's own
@@ -172,15 +172,6 @@ func (u *upload) readField(p *formPart) error {
 		u.repl.Set(placeholderPrefix+"form."+p.Field, buf.String())
 	}
 	return nil
-}
-
-// setPartPlaceholders describes the part about to be sent, for `to` and
-// header_up.
-func (u *upload) setPartPlaceholders(p *formPart) {
-	u.repl.Set(placeholderPrefix+"part.field", p.Field)
-	u.repl.Set(placeholderPrefix+"part.filename", p.Filename)
-	u.repl.Set(placeholderPrefix+"part.content_type", p.ContentType)
-	u.repl.Set(placeholderPrefix+"part.index", p.Index)
 }
 
 // failParts answers with e and the parts handled so far.

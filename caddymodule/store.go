@@ -292,7 +292,8 @@ func (h *Handler) serveStore(u *upload) error {
 			st.discard()
 			return u.failParts(asUploadError(err), st.parts)
 		}
-		return writeJSON(u.w, http.StatusCreated, map[string]any{"parts": st.parts, "fields": st.fields})
+		u.status = http.StatusCreated
+		return writeJSON(u.w, u.status, map[string]any{"parts": st.parts, "fields": st.fields})
 	}
 
 	out := writerPool.Get().(*bufio.Writer)

@@ -157,6 +157,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.MaxPartHeaderSize = DefaultMaxPartHeaderSize
 	}
 
+	if err := initMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+
 	if h.HeaderUp != nil {
 		if err := h.HeaderUp.Provision(ctx); err != nil {
 			return fmt.Errorf("provisioning header_up: %w", err)
@@ -250,6 +254,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	u := newUpload(h, w, r)
+	u.begin()
+	defer u.end()
 	if uerr := u.checkRequest(); uerr != nil {
 		return u.fail(uerr)
 	}

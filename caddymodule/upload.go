@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -33,16 +34,25 @@ type upload struct {
 	r      *http.Request
 	repl   *caddy.Replacer
 	logger *zap.Logger
+	id     string
 	start  time.Time
 
 	boundary string
 	body     *clientBody
 	in       *bufio.Reader // buffered client body
 
-	stopped atomic.Bool // the client's body is no longer wanted
+	stopped atomic.Bool  // the client's body is no longer wanted
+	sent    atomic.Int64 // part data bytes delivered to backends or the store
+	parts   atomic.Int64 // parts seen
+
+	mu        sync.Mutex // guards current, read by the admin API
+	current   *partRef   // the part being read, nil between parts
+	partStart time.Time
 
 	fieldBytes int          // text field bytes kept as placeholders
 	partsSoFar []partResult // reported with an error in per_part and store mode
+	status     int          // what the client was answered
+	failure    *uploadError // why the upload failed, if it did
 }
 
 func newUpload(h *Handler, w http.ResponseWriter, r *http.Request) *upload {
@@ -50,7 +60,128 @@ func newUpload(h *Handler, w http.ResponseWriter, r *http.Request) *upload {
 	if repl == nil {
 		repl = caddy.NewReplacer()
 	}
-	return &upload{h: h, w: w, r: r, repl: repl, logger: h.logger, start: time.Now()}
+	u := &upload{h: h, w: w, r: r, repl: repl, start: time.Now()}
+	u.id, _ = repl.GetString("http.request.uuid")
+	u.logger = h.logger.With(zap.String("upload", u.id))
+	return u
+}
+
+// begin makes the upload visible to the admin API and the metrics.
+func (u *upload) begin() {
+	inFlight.Store(u, u)
+	metrics.inFlight.WithLabelValues(u.h.Mode).Inc()
+	u.repl.Set(placeholderPrefix+"mode", u.h.Mode)
+}
+
+// end records how the upload ended: metrics, placeholders, the access log's
+// extra fields and a debug summary.
+func (u *upload) end() {
+	inFlight.Delete(u)
+	mode := u.h.Mode
+	metrics.inFlight.WithLabelValues(mode).Dec()
+
+	var received int64
+	if u.body != nil {
+		received = u.body.n.Load()
+	}
+	sent := u.sent.Load()
+	metrics.received.WithLabelValues(mode).Add(float64(received))
+	metrics.sent.WithLabelValues(mode).Add(float64(sent))
+	if u.current != nil {
+		metrics.parts.WithLabelValues(mode, "failed").Inc()
+	}
+
+	outcome := outcomeOK
+	code := ""
+	switch e := u.failure; {
+	case e != nil:
+		code = e.Code
+		metrics.rejections.WithLabelValues(mode, e.Code).Inc()
+		switch {
+		case e.Code == CodeClientGone || e.Code == CodeClientTimeout:
+			outcome = outcomeClientGone
+		case e.Code == CodeBackendRejected:
+			outcome = outcomeBackendError
+		case e.Status >= 500:
+			outcome = outcomeFailed
+		default:
+			outcome = outcomeRefused
+		}
+	case u.status >= 400:
+		outcome = outcomeBackendError
+	}
+	metrics.uploads.WithLabelValues(mode, outcome).Inc()
+
+	parts := u.parts.Load()
+	u.repl.Set(placeholderPrefix+"parts", parts)
+	u.repl.Set(placeholderPrefix+"bytes_in", received)
+	u.repl.Set(placeholderPrefix+"bytes_out", sent)
+	u.repl.Set(placeholderPrefix+"outcome", outcome)
+
+	summary := zap.Object("stream_proxy", zapcore.ObjectMarshalerFunc(func(enc zapcore.ObjectEncoder) error {
+		enc.AddString("mode", mode)
+		enc.AddInt64("parts", parts)
+		enc.AddInt64("bytes_in", received)
+		enc.AddInt64("bytes_out", sent)
+		enc.AddString("outcome", outcome)
+		if code != "" {
+			enc.AddString("code", code)
+		}
+		return nil
+	}))
+	if extra, ok := u.r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+		extra.Add(summary)
+	}
+	if ce := u.logger.Check(zap.DebugLevel, "upload finished"); ce != nil {
+		ce.Write(summary, zap.Int("status", u.status), zap.Duration("duration", time.Since(u.start)))
+	}
+}
+
+// partStarted and partEnded are called by the form reader around each part.
+func (u *upload) partStarted(p *formPart) {
+	u.parts.Add(1)
+	u.mu.Lock()
+	u.current = p.ref()
+	u.mu.Unlock()
+	u.partStart = time.Now()
+	u.repl.Set(placeholderPrefix+"part.index", p.Index)
+	u.repl.Set(placeholderPrefix+"part.field", p.Field)
+	u.repl.Set(placeholderPrefix+"part.filename", p.Filename)
+	u.repl.Set(placeholderPrefix+"part.content_type", p.ContentType)
+}
+
+func (u *upload) partEnded(p *formPart) {
+	d := time.Since(u.partStart)
+	u.mu.Lock()
+	u.current = nil
+	u.mu.Unlock()
+	metrics.parts.WithLabelValues(u.h.Mode, outcomeOK).Inc()
+	metrics.partSeconds.WithLabelValues(u.h.Mode).Observe(d.Seconds())
+	if ce := u.logger.Check(zap.DebugLevel, "part done"); ce != nil {
+		ce.Write(zap.Int("part", p.Index), zap.String("field", p.Field), zap.Bool("file", p.IsFile),
+			zap.Int64("bytes", p.Size), zap.Duration("duration", d))
+	}
+}
+
+// snapshot describes the upload for the admin API.
+func (u *upload) snapshot(now time.Time) uploadStatus {
+	s := uploadStatus{
+		ID: u.id, RemoteAddr: u.r.RemoteAddr, Method: u.r.Method, Host: u.r.Host, URI: u.r.RequestURI,
+		Mode: u.h.Mode, Started: u.start, Parts: u.parts.Load(),
+	}
+	if u.body != nil {
+		s.Bytes = u.body.n.Load()
+	}
+	u.mu.Lock()
+	if u.current != nil {
+		c := *u.current
+		s.CurrentPart = &c
+	}
+	u.mu.Unlock()
+	if secs := now.Sub(u.start).Seconds(); secs > 0 {
+		s.Rate = float64(s.Bytes) / secs
+	}
+	return s
 }
 
 // checkRequest refuses what can be refused before reading the body, so that
@@ -74,7 +205,7 @@ func (u *upload) openBody() *formReader {
 	u.body = &clientBody{r: u.r.Body, max: u.h.MaxBodySize}
 	u.in = readerPool.Get().(*bufio.Reader)
 	u.in.Reset(u.body)
-	return newFormReader(u.in, u.boundary, u.h)
+	return newFormReader(u.in, u.boundary, u.h, u)
 }
 
 func (u *upload) closeBody() {
@@ -94,6 +225,7 @@ func (u *upload) stopReading() {
 
 // fail answers the client with e, or hands e to the site's handle_errors.
 func (u *upload) fail(e *uploadError) error {
+	u.failure, u.status = e, e.Status
 	u.repl.Set("http.stream_proxy.error.code", e.Code)
 	u.repl.Set("http.stream_proxy.error.limit", e.Limit)
 	if ce := u.logger.Check(zap.DebugLevel, "upload refused"); ce != nil || e.Status >= 500 {
@@ -103,7 +235,7 @@ func (u *upload) fail(e *uploadError) error {
 			zap.Duration("duration", time.Since(u.start)),
 		}
 		if u.body != nil {
-			fields = append(fields, zap.Int64("bytes", u.body.n))
+			fields = append(fields, zap.Int64("bytes", u.body.n.Load()))
 		}
 		if e.Part != nil {
 			fields = append(fields, zap.Int("part", e.Part.Index), zap.String("field", e.Part.Field))
@@ -117,7 +249,7 @@ func (u *upload) fail(e *uploadError) error {
 			ce.Write(fields...)
 		}
 	}
-	if u.body == nil || u.body.n == 0 {
+	if u.body == nil || u.body.n.Load() == 0 {
 		// The body is not wanted: closing it keeps the server from sending
 		// 100 Continue to drain it, and the connection is not reused. A body
 		// already flowing is left to the server, which drains a little of it
@@ -139,18 +271,17 @@ func (u *upload) fail(e *uploadError) error {
 // streams. A failure to read is marked as the client's.
 type clientBody struct {
 	r   io.Reader
-	n   int64
+	n   atomic.Int64 // read by the admin API while the upload runs
 	max int64
 }
 
 func (c *clientBody) Read(p []byte) (int, error) {
-	if c.n >= c.max {
+	if c.n.Load() >= c.max {
 		// Allow one more byte through to tell "exactly max" from "over".
 		p = p[:min(len(p), 1)]
 	}
 	n, err := c.r.Read(p)
-	c.n += int64(n)
-	if c.n > c.max {
+	if c.n.Add(int64(n)) > c.max {
 		return 0, limitError(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "max_body_size", c.max, "request body")
 	}
 	if err != nil && !errors.Is(err, io.EOF) {

@@ -1,0 +1,78 @@
+package streamproxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func init() {
+	caddy.RegisterModule(Admin{})
+}
+
+// inFlight holds every upload being handled, by id, for the admin API.
+var inFlight sync.Map
+
+// Admin serves the uploads in flight on Caddy's admin endpoint:
+//
+//	GET /stream_proxy/uploads
+//
+// answers a JSON array with one object per upload being handled: its id,
+// remote address, method, host and URI, mode, start time, bytes received so
+// far, parts seen, the part being read (index, field, filename) and the mean
+// rate in bytes per second. An upload leaves the list when it ends.
+type Admin struct{}
+
+// CaddyModule returns the Caddy module information.
+func (Admin) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.stream_proxy",
+		New: func() caddy.Module { return new(Admin) },
+	}
+}
+
+// Routes returns the admin routes.
+func (a *Admin) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{
+		Pattern: "/stream_proxy/uploads",
+		Handler: caddy.AdminHandlerFunc(a.handleUploads),
+	}}
+}
+
+// uploadStatus is one upload in flight, as the admin API shows it.
+type uploadStatus struct {
+	ID          string    `json:"id"`
+	RemoteAddr  string    `json:"remote_addr"`
+	Method      string    `json:"method"`
+	Host        string    `json:"host"`
+	URI         string    `json:"uri"`
+	Mode        string    `json:"mode"`
+	Started     time.Time `json:"started"`
+	Bytes       int64     `json:"bytes"`
+	Parts       int64     `json:"parts"`
+	CurrentPart *partRef  `json:"current_part,omitempty"`
+	Rate        float64   `json:"bytes_per_second"`
+}
+
+func (a *Admin) handleUploads(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method not allowed")}
+	}
+	list := []uploadStatus{}
+	now := time.Now()
+	inFlight.Range(func(_, v any) bool {
+		list = append(list, v.(*upload).snapshot(now))
+		return true
+	})
+	slices.SortFunc(list, func(a, b uploadStatus) int { return a.Started.Compare(b.Started) })
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(list)
+}
+
+// Interface guard
+var _ caddy.AdminRouter = (*Admin)(nil)
