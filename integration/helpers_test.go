@@ -69,23 +69,36 @@ http://localhost:%d {
 	checkLeaks(t)
 }
 
+// leakSnapshots holds, per test, the goroutines alive after its last config
+// load; those are not leaks of the test's requests.
+var leakSnapshots = map[*testing.T]*goleak.Option{}
+
 // checkLeaks fails the test if goroutines started after this call outlive it,
-// ignoring the pooled connections of HTTP clients and servers. startGateway
-// calls it once the configuration is running.
+// ignoring the pooled connections of HTTP clients and servers and Caddy's own
+// background work. startGateway calls it once a configuration is running; a
+// later load in the same test moves the snapshot.
 func checkLeaks(t *testing.T) {
 	t.Helper()
-	opts := []goleak.Option{
-		goleak.IgnoreCurrent(),
-		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
-		goleak.IgnoreAnyFunction("net/http.(*conn).serve"),
-		// Caddy's own background work, which a config load may start.
-		goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.keepLockfileFresh"),
-		goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.(*Cache).maintainAssets"),
-		goleak.IgnoreAnyFunction("github.com/caddyserver/caddy/v2/modules/caddytls.(*TLS).keepStorageClean.func1"),
-		goleak.IgnoreAnyFunction("github.com/caddyserver/caddy/v2/modules/caddypki.(*PKI).maintenanceForCA"),
+	current := goleak.IgnoreCurrent()
+	if snap, ok := leakSnapshots[t]; ok {
+		*snap = current
+		return
 	}
-	t.Cleanup(func() { goleak.VerifyNone(t, opts...) })
+	leakSnapshots[t] = &current
+	t.Cleanup(func() {
+		snap := *leakSnapshots[t]
+		delete(leakSnapshots, t)
+		goleak.VerifyNone(t,
+			snap,
+			goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
+			goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
+			goleak.IgnoreAnyFunction("net/http.(*conn).serve"),
+			goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.keepLockfileFresh"),
+			goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.(*Cache).maintainAssets"),
+			goleak.IgnoreAnyFunction("github.com/caddyserver/caddy/v2/modules/caddytls.(*TLS).keepStorageClean.func1"),
+			goleak.IgnoreAnyFunction("github.com/caddyserver/caddy/v2/modules/caddypki.(*PKI).maintenanceForCA"),
+		)
+	})
 }
 
 // newClient is an HTTP client whose idle connections close with the test.

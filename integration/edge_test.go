@@ -1,0 +1,869 @@
+package integration
+
+// Edge cases of EDGE_CASES.md about the form itself: framing, limits and sizes.
+// The helpers shared by the edge_*_test.go files live here too.
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+)
+
+// startGatewayWith is startGateway with options of its own in the global
+// servers block (protocols, timeouts).
+func startGatewayWith(t *testing.T, serverOpts, site string) {
+	t.Helper()
+	tester := caddytest.NewTester(t)
+	tester.InitServer(fmt.Sprintf(`{
+	skip_install_trust
+	admin localhost:%d
+	http_port %d
+	https_port 9443
+	grace_period 1ns
+	servers {
+%s
+	}
+}
+http://localhost:%d {
+%s
+}
+`, adminPort, httpPort, serverOpts, httpPort, site), "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	checkLeaks(t)
+}
+
+// rawPart is one part as Go's mime/multipart reads it, undecoded.
+type rawPart struct {
+	Field, Filename string
+	HasFilename     bool
+	ContentType     string
+	Data            []byte
+}
+
+// goParse reads body as Go's mime/multipart does, every part to its end.
+func goParse(body io.Reader, boundary string) ([]rawPart, error) {
+	mr := multipart.NewReader(body, boundary)
+	var parts []rawPart
+	for range 200_000 {
+		p, err := mr.NextRawPart()
+		if err == io.EOF {
+			return parts, nil
+		}
+		if err != nil {
+			return parts, err
+		}
+		data, err := io.ReadAll(p)
+		if err != nil {
+			return parts, err
+		}
+		rp := rawPart{ContentType: p.Header.Get("Content-Type"), Data: data}
+		if _, params, err := mime.ParseMediaType(p.Header.Get("Content-Disposition")); err == nil {
+			rp.Field = params["name"]
+			rp.Filename, rp.HasFilename = params["filename"]
+		}
+		parts = append(parts, rp)
+	}
+	return parts, errors.New("more than 200000 parts")
+}
+
+// describeParts is a comparable summary of parts.
+func describeParts(parts []rawPart) string {
+	var sb strings.Builder
+	for _, p := range parts {
+		sum := sha256.Sum256(p.Data)
+		fmt.Fprintf(&sb, "%q|%q|%v|%q|%d|%s\n", p.Field, p.Filename, p.HasFilename, p.ContentType, len(p.Data), hex.EncodeToString(sum[:8]))
+	}
+	return sb.String()
+}
+
+// recorder is a backend that keeps the raw bodies it receives (up to 64 MiB).
+type recorder struct {
+	*httptest.Server
+	mu     sync.Mutex
+	bodies []recorded
+}
+
+type recorded struct {
+	contentType string
+	body        []byte
+	err         error
+}
+
+func newRecorder(t *testing.T) *recorder {
+	rec := &recorder{}
+	rec.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
+		rec.mu.Lock()
+		rec.bodies = append(rec.bodies, recorded{contentType: r.Header.Get("Content-Type"), body: b, err: err})
+		rec.mu.Unlock()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		_, _ = io.WriteString(w, "recorded")
+	}))
+	t.Cleanup(rec.Close)
+	return rec
+}
+
+// wait waits until the recorder has n bodies, for at most 10 seconds.
+func (rec *recorder) wait(n int) []recorded {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rec.mu.Lock()
+		got := append([]recorded(nil), rec.bodies...)
+		rec.mu.Unlock()
+		if len(got) >= n || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// parts parses a recorded body with the boundary of its Content-Type.
+func (r recorded) parts() ([]rawPart, error) {
+	_, params, err := mime.ParseMediaType(r.contentType)
+	if err != nil {
+		return nil, err
+	}
+	return goParse(bytes.NewReader(r.body), params["boundary"])
+}
+
+// opaqueReader hides the length of its reader, so that a request is chunked.
+type opaqueReader struct{ r io.Reader }
+
+func (o opaqueReader) Read(p []byte) (int, error) { return o.r.Read(p) }
+
+// postRaw sends body as it is, with a Content-Length unless chunked.
+func postRaw(t *testing.T, c *http.Client, contentType string, body []byte, chunked bool) (*http.Response, []byte) {
+	t.Helper()
+	var rd io.Reader = bytes.NewReader(body)
+	if chunked {
+		rd = opaqueReader{rd}
+	}
+	return postStream(t, c, contentType, rd, !chunked, int64(len(body)))
+}
+
+// postStream sends body to the gateway's /upload, with a Content-Length if
+// withLength.
+func postStream(t *testing.T, c *http.Client, contentType string, body io.Reader, withLength bool, length int64) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, gatewayURL+"/upload", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", contentType)
+	req.ContentLength = -1
+	if withLength {
+		req.ContentLength = length
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("POST: %v", err)
+	}
+	defer res.Body.Close()
+	out, _ := io.ReadAll(res.Body)
+	return res, out
+}
+
+// expectRefusal checks a JSON error answer: its status, code and limit (if
+// not empty), and that the JSON repeats the status.
+func expectRefusal(t *testing.T, res *http.Response, body []byte, status int, code, limit string) errorBody {
+	t.Helper()
+	if res.StatusCode != status {
+		t.Fatalf("status %d, want %d: %s", res.StatusCode, status, body)
+	}
+	if ct := res.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("error Content-Type %q, want application/json", ct)
+	}
+	e := decodeError(t, body)
+	if e.Error.Status != status || e.Error.Code != code || e.Error.Message == "" {
+		t.Errorf("error %s, want status %d code %s", body, status, code)
+	}
+	if limit != "" && e.Error.Limit != limit {
+		t.Errorf("error limit %q, want %q: %s", e.Error.Limit, limit, body)
+	}
+	return e
+}
+
+// expectPart checks the part an error names.
+func expectPart(t *testing.T, e errorBody, index int, field, filename string) {
+	t.Helper()
+	p := e.Error.Part
+	if p == nil || p.Index != index || p.Field != field || p.Filename != filename {
+		t.Errorf("error names part %+v, want index %d field %q filename %q", p, index, field, filename)
+	}
+}
+
+// expectAborted checks that the backend got exactly one request and saw it fail.
+func expectAborted(t *testing.T, be *backend) {
+	t.Helper()
+	got := be.waitRequests(t, 1)
+	if len(got) != 1 {
+		t.Fatalf("backend got %d requests, want 1 (aborted)", len(got))
+	}
+	if got[0].Err == nil {
+		t.Fatalf("backend saw a clean end of the upload, want an aborted request; parts %+v", got[0].Parts)
+	}
+}
+
+// expectComplete checks that the backend got exactly one request, complete,
+// with the parts want.
+func expectComplete(t *testing.T, be *backend, want []seenPart) {
+	t.Helper()
+	got := be.waitRequests(t, 1)
+	if len(got) != 1 {
+		t.Fatalf("backend got %d requests, want 1", len(got))
+	}
+	if got[0].Err != nil {
+		t.Fatalf("backend: %v", got[0].Err)
+	}
+	if w, h := comparableParts(want), comparableParts(got[0].Parts); w != h {
+		t.Fatalf("backend saw\n%s\nwant\n%s", h, w)
+	}
+}
+
+// formBodyBoundary is formBody with a boundary of one's choice.
+func formBodyBoundary(parts []formPart, boundary string) (io.Reader, string, int64) {
+	counter := &countWriter{}
+	cmw := multipart.NewWriter(counter)
+	if err := cmw.SetBoundary(boundary); err != nil {
+		panic(err)
+	}
+	_ = writeForm(cmw, parts)
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	_ = mw.SetBoundary(boundary)
+	go func() { pw.CloseWithError(writeForm(mw, parts)) }()
+	return pr, mw.FormDataContentType(), counter.n
+}
+
+// formBytes is a whole form in memory, for small forms.
+func formBytes(t *testing.T, parts []formPart, boundary string) ([]byte, string) {
+	t.Helper()
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	if boundary != "" {
+		if err := mw.SetBoundary(boundary); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := writeForm(mw, parts); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes(), mw.FormDataContentType()
+}
+
+// partStream generates a form of n parts lazily: only the part being sent is
+// ever in memory.
+type partStream struct {
+	boundary string
+	n        int
+	part     func(i int) string // headers, blank line, data; without delimiters
+	i        int
+	closed   bool
+	buf      []byte
+	sent     int64
+}
+
+func (s *partStream) Read(p []byte) (int, error) {
+	for len(s.buf) == 0 {
+		switch {
+		case s.i < s.n:
+			s.buf = []byte("--" + s.boundary + "\r\n" + s.part(s.i) + "\r\n")
+			s.i++
+		case !s.closed:
+			s.buf = []byte("--" + s.boundary + "--\r\n")
+			s.closed = true
+		default:
+			return 0, io.EOF
+		}
+	}
+	n := copy(p, s.buf)
+	s.buf = s.buf[n:]
+	s.sent += int64(n)
+	return n, nil
+}
+
+// liveHeap returns the heap in use after a collection.
+func liveHeap() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// Row 1: the heap stays flat while a large upload streams through (the 1 GiB
+// byte-identical transfer itself is TestForwardByteIdentical). The live heap
+// is sampled after forced collections, so garbage does not count.
+func TestEdgeHeapFlatDuringUpload(t *testing.T) {
+	be := newBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
+	c := newClient(t)
+
+	// Warm up pools and connections first.
+	if res, body := postForm(t, c, gatewayURL+"/upload", sampleForm(1<<20), true); res.StatusCode != 200 {
+		t.Fatalf("warm-up: status %d: %s", res.StatusCode, body)
+	}
+	base := liveHeap()
+
+	stop := make(chan struct{})
+	peak := make(chan uint64, 1)
+	go func() {
+		var max uint64
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				peak <- max
+				return
+			case <-tick.C:
+				max = maxU64(max, liveHeap())
+			}
+		}
+	}()
+	const size = 256 << 20
+	parts := sampleForm(size)
+	res, body := postForm(t, c, gatewayURL+"/upload", parts, true)
+	close(stop)
+	top := <-peak
+	if res.StatusCode != 200 {
+		t.Fatalf("status %d: %s", res.StatusCode, body)
+	}
+	got := be.waitRequests(t, 2)
+	if len(got) != 2 || got[1].Err != nil || comparableParts(got[1].Parts) != comparableParts(expected(parts)) {
+		t.Fatalf("backend saw %+v", got)
+	}
+	growth := int64(top) - int64(base)
+	t.Logf("live heap: %d MiB before, peak %d MiB during a %d MiB upload (growth %d KiB)", base>>20, top>>20, (size+size/3)>>20, growth>>10)
+	if growth > 32<<20 {
+		t.Errorf("live heap grew by %d MiB during the upload; want it flat (under 32 MiB)", growth>>20)
+	}
+}
+
+func maxU64(a, b uint64) uint64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// Row 4: the body limit is exact (a body of exactly max_body_size passes, one
+// byte more is refused mid-stream), and Caddy's own request_body max_size is
+// reported the same way.
+func TestEdgeBodyLimitExact(t *testing.T) {
+	const limit = 1 << 20
+	// The size of a form whose file is empty: every formBody boundary has the
+	// same length, so the overhead is the same for every file size.
+	_, _, overhead := formBody([]formPart{{field: "f", filename: "f.bin", size: 0}})
+	form := func(extra int64) []formPart {
+		return []formPart{{field: "f", filename: "f.bin", size: limit - overhead + extra, seed: 7}}
+	}
+
+	t.Run("max_body_size", func(t *testing.T) {
+		for _, tc := range []struct {
+			name    string
+			extra   int64
+			chunked bool
+			status  int
+		}{
+			{"exactly the limit, chunked", 0, true, 200},
+			{"exactly the limit, content-length", 0, false, 200},
+			{"one byte over, chunked", 1, true, 413},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				be := newBackend(t)
+				startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
+	max_body_size %d
+}`, be.URL, limit))
+				parts := form(tc.extra)
+				res, body := postForm(t, newClient(t), gatewayURL+"/upload", parts, tc.chunked)
+				if tc.status == 200 {
+					if res.StatusCode != 200 {
+						t.Fatalf("status %d: %s", res.StatusCode, body)
+					}
+					expectComplete(t, be, expected(parts))
+					return
+				}
+				expectRefusal(t, res, body, 413, "body_too_large", "max_body_size")
+				expectAborted(t, be)
+			})
+		}
+	})
+
+	t.Run("request_body max_size", func(t *testing.T) {
+		be := newBackend(t)
+		startGateway(t, fmt.Sprintf(`request_body /upload* {
+	max_size %d
+}
+stream_proxy /upload* %s`, limit, be.URL))
+		res, body := postForm(t, newClient(t), gatewayURL+"/upload", form(64<<10), true)
+		expectRefusal(t, res, body, 413, "body_too_large", "request_body max_size")
+		expectAborted(t, be)
+	})
+}
+
+// Row 5: part and field limits are exact and name the part; a field over
+// max_field_size is refused like a file over max_part_size.
+func TestEdgePartAndFieldLimitsExact(t *testing.T) {
+	be := newBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
+	max_part_size 64KiB
+	max_field_size 1KiB
+}`, be.URL))
+	c := newClient(t)
+
+	ok := []formPart{
+		{field: "note", value: strings.Repeat("n", 1024)},
+		{field: "f", filename: "f.bin", contentType: "application/octet-stream", size: 64 << 10, seed: 1},
+	}
+	res, body := postForm(t, c, gatewayURL+"/upload", ok, true)
+	if res.StatusCode != 200 {
+		t.Fatalf("parts of exactly the limits: status %d: %s", res.StatusCode, body)
+	}
+	expectComplete(t, be, expected(ok))
+
+	for i, tc := range []struct {
+		name  string
+		parts []formPart
+		code  string
+		limit string
+		index int
+		field string
+		file  string
+	}{
+		{"field one byte over", []formPart{
+			{field: "model", value: "m"},
+			{field: "note", value: strings.Repeat("n", 1025)},
+		}, "field_too_large", "max_field_size", 1, "note", ""},
+		{"file one byte over", []formPart{
+			{field: "f", filename: "f.bin", size: 64<<10 + 1, seed: 2},
+		}, "part_too_large", "max_part_size", 0, "f", "f.bin"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, body := postForm(t, c, gatewayURL+"/upload", tc.parts, false)
+			e := expectRefusal(t, res, body, 413, tc.code, tc.limit)
+			expectPart(t, e, tc.index, tc.field, tc.file)
+			got := be.waitRequests(t, i+2)
+			if len(got) != i+2 || got[i+1].Err == nil {
+				t.Fatalf("backend must see an aborted request, saw %+v", got[len(got)-1])
+			}
+		})
+	}
+
+	// A part with filename="" is a file: max_part_size applies to it, not
+	// max_field_size.
+	const b = "EmptyFilename"
+	raw := "--" + b + "\r\nContent-Disposition: form-data; name=\"f\"; filename=\"\"\r\n\r\n" +
+		strings.Repeat("z", 4000) + "\r\n--" + b + "--\r\n"
+	res, body = postRaw(t, c, "multipart/form-data; boundary="+b, []byte(raw), false)
+	if res.StatusCode != 200 {
+		t.Fatalf("file part with an empty filename: status %d: %s", res.StatusCode, body)
+	}
+	if got := be.waitRequests(t, 4); len(got) != 4 || got[3].Err != nil || len(got[3].Parts) != 1 || got[3].Parts[0].Size != 4000 {
+		t.Fatalf("backend saw %+v", got[len(got)-1])
+	}
+}
+
+// Row 6: 100 000 empty parts, streamed from a generator, are refused by the
+// default max_parts (1000); exactly 1000 pass.
+func TestEdgeManyEmptyParts(t *testing.T) {
+	be := newBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
+	c := newClient(t)
+	empty := func(i int) string {
+		if i%2 == 0 {
+			return "Content-Disposition: form-data; name=\"e\"\r\n\r\n"
+		}
+		return "Content-Disposition: form-data; name=\"f\"; filename=\"e.bin\"\r\n\r\n"
+	}
+
+	gen := &partStream{boundary: "ManyEmptyParts", n: 100_000, part: empty}
+	res, body := postStream(t, c, "multipart/form-data; boundary=ManyEmptyParts", gen, false, 0)
+	expectRefusal(t, res, body, 413, "too_many_parts", "max_parts")
+	expectAborted(t, be)
+	t.Logf("the client had generated %d parts (%d KiB) when the refusal came", gen.i, gen.sent>>10)
+
+	gen = &partStream{boundary: "ManyEmptyParts", n: 1000, part: empty}
+	res, body = postStream(t, c, "multipart/form-data; boundary=ManyEmptyParts", gen, false, 0)
+	if res.StatusCode != 200 {
+		t.Fatalf("exactly max_parts parts: status %d: %s", res.StatusCode, body)
+	}
+	got := be.waitRequests(t, 2)
+	if len(got) != 2 || got[1].Err != nil || len(got[1].Parts) != 1000 {
+		t.Fatalf("backend saw %d requests; last: err %v, %d parts", len(got), got[len(got)-1].Err, len(got[len(got)-1].Parts))
+	}
+	for i, p := range got[1].Parts {
+		if p.Size != 0 || (i%2 == 0) != (p.Filename == "") {
+			t.Fatalf("part %d: %+v", i, p)
+		}
+	}
+}
+
+// Row 7: a part header of 1 MiB, or of 20 000 lines, is refused with 431 at
+// max_part_header_size (default 16 KiB), wherever the part is; a header just
+// under the limit passes.
+func TestEdgePartHeaderTooLarge(t *testing.T) {
+	be := newBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
+	c := newClient(t)
+	const b = "HeaderLimits"
+	file := "--" + b + "\r\nContent-Disposition: form-data; name=\"first\"; filename=\"a.bin\"\r\n\r\n" +
+		strings.Repeat("a", 256<<10) + "\r\n"
+
+	requests := 0
+	for _, tc := range []struct {
+		name   string
+		before string // parts before the big header
+		extra  string // header lines added to the part
+		index  int
+		ok     bool
+	}{
+		{"one line of 1 MiB", "", "X-Pad: " + strings.Repeat("p", 1<<20) + "\r\n", 0, false},
+		{"20000 lines", "", strings.Repeat("X-Line: v\r\n", 20_000), 0, false},
+		{"1 MiB line after a file", file, "X-Pad: " + strings.Repeat("p", 1<<20) + "\r\n", 1, false},
+		{"just under 16 KiB", file, "X-Pad: " + strings.Repeat("p", 15<<10) + "\r\n", 1, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, chunked := range []bool{false, true} {
+				raw := tc.before + "--" + b + "\r\nContent-Disposition: form-data; name=\"big\"\r\n" + tc.extra +
+					"\r\nvalue\r\n--" + b + "--\r\n"
+				res, body := postRaw(t, c, "multipart/form-data; boundary="+b, []byte(raw), chunked)
+				requests++
+				got := be.waitRequests(t, requests)
+				if len(got) != requests {
+					t.Fatalf("backend got %d requests, want %d", len(got), requests)
+				}
+				last := got[requests-1]
+				if tc.ok {
+					if res.StatusCode != 200 || last.Err != nil || len(last.Parts) != 2 {
+						t.Fatalf("chunked=%v: status %d, backend %+v: %s", chunked, res.StatusCode, last, body)
+					}
+					continue
+				}
+				e := expectRefusal(t, res, body, 431, "part_header_too_large", "max_part_header_size")
+				if e.Error.Part == nil || e.Error.Part.Index != tc.index {
+					t.Errorf("chunked=%v: error names part %+v, want index %d", chunked, e.Error.Part, tc.index)
+				}
+				if last.Err == nil {
+					t.Fatalf("chunked=%v: backend must see an aborted request, saw %+v", chunked, last)
+				}
+			}
+		})
+	}
+}
+
+// Rows 8 and 9: boundary parameters and part headers the gateway must refuse,
+// with the code and the part named, and the backend aborted once it was
+// dialled; and the boundaries RFC 2046 allows, accepted.
+func TestEdgeBoundaryAndDisposition(t *testing.T) {
+	be := newBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
+	c := newClient(t)
+	part := func(b, hdr, data string) string { return "--" + b + "\r\n" + hdr + "\r\n" + data + "\r\n" }
+	okForm := func(b string) string {
+		return part(b, "Content-Disposition: form-data; name=\"a\"\r\n", "1") + "--" + b + "--\r\n"
+	}
+
+	for _, tc := range []struct {
+		name, contentType, body string
+		status                  int
+		index                   int // part named in the error, -1: none
+	}{
+		{"70-character boundary", "multipart/form-data; boundary=" + strings.Repeat("b", 70), okForm(strings.Repeat("b", 70)), 200, -1},
+		{"1-character boundary", "multipart/form-data; boundary=1", okForm("1"), 200, -1},
+		{"quoted boundary with space", `multipart/form-data; boundary="a b:c"`, okForm("a b:c"), 200, -1},
+		{"case of the media type", "Multipart/Form-Data; boundary=x", okForm("x"), 200, -1},
+		{"boundary with a forbidden character", `multipart/form-data; boundary="a@b"`, okForm("a@b"), 400, -1},
+		{"boundary ending in a space", `multipart/form-data; boundary="ab "`, okForm("ab "), 400, -1},
+		{"boundary parameter unparsable", `multipart/form-data; boundary="abc`, okForm("abc"), 400, -1},
+		{"no Content-Disposition", "multipart/form-data; boundary=x",
+			part("x", "Content-Type: text/plain\r\n", "v") + "--x--\r\n", 400, 0},
+		{"two Content-Disposition", "multipart/form-data; boundary=x",
+			part("x", "Content-Disposition: form-data; name=\"a\"\r\nContent-Disposition: form-data; name=\"b\"\r\n", "v") + "--x--\r\n", 400, 0},
+		{"empty name", "multipart/form-data; boundary=x",
+			part("x", "Content-Disposition: form-data; name=\"a\"\r\n", "1") +
+				part("x", "Content-Disposition: form-data; name=\"\"\r\n", "v") + "--x--\r\n", 400, 1},
+		{"duplicate filename", "multipart/form-data; boundary=x",
+			part("x", "Content-Disposition: form-data; name=\"a\"; filename=\"a.txt\"; filename=\"b.txt\"\r\n", "v") + "--x--\r\n", 400, 0},
+		{"disposition not form-data", "multipart/form-data; boundary=x",
+			part("x", "Content-Disposition: attachment; name=\"a\"\r\n", "v") + "--x--\r\n", 400, 0},
+		{"two Content-Type", "multipart/form-data; boundary=x",
+			part("x", "Content-Disposition: form-data; name=\"a\"\r\nContent-Type: text/plain\r\nContent-Type: image/png\r\n", "v") + "--x--\r\n", 400, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(be.received())
+			res, body := postRaw(t, c, tc.contentType, []byte(tc.body), false)
+			if tc.status == 200 {
+				if res.StatusCode != 200 {
+					t.Fatalf("status %d: %s", res.StatusCode, body)
+				}
+				return
+			}
+			e := expectRefusal(t, res, body, tc.status, "malformed_multipart", "")
+			if tc.index < 0 {
+				// Refused from the request header: the backend is never dialled.
+				time.Sleep(50 * time.Millisecond)
+				if n := len(be.received()); n != before {
+					t.Errorf("backend got %d requests for a request refused from its header", n-before)
+				}
+				return
+			}
+			if e.Error.Part == nil || e.Error.Part.Index != tc.index {
+				t.Errorf("error names part %+v, want index %d", e.Error.Part, tc.index)
+			}
+			got := be.waitRequests(t, before+1)
+			if len(got) != before+1 || got[before].Err == nil {
+				t.Fatalf("backend must see an aborted request, saw %+v", got[before:])
+			}
+		})
+	}
+}
+
+// Row 10: data containing the client's boundary without the leading CR (or
+// followed by other characters) is data; the backend sees exactly the parts
+// Go's parser sees in the client's body.
+func TestEdgeBoundaryLookalikesInData(t *testing.T) {
+	rec := newRecorder(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, rec.URL))
+	c := newClient(t)
+	const b = "XyZzy"
+	part := func(hdr, data string) string { return "--" + b + "\r\n" + hdr + "\r\n" + data + "\r\n" }
+	file := func(name, data string) string {
+		return part("Content-Disposition: form-data; name=\""+name+"\"; filename=\""+name+".bin\"\r\nContent-Type: application/octet-stream\r\n", data)
+	}
+	big := strings.Repeat("0123456789abcdef", 1024) // pushes lookalikes across buffer edges
+	body := file("lf", "one\n--"+b+"\r\ntwo\n--"+b+"--\nthree") +
+		file("cr", "one\r--"+b+"\r\ntwo") +
+		file("glued", "one--"+b+"two--"+b+"--") +
+		file("suffix", "one\r\n--"+b+"x\r\ntwo\r\n--"+b+"-x\r\n") +
+		file("edge", big[:4090]+"\n--"+b+"\r\n"+big[:5000]+"\r--"+b+"--\r\n"+big) +
+		part("Content-Disposition: form-data; name=\"text\"\r\n", "--"+b) +
+		"--" + b + "--\r\n"
+
+	want, err := goParse(strings.NewReader(body), b)
+	if err != nil {
+		t.Fatalf("Go's parser refuses the test body: %v", err)
+	}
+	if len(want) != 6 {
+		t.Fatalf("Go's parser sees %d parts, the test expects 6", len(want))
+	}
+	for _, chunked := range []bool{false, true} {
+		res, out := postRaw(t, c, "multipart/form-data; boundary="+b, []byte(body), chunked)
+		if res.StatusCode != 200 {
+			t.Fatalf("chunked=%v: status %d: %s", chunked, res.StatusCode, out)
+		}
+	}
+	got := rec.wait(2)
+	if len(got) != 2 {
+		t.Fatalf("backend got %d requests, want 2", len(got))
+	}
+	for i, r := range got {
+		parts, err := r.parts()
+		if err != nil || r.err != nil {
+			t.Fatalf("request %d: backend stream does not parse: %v %v", i, err, r.err)
+		}
+		if w, h := describeParts(want), describeParts(parts); w != h {
+			t.Errorf("request %d: backend saw\n%s\nGo's parser sees\n%s", i, h, w)
+		}
+	}
+}
+
+// Row 11: LF-only line endings, a preamble, an epilogue and transport padding
+// are accepted; the preamble and the epilogue are not forwarded.
+func TestEdgeLenientFraming(t *testing.T) {
+	rec := newRecorder(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, rec.URL))
+	c := newClient(t)
+	const b = "Lenient"
+	const preamble = "PREAMBLE-TEXT that MIME readers ignore.\r\n--Lenientish is not a delimiter\r\n"
+	const epilogue = "EPILOGUE-TEXT, also ignored.\r\n"
+
+	crlf := preamble +
+		"--" + b + " \t \r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nalpha\r\n" +
+		"--" + b + "\t\r\nContent-Disposition: form-data; name=\"f\"; filename=\"f.txt\"\r\nContent-Type: text/plain\r\n\r\nfile\r\ndata\r\n" +
+		"--" + b + "--  \r\n" + epilogue
+	lf := strings.ReplaceAll(strings.ReplaceAll(crlf, "\r\n", "\n"), "\r", "")
+	noFinalNewline := strings.TrimSuffix(strings.TrimSuffix(crlf, epilogue), "  \r\n")
+
+	n := 0
+	for _, tc := range []struct{ name, body string }{
+		{"CRLF, preamble, padding, epilogue", crlf},
+		{"LF only", lf},
+		{"closing delimiter without newline", noFinalNewline},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want, err := goParse(strings.NewReader(tc.body), b)
+			if err != nil || len(want) != 2 {
+				t.Fatalf("Go's parser: %d parts, %v", len(want), err)
+			}
+			res, out := postRaw(t, c, "multipart/form-data; boundary="+b, []byte(tc.body), false)
+			if res.StatusCode != 200 {
+				t.Fatalf("status %d: %s", res.StatusCode, out)
+			}
+			n++
+			got := rec.wait(n)
+			if len(got) != n {
+				t.Fatalf("backend got %d requests, want %d", len(got), n)
+			}
+			r := got[n-1]
+			parts, err := r.parts()
+			if err != nil || r.err != nil {
+				t.Fatalf("backend stream does not parse: %v %v", err, r.err)
+			}
+			if w, h := describeParts(want), describeParts(parts); w != h {
+				t.Errorf("backend saw\n%s\nGo's parser sees\n%s", h, w)
+			}
+			for _, s := range []string{"PREAMBLE", "Lenientish", "EPILOGUE"} {
+				if bytes.Contains(r.body, []byte(s)) {
+					t.Errorf("%q was forwarded to the backend", s)
+				}
+			}
+			if bytes.Contains(r.body, []byte("--"+b)) {
+				t.Error("the client's boundary was forwarded; want a fresh one")
+			}
+		})
+	}
+}
+
+// Row 12: parts of every size from 4000 to 4200 bytes, around the parser's
+// 4 KiB buffer, arrive byte-exact: files and fields, with the shortest and
+// the longest boundaries.
+func TestEdgeEverySize4000To4200(t *testing.T) {
+	be := newBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
+	c := newClient(t)
+	var files, fields []formPart
+	for size := 4000; size <= 4200; size++ {
+		files = append(files, formPart{field: fmt.Sprintf("f%d", size), filename: fmt.Sprintf("%d.bin", size),
+			contentType: "application/octet-stream", size: int64(size), seed: uint64(size)})
+		v := strings.Repeat(string(rune('a'+size%26)), size-1) + "\r"
+		fields = append(fields, formPart{field: fmt.Sprintf("t%d", size), value: v})
+	}
+	for i, tc := range []struct {
+		name     string
+		parts    []formPart
+		boundary string
+		chunked  bool
+	}{
+		{"files, content-length", files, "", false},
+		{"files, 70-character boundary, chunked", files, strings.Repeat("Z", 70), true},
+		{"fields, 1-character boundary, chunked", fields, "z", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var body io.Reader
+			var ct string
+			var n int64
+			if tc.boundary == "" {
+				body, ct, n = formBody(tc.parts)
+			} else {
+				body, ct, n = formBodyBoundary(tc.parts, tc.boundary)
+			}
+			res, out := postStream(t, c, ct, body, !tc.chunked, n)
+			if res.StatusCode != 200 {
+				t.Fatalf("status %d: %s", res.StatusCode, out)
+			}
+			got := be.waitRequests(t, i+1)
+			if len(got) != i+1 || got[i].Err != nil {
+				t.Fatalf("backend saw %d requests, last err %v", len(got), got[len(got)-1].Err)
+			}
+			if w, h := comparableParts(expected(tc.parts)), comparableParts(got[i].Parts); w != h {
+				t.Fatalf("backend saw\n%s\nwant\n%s", h, w)
+			}
+		})
+	}
+}
+
+// Row 13: a body that ends inside a part, or without the closing delimiter,
+// is refused with 400 naming the part, and the backend request fails; it never
+// ends cleanly.
+func TestEdgeTruncatedBody(t *testing.T) {
+	be := newBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
+	c := newClient(t)
+	parts := []formPart{
+		{field: "model", value: "m"},
+		{field: "audio", filename: "talk.wav", contentType: "audio/wav", size: 1 << 20, seed: 9},
+	}
+	full, ct := formBytes(t, parts, "Truncated")
+	dataStart := bytes.Index(full, []byte("audio/wav\r\n\r\n")) + len("audio/wav\r\n\r\n")
+	end := bytes.LastIndex(full, []byte("\r\n--Truncated--"))
+
+	n := 0
+	for _, tc := range []struct {
+		name  string
+		body  []byte
+		index int // part named in the error; -1: any
+	}{
+		{"ends mid-part", full[:dataStart+600<<10], 1},
+		{"ends right after the part's data", full[:end], 1},
+		{"ends after a delimiter line", append(append([]byte{}, full[:end]...), "\r\n--Truncated\r\n"...), -1},
+		{"ends in a part header", append(append([]byte{}, full[:end]...), "\r\n--Truncated\r\nContent-Disposition: form-da"...), -1},
+		{"ends with the delimiter, no dashes", append(append([]byte{}, full[:end]...), "\r\n--Truncated"...), -1},
+		{"ends with one closing dash", append(append([]byte{}, full[:end]...), "\r\n--Truncated-"...), -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, chunked := range []bool{false, true} {
+				res, out := postRaw(t, c, ct, tc.body, chunked)
+				n++
+				e := expectRefusal(t, res, out, 400, "malformed_multipart", "")
+				if tc.index >= 0 {
+					expectPart(t, e, tc.index, "audio", "talk.wav")
+				}
+				got := be.waitRequests(t, n)
+				if len(got) != n || got[n-1].Err == nil {
+					t.Fatalf("chunked=%v: backend must see a failed request, saw %+v", chunked, got[len(got)-1])
+				}
+			}
+		})
+	}
+}
+
+// Row 23: any Content-Transfer-Encoding on a part is refused with 400, even
+// after a file has already been streamed; the backend request is aborted.
+func TestEdgeContentTransferEncoding(t *testing.T) {
+	be := newBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
+	c := newClient(t)
+	const b = "CTE"
+	head := "--" + b + "\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nm\r\n" +
+		"--" + b + "\r\nContent-Disposition: form-data; name=\"f\"; filename=\"f.bin\"\r\n\r\n" +
+		strings.Repeat("d", 256<<10) + "\r\n"
+	for i, hdr := range []string{
+		"Content-Transfer-Encoding: base64",
+		"Content-Transfer-Encoding: quoted-printable",
+		"Content-Transfer-Encoding: 7bit",
+		"Content-Transfer-Encoding: 8bit",
+		"Content-Transfer-Encoding: binary",
+		"content-transfer-encoding: BASE64",
+	} {
+		t.Run(hdr, func(t *testing.T) {
+			body := head + "--" + b + "\r\nContent-Disposition: form-data; name=\"enc\"; filename=\"e.txt\"\r\n" + hdr +
+				"\r\n\r\naGVsbG8=\r\n--" + b + "--\r\n"
+			res, out := postRaw(t, c, "multipart/form-data; boundary="+b, []byte(body), i%2 == 1)
+			e := expectRefusal(t, res, out, 400, "content_transfer_encoding", "")
+			expectPart(t, e, 2, "enc", "e.txt")
+			got := be.waitRequests(t, i+1)
+			if len(got) != i+1 || got[i].Err == nil {
+				t.Fatalf("backend must see an aborted request, saw %+v", got[len(got)-1])
+			}
+		})
+	}
+}
