@@ -75,6 +75,12 @@ func (e *uploadError) writeJSON(w http.ResponseWriter, parts []partResult) {
 	}{e, parts})
 }
 
+// writeError is a failure to write to the backend, met while reading the
+// client's body; it is the backend's, never a malformed body.
+type writeError struct{ error }
+
+func (e writeError) Unwrap() error { return e.error }
+
 // asUploadError returns err as an uploadError; anything that is not one is a
 // malformed body.
 func asUploadError(err error) *uploadError {
@@ -112,8 +118,8 @@ func clientReadError(err error) *uploadError {
 }
 
 // backendError classifies a failed round trip, as reverse_proxy does.
-func backendError(err error, clientCtx context.Context) *uploadError {
-	if clientCtx.Err() != nil || errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "operation was canceled") {
+func backendError(err error, clientGone bool) *uploadError {
+	if clientGone || errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "operation was canceled") {
 		return &uploadError{Status: statusClientClosed, Code: CodeClientGone, Message: "client went away", err: err}
 	}
 	var ne net.Error

@@ -91,14 +91,15 @@ func (f *formReader) next() (*formPart, error) {
 		return nil, f.headerTooLarge(f.index)
 	}
 	if err == io.EOF {
+		// Read the epilogue through to the body's end, so that the server
+		// notices, and cancels the request, if the client then goes away.
+		if _, err := io.Copy(io.Discard, f.headers); err != nil {
+			return nil, readError(err, nil)
+		}
 		return nil, io.EOF
 	}
 	if err != nil {
-		var ue *uploadError
-		if errors.As(err, &ue) {
-			return nil, ue
-		}
-		return nil, malformed(err)
+		return nil, readError(err, nil)
 	}
 	if f.index >= f.maxParts {
 		return nil, limitError(http.StatusRequestEntityTooLarge, CodeTooManyParts, "max_parts", int64(f.maxParts), "number of parts")
@@ -220,12 +221,7 @@ func (p *formPart) Read(b []byte) (int, error) {
 		return 0, e
 	}
 	if err != nil && err != io.EOF {
-		var ue *uploadError
-		if !errors.As(err, &ue) {
-			ue = malformed(err)
-			ue.Part = p.ref()
-		}
-		return n, ue
+		return n, readError(err, p)
 	}
 	if err == io.EOF && p.digests != nil {
 		if verr := p.digests.verify(); verr != nil {
@@ -272,6 +268,25 @@ func headerSize(h textproto.MIMEHeader) int64 {
 		}
 	}
 	return n
+}
+
+// readError classifies a failure met while reading the form: a refusal or a
+// failure to write to the backend passes as it is; anything else is what
+// mime/multipart found wrong with the body.
+func readError(err error, p *formPart) error {
+	var ue *uploadError
+	var we writeError
+	switch {
+	case errors.As(err, &ue):
+		return ue
+	case errors.As(err, &we):
+		return we
+	}
+	ue = malformed(err)
+	if p != nil {
+		ue.Part = p.ref()
+	}
+	return ue
 }
 
 // budgetReader lets through at most budget bytes while a part header is being

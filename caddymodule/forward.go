@@ -25,6 +25,7 @@ func (h *Handler) serveForward(u *upload) error {
 	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
 	res, uerr := u.exchange(header, func(w io.Writer) error {
 		out.Reset(w)
+		defer u.flushBeforeReads(out)()
 		return u.forward(form, mw, out)
 	})
 	if uerr != nil {
@@ -38,9 +39,6 @@ func (u *upload) forward(form *formReader, mw *multipart.Writer, out *bufio.Writ
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
 	for {
-		if err := u.flushIfIdle(out); err != nil {
-			return err
-		}
 		p, err := form.next()
 		if err == io.EOF {
 			break
@@ -52,7 +50,7 @@ func (u *upload) forward(form *formReader, mw *multipart.Writer, out *bufio.Writ
 		if err != nil {
 			return err
 		}
-		if err := u.copyPart(dst, p, out, *bp); err != nil {
+		if err := u.copyPart(dst, p, *bp); err != nil {
 			return err
 		}
 		if err := writeDigestFields(mw, p); err != nil {
@@ -65,9 +63,8 @@ func (u *upload) forward(form *formReader, mw *multipart.Writer, out *bufio.Writ
 	return out.Flush()
 }
 
-// copyPart copies one part's data into dst. When dst streams to a backend,
-// out is its buffer, flushed whenever the client has nothing more buffered.
-func (u *upload) copyPart(dst io.Writer, p *formPart, out *bufio.Writer, buf []byte) error {
+// copyPart copies one part's data into dst.
+func (u *upload) copyPart(dst io.Writer, p *formPart, buf []byte) error {
 	for {
 		n, err := p.Read(buf)
 		if n > 0 {
@@ -75,9 +72,6 @@ func (u *upload) copyPart(dst io.Writer, p *formPart, out *bufio.Writer, buf []b
 				return werr
 			}
 			u.sent.Add(int64(n))
-			if werr := u.flushIfIdle(out); werr != nil {
-				return werr
-			}
 		}
 		if err == io.EOF {
 			return nil
@@ -103,12 +97,19 @@ func writeDigestFields(mw *multipart.Writer, p *formPart) error {
 	return nil
 }
 
-// flushIfIdle sends what is buffered for the backend when the next read from
-// the client may block, so that the backend gets every byte as soon as the
-// client has sent it, in writes as large as the client's reads allow.
-func (u *upload) flushIfIdle(out *bufio.Writer) error {
-	if out != nil && u.in.Buffered() == 0 && out.Buffered() > 0 {
-		return out.Flush()
+// flushBeforeReads makes every read from the client's connection first send
+// what is buffered for the backend: the backend gets each byte as soon as the
+// client has sent it, in writes as large as the client's reads allow. It
+// returns the function that ends this.
+func (u *upload) flushBeforeReads(out *bufio.Writer) (stop func()) {
+	u.body.flush = func() error {
+		if out.Buffered() == 0 {
+			return nil
+		}
+		if err := out.Flush(); err != nil {
+			return writeError{err}
+		}
+		return nil
 	}
-	return nil
+	return func() { u.body.flush = nil }
 }

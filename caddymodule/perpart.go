@@ -80,7 +80,8 @@ func (h *Handler) servePerPart(u *upload) error {
 
 		res, uerr := u.exchange(partHeader(p), func(w io.Writer) error {
 			out.Reset(w)
-			if err := u.copyPart(out, p, out, *bp); err != nil {
+			defer u.flushBeforeReads(out)()
+			if err := u.copyPart(out, p, *bp); err != nil {
 				return err
 			}
 			return out.Flush()

@@ -129,7 +129,7 @@ type storing struct {
 // receive reads the whole form: file parts go to disk; text fields go to mw
 // when there is a backend (with each file's metadata after it), or are kept
 // for the JSON answer when there is none.
-func (st *storing) receive(form *formReader, mw *multipart.Writer, out *bufio.Writer) error {
+func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
 	fw := writerPool.Get().(*bufio.Writer)
@@ -139,9 +139,6 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer, out *bufio.Wr
 	}()
 	u := st.u
 	for {
-		if err := u.flushIfIdle(out); err != nil {
-			return err
-		}
 		p, err := form.next()
 		if err == io.EOF {
 			return nil
@@ -155,7 +152,7 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer, out *bufio.Wr
 				if err != nil {
 					return err
 				}
-				if err := u.copyPart(dst, p, out, *bp); err != nil {
+				if err := u.copyPart(dst, p, *bp); err != nil {
 					return err
 				}
 			} else if err := st.keepField(p); err != nil {
@@ -171,7 +168,7 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer, out *bufio.Wr
 		}
 		st.files = append(st.files, sf)
 		fw.Reset(fileWriter{sf.f})
-		if err := u.copyPart(fw, p, nil, *bp); err != nil {
+		if err := u.copyPart(fw, p, *bp); err != nil {
 			return err
 		}
 		if err := fw.Flush(); err != nil {
@@ -284,7 +281,7 @@ func (h *Handler) serveStore(u *upload) error {
 	st := &storing{u: u, s: h.store}
 
 	if h.To == "" {
-		if err := st.receive(form, nil, nil); err != nil {
+		if err := st.receive(form, nil); err != nil {
 			st.discard()
 			return u.failParts(asUploadError(err), st.parts)
 		}
@@ -305,7 +302,8 @@ func (h *Handler) serveStore(u *upload) error {
 	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
 	res, uerr := u.exchange(header, func(w io.Writer) error {
 		out.Reset(w)
-		if err := st.receive(form, mw, out); err != nil {
+		defer u.flushBeforeReads(out)()
+		if err := st.receive(form, mw); err != nil {
 			return err
 		}
 		if err := st.commit(); err != nil {

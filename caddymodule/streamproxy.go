@@ -78,7 +78,7 @@ type Handler struct {
 
 	// TransportRaw configures the round trip to the backend. It takes the same
 	// modules as reverse_proxy's transport; default: the `http` transport with
-	// its defaults.
+	// its defaults and a 64 KiB write buffer.
 	TransportRaw json.RawMessage `json:"transport,omitempty" caddy:"namespace=http.reverse_proxy.transport inline_key=protocol"`
 
 	// HeaderUp manipulates the headers of backend requests, like
@@ -168,7 +168,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	if h.TransportRaw == nil {
-		h.TransportRaw = caddyconfig.JSONModuleObject(new(reverseproxy.HTTPTransport), "protocol", "http", nil)
+		// Go's default 4 KiB write buffer splits each chunk of a streamed
+		// body into two writes; one larger than a chunk (64 KiB, see
+		// startReader.WriteTo) sends it in one.
+		h.TransportRaw = caddyconfig.JSONModuleObject(&reverseproxy.HTTPTransport{WriteBufferSize: bufSize + 4096}, "protocol", "http", nil)
 	}
 	mod, err := ctx.LoadModule(h, "TransportRaw")
 	if err != nil {

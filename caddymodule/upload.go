@@ -2,6 +2,7 @@ package streamproxy
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +33,8 @@ type upload struct {
 	h      *Handler
 	w      http.ResponseWriter
 	r      *http.Request
+	ctx    context.Context // of backend requests: the client's, but not ended by stopReading
+	cancel context.CancelFunc
 	repl   *caddy.Replacer
 	logger *zap.Logger
 	id     string
@@ -66,8 +69,21 @@ func newUpload(h *Handler, w http.ResponseWriter, r *http.Request) *upload {
 	return u
 }
 
-// begin makes the upload visible to the admin API and the metrics.
+// begin makes the upload visible to the admin API and the metrics, and sets up
+// the context of its backend requests: it ends when the client goes away, but
+// not when stopReading makes the server end the client's context.
 func (u *upload) begin() {
+	var cancelCtx context.CancelFunc
+	u.ctx, cancelCtx = context.WithCancel(context.WithoutCancel(u.r.Context()))
+	stop := context.AfterFunc(u.r.Context(), func() {
+		if !u.stopped.Load() {
+			cancelCtx()
+		}
+	})
+	u.cancel = func() {
+		stop()
+		cancelCtx()
+	}
 	inFlight.Store(u, u)
 	metrics.inFlight.WithLabelValues(u.h.Mode).Inc()
 	u.repl.Set(placeholderPrefix+"mode", u.h.Mode)
@@ -76,6 +92,7 @@ func (u *upload) begin() {
 // end records how the upload ended: metrics, placeholders, the access log's
 // extra fields and a debug summary.
 func (u *upload) end() {
+	u.cancel()
 	inFlight.Delete(u)
 	mode := u.h.Mode
 	metrics.inFlight.WithLabelValues(mode).Dec()
@@ -216,6 +233,12 @@ func (u *upload) closeBody() {
 	}
 }
 
+// clientGone reports whether the client went away (not merely stopped being
+// read).
+func (u *upload) clientGone() bool {
+	return u.r.Context().Err() != nil && !u.stopped.Load()
+}
+
 // stopReading unblocks a goroutine waiting on the client's body, after which
 // every read fails. Used when the backend has answered before the upload ended.
 func (u *upload) stopReading() {
@@ -249,33 +272,68 @@ func (u *upload) fail(e *uploadError) error {
 			ce.Write(fields...)
 		}
 	}
-	if u.body == nil || u.body.n.Load() == 0 {
-		// The body is not wanted: closing it keeps the server from sending
-		// 100 Continue to drain it, and the connection is not reused. A body
-		// already flowing is left to the server, which drains a little of it
-		// so that the client can read this answer.
-		_ = u.r.Body.Close()
-		if u.r.ProtoMajor == 1 {
-			u.w.Header().Set("Connection", "close")
-		}
+	// What is left of the body is not wanted, and the connection is not
+	// reused. A client waiting for 100 Continue is not sent one: closing the
+	// body keeps the server from draining it. A client already sending gets a
+	// lingering close (see linger).
+	unread := u.body == nil || !u.body.eof
+	waiting := u.body == nil && u.r.Header.Get("Expect") != ""
+	if unread && u.r.ProtoMajor == 1 {
+		u.w.Header().Set("Connection", "close")
 	}
 	if srv, ok := u.r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok &&
 		srv.Errors != nil && len(srv.Errors.Routes) > 0 && e.Status != statusClientClosed {
+		if waiting {
+			_ = u.r.Body.Close()
+		}
 		return caddyhttp.Error(e.Status, e)
 	}
+	linger := unread && !waiting && u.r.ProtoMajor == 1 && e.Status != statusClientClosed &&
+		http.NewResponseController(u.w).EnableFullDuplex() == nil
+	if waiting {
+		_ = u.r.Body.Close()
+	}
 	e.writeJSON(u.w, u.partsSoFar)
+	if linger {
+		u.linger()
+	}
 	return nil
+}
+
+// Bounds of a lingering close.
+const (
+	lingerTime  = 2 * time.Second
+	lingerBytes = 64 << 20
+)
+
+// linger reads and discards what the client still sends after it has been
+// answered with a refusal, for a little while, as nginx's lingering close
+// does: a client that sends its whole body before it reads the answer then
+// gets the answer instead of a connection reset.
+func (u *upload) linger() {
+	rc := http.NewResponseController(u.w)
+	if rc.Flush() != nil || rc.SetReadDeadline(time.Now().Add(lingerTime)) != nil {
+		return
+	}
+	_, _ = io.CopyN(io.Discard, u.r.Body, lingerBytes)
 }
 
 // clientBody counts the client's body and enforces max_body_size while it
 // streams. A failure to read is marked as the client's.
 type clientBody struct {
-	r   io.Reader
-	n   atomic.Int64 // read by the admin API while the upload runs
-	max int64
+	r     io.Reader
+	n     atomic.Int64 // read by the admin API while the upload runs
+	max   int64
+	eof   bool         // the body was read to its end
+	flush func() error // if set, called before each read (see flushBeforeReads)
 }
 
 func (c *clientBody) Read(p []byte) (int, error) {
+	if c.flush != nil {
+		if err := c.flush(); err != nil {
+			return 0, err
+		}
+	}
 	if c.n.Load() >= c.max {
 		// Allow one more byte through to tell "exactly max" from "over".
 		p = p[:min(len(p), 1)]
@@ -287,5 +345,6 @@ func (c *clientBody) Read(p []byte) (int, error) {
 	if err != nil && !errors.Is(err, io.EOF) {
 		return n, clientReadError(err)
 	}
+	c.eof = err == io.EOF
 	return n, err
 }
