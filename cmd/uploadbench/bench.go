@@ -1,0 +1,221 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"debug/buildinfo"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+)
+
+// bench is what compare and rss measure with: the counting backend, served
+// in this process on a free loopback port, and a gateway in front of it.
+// Close must be called, whatever happened.
+type bench struct {
+	gw     *gateway
+	direct string // the backend's URL
+	client *http.Client
+
+	stopBackend context.CancelFunc
+	backendDone chan struct{}
+
+	mu   sync.Mutex
+	raws []rawResult // raw uploads the backend answered since the last upload began
+}
+
+// route is one way to the backend.
+type route struct {
+	Name       string // as shown in tables
+	URL        string
+	viaGateway bool
+	raw        bool // the gateway sends each file as a raw body (per_part)
+}
+
+func startBench(ctx context.Context, caddyPath string, modes []string) (b *bench, err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	bctx, cancel := context.WithCancel(context.Background())
+	b = &bench{
+		direct:      "http://" + ln.Addr().String(),
+		client:      newClient(1),
+		stopBackend: cancel,
+		backendDone: make(chan struct{}),
+	}
+	be := &backend{seed: 1, onRaw: b.recordRaw}
+	go func() {
+		defer close(b.backendDone)
+		_ = serveBackend(bctx, be, ln)
+	}()
+	defer func() {
+		if err != nil {
+			b.Close()
+			b = nil
+		}
+	}()
+
+	b.gw, err = startGateway(ctx, caddyPath, ln.Addr().String(), modes)
+	return b, err
+}
+
+// Close kills the gateway, removes its files and stops the backend.
+func (b *bench) Close() {
+	if b.gw != nil {
+		b.gw.Stop()
+	}
+	b.client.CloseIdleConnections()
+	b.stopBackend()
+	<-b.backendDone
+}
+
+// routes returns direct, reverse_proxy and stream_proxy in each mode.
+func (b *bench) routes(modes []string) []*route {
+	rs := []*route{b.directRoute(), b.rpRoute()}
+	for _, mode := range modes {
+		rs = append(rs, b.spRoute(mode))
+	}
+	return rs
+}
+
+func (b *bench) directRoute() *route {
+	return &route{Name: "direct", URL: b.direct + "/direct/upload"}
+}
+
+func (b *bench) rpRoute() *route {
+	return &route{Name: "reverse_proxy", URL: b.gw.URL + "/rp/upload", viaGateway: true}
+}
+
+func (b *bench) spRoute(mode string) *route {
+	name := "stream_proxy"
+	if mode != "forward" {
+		name += " " + mode
+	}
+	return &route{Name: name, URL: b.gw.URL + spPath(mode) + "upload", viaGateway: true, raw: mode == "per_part"}
+}
+
+func (b *bench) recordRaw(r rawResult) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.raws) < 10000 {
+		b.raws = append(b.raws, r)
+	}
+}
+
+func (b *bench) takeRaws() []rawResult {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	raws := b.raws
+	b.raws = nil
+	return raws
+}
+
+// measurement is one verified upload.
+type measurement struct {
+	uploadResult
+	CPU float64 // gateway CPU seconds used during the upload
+}
+
+// upload sends body along r, checks that the backend saw every part
+// byte-identical, and measures the gateway's CPU time meanwhile.
+func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, timeout time.Duration, label string) (measurement, error) {
+	b.takeRaws()
+	cpu0, err := b.gw.CPUSeconds()
+	if err != nil {
+		return measurement{}, err
+	}
+	p := startProgress(label, body.Length)
+	uctx, cancel := context.WithTimeout(ctx, timeout)
+	res, err := doUpload(uctx, b.client, r.URL, body, chunked, p)
+	cancel()
+	p.Stop()
+	if err != nil {
+		if gerr := b.gw.Alive(); gerr != nil {
+			err = fmt.Errorf("%w; %w", err, gerr)
+		}
+		return measurement{}, fmt.Errorf("%s: %w", label, err)
+	}
+	cpu1, err := b.gw.CPUSeconds()
+	if err != nil {
+		return measurement{}, err
+	}
+	if res.Code != http.StatusOK {
+		return measurement{}, fmt.Errorf("%s: %s: %.2000s", label, res.Status, res.Answer)
+	}
+	if r.raw {
+		err = verifyRawUploads(b.takeRaws(), body.Parts())
+	} else {
+		err = verifyAnswer(res.Answer, body.Parts())
+	}
+	if err != nil {
+		return measurement{}, fmt.Errorf("%s: verify FAILED: %w", label, err)
+	}
+	return measurement{uploadResult: res, CPU: cpu1 - cpu0}, nil
+}
+
+// machineLine describes the machine, uploadbench's Go and the gateway's.
+func machineLine(caddyPath string) string {
+	model := "unknown CPU"
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	gwGo := "unknown"
+	if info, err := buildinfo.ReadFile(caddyPath); err == nil {
+		gwGo = info.GoVersion
+	}
+	return fmt.Sprintf("machine: %d CPUs (nproc), %s, %s/%s; uploadbench built with %s, gateway with %s",
+		runtime.NumCPU(), model, runtime.GOOS, runtime.GOARCH, runtime.Version(), gwGo)
+}
+
+// commandLine is how uploadbench was run, quoted for a POSIX shell.
+func commandLine() string {
+	args := []string{filepath.Base(os.Args[0])}
+	for _, a := range os.Args[1:] {
+		if a == "" || strings.ContainsAny(a, " \t\n'\"\\$`*?[]{}()<>|&;#~!") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		args = append(args, a)
+	}
+	return "command: " + strings.Join(args, " ")
+}
+
+// checkCaddy fails early if the gateway binary cannot be run.
+func checkCaddy(path string) error {
+	if _, err := exec.LookPath(path); err != nil {
+		return fmt.Errorf("-caddy: %w", err)
+	}
+	return nil
+}
+
+// checkModes accepts the stream_proxy modes compare and rss can verify.
+func checkModes(modes []string) error {
+	seen := map[string]bool{}
+	for _, m := range modes {
+		switch {
+		case m != "forward" && m != "per_part":
+			return fmt.Errorf("mode %q: want forward or per_part (store writes to disk and is not benchmarked)", m)
+		case seen[m]:
+			return fmt.Errorf("mode %q given twice", m)
+		}
+		seen[m] = true
+	}
+	if len(modes) == 0 {
+		return fmt.Errorf("no mode given")
+	}
+	return nil
+}

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// pathStats gathers the measurements of one route.
+type pathStats struct {
+	*route
+	rates   []float64 // MiB/s of each run
+	cpu     float64   // gateway CPU seconds over all runs
+	moved   int64     // body bytes over all runs
+	peakRSS int64     // gateway VmHWM, max over the runs
+}
+
+func runCompare(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("compare", flag.ContinueOnError)
+	caddyPath := fs.String("caddy", "", "gateway binary: Caddy with stream_proxy (required)")
+	size := sizeFlag(2 * gib)
+	fs.Var(&size, "size", "total bytes of file content per upload")
+	runs := fs.Int("runs", 5, "uploads per path (1-1000)")
+	modes := fs.String("modes", "forward", "stream_proxy modes to measure, comma-separated (forward, per_part)")
+	out := fs.String("out", "table", "output format: table or markdown")
+	files := fs.Int("files", 3, "file parts per upload")
+	fields := fs.Int("fields", 2, "text fields per upload")
+	seed := fs.Uint64("seed", 1, "seed of the generated contents")
+	chunked := fs.Bool("chunked", false, "send chunked instead of with a Content-Length")
+	warmup := sizeFlag(16 * mib)
+	fs.Var(&warmup, "warmup", "file bytes of one uncounted upload per path before the runs (0: none)")
+	timeout := fs.Duration("timeout", 30*time.Minute, "give up on an upload after this long")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: uploadbench compare -caddy PATH [flags]\n\n"+
+			"Starts the counting backend and the gateway, uploads the same body directly, through\n"+
+			"reverse_proxy (/rp/) and through stream_proxy (/sp/), interleaved, verifies every upload\n"+
+			"and prints one table. Linux only (reads /proc).\n\n")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	modeList := strings.Split(*modes, ",")
+	if err := checkModes(modeList); err != nil {
+		return err
+	}
+	if *caddyPath == "" || *runs < 1 || *runs > 1000 || (*out != "table" && *out != "markdown") {
+		fs.Usage()
+		return errUsage
+	}
+	if err := checkCaddy(*caddyPath); err != nil {
+		return err
+	}
+
+	spec := bodySpec{Seed: *seed, Size: int64(size), Files: *files, Fields: *fields}
+	body, err := newBody(spec)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "hashing the %s body...\n", formatBytes(body.Length))
+	body.Parts()
+
+	b, err := startBench(ctx, *caddyPath, modeList)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	idleRSS, err := b.gw.PeakRSS()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "gateway pid %d on %s, backend on %s\n", b.gw.Pid, b.gw.URL, b.direct)
+
+	var paths []*pathStats
+	for _, r := range b.routes(modeList) {
+		paths = append(paths, &pathStats{route: r})
+	}
+	if warmup > 0 {
+		spec.Size = int64(warmup)
+		wb, err := newBody(spec)
+		if err != nil {
+			return err
+		}
+		for _, p := range paths {
+			if _, err := b.upload(ctx, p.route, wb, *chunked, *timeout, "warm-up "+p.Name); err != nil {
+				return err
+			}
+		}
+	}
+
+	// VmHWM is reset before each upload through the gateway, so that each
+	// path's peak is its own; without clear_refs it is cumulative.
+	rssReset := b.gw.ResetPeakRSS() == nil
+	for run := 1; run <= *runs; run++ {
+		for _, p := range paths {
+			if p.viaGateway && rssReset {
+				if err := b.gw.ResetPeakRSS(); err != nil {
+					return err
+				}
+			}
+			label := fmt.Sprintf("run %d/%d %s", run, *runs, p.Name)
+			m, err := b.upload(ctx, p.route, body, *chunked, *timeout, label)
+			if err != nil {
+				return err
+			}
+			p.rates = append(p.rates, m.MiBps())
+			p.cpu += m.CPU
+			p.moved += m.Sent
+			if p.viaGateway {
+				rss, err := b.gw.PeakRSS()
+				if err != nil {
+					return err
+				}
+				p.peakRSS = max(p.peakRSS, rss)
+			}
+			fmt.Fprintf(os.Stderr, "%-32s %8.1f MiB/s  verified\n", label, m.MiBps())
+		}
+	}
+
+	framing := "Content-Length"
+	if *chunked {
+		framing = "chunked"
+	}
+	rssNote := "reset before each upload, max over the path's runs"
+	if !rssReset {
+		rssNote = "cumulative (clear_refs unavailable)"
+	}
+	notes := []string{
+		fmt.Sprintf("body: %d files + %d fields, %s of files, %d bytes with framing, %s, seed %d; "+
+			"%d runs per path, interleaved, after a %s warm-up upload per path; every upload verified (size and sha256 of each part as the backend saw it)",
+			*files, *fields, formatBytes(int64(size)), body.Length, framing, *seed, *runs, formatBytes(int64(warmup))),
+		fmt.Sprintf("CPU s/GiB: gateway utime+stime (/proc/PID/stat) per GiB of body; "+
+			"peak RSS: gateway VmHWM, %s; idle gateway VmHWM %.1f MiB", rssNote, float64(idleRSS)/mib),
+		machineLine(*caddyPath),
+		commandLine(),
+	}
+	printTable(os.Stdout, *out, paths, notes)
+	return nil
+}
+
+// printTable writes one row per path, then the notes.
+func printTable(w io.Writer, format string, paths []*pathStats, notes []string) {
+	var rpMedian float64
+	for _, p := range paths {
+		if p.Name == "reverse_proxy" {
+			rpMedian = median(p.rates)
+		}
+	}
+	header := []string{"path", "MiB/s median", "spread (min–max)", "ratio to reverse_proxy", "CPU s/GiB", "peak RSS MiB"}
+	var rows [][]string
+	for _, p := range paths {
+		cpu, rss := "-", "-"
+		if p.viaGateway {
+			cpu = fmt.Sprintf("%.2f", p.cpu/(float64(p.moved)/gib))
+			rss = fmt.Sprintf("%.1f", float64(p.peakRSS)/mib)
+		}
+		ratio := "-"
+		if rpMedian > 0 {
+			ratio = fmt.Sprintf("%.2f", median(p.rates)/rpMedian)
+		}
+		rows = append(rows, []string{
+			p.Name,
+			fmt.Sprintf("%.1f", median(p.rates)),
+			fmt.Sprintf("%.1f–%.1f", slices.Min(p.rates), slices.Max(p.rates)),
+			ratio, cpu, rss,
+		})
+	}
+
+	if format == "markdown" {
+		fmt.Fprintf(w, "| %s |\n|%s\n", strings.Join(header, " | "), strings.Repeat(" --- |", len(header)))
+		for _, r := range rows {
+			fmt.Fprintf(w, "| %s |\n", strings.Join(r, " | "))
+		}
+		fmt.Fprintln(w)
+		for _, n := range notes {
+			fmt.Fprintf(w, "%s\n\n", n)
+		}
+		return
+	}
+	// Plain text: the path left-aligned, the numbers right-aligned.
+	widths := make([]int, len(header))
+	for _, r := range append([][]string{header}, rows...) {
+		for i, c := range r {
+			widths[i] = max(widths[i], utf8.RuneCountInString(c))
+		}
+	}
+	for _, r := range append([][]string{header}, rows...) {
+		var sb strings.Builder
+		for i, c := range r {
+			pad := strings.Repeat(" ", widths[i]-utf8.RuneCountInString(c))
+			if i == 0 {
+				sb.WriteString(c + pad)
+			} else {
+				sb.WriteString(" | " + pad + c)
+			}
+		}
+		fmt.Fprintln(w, sb.String())
+	}
+	for _, n := range notes {
+		fmt.Fprintln(w, n)
+	}
+}
+
+// median of xs, which must not be empty.
+func median(xs []float64) float64 {
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
