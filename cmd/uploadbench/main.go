@@ -94,6 +94,9 @@ func main() {
 		os.Exit(2)
 	}
 
+	// A closed stdout (| head) must not kill us before the cleanups below:
+	// with SIGPIPE ignored, writes to it fail instead.
+	signal.Ignore(syscall.SIGPIPE)
 	// Ctrl-C and SIGTERM cancel ctx; the subcommand then returns, running its
 	// deferred cleanups (gateway killed, temp files removed) before we exit.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
