@@ -1,6 +1,7 @@
 package streamproxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -17,8 +18,9 @@ import (
 // it has no part-count limit, allows megabytes of headers per part, decodes
 // quoted-printable silently and tolerates nameless parts.
 type formReader struct {
-	mr      *multipart.Reader
-	headers *budgetReader // between the upload's buffer and mr; caps header reads
+	mr       *multipart.Reader
+	headers  *budgetReader // between the upload's buffer and mr; caps header reads
+	boundary string
 
 	maxParts     int
 	maxPartSize  int64
@@ -60,10 +62,11 @@ type formPart struct {
 const headerSlack = 4096 + 80
 
 func newFormReader(src io.Reader, boundary string, h *Handler, obs partObserver) *formReader {
-	br := &budgetReader{r: src}
+	br := &budgetReader{r: src, budget: -1, tail: make([]byte, 0, len(boundary)+tailSlack)}
 	return &formReader{
 		mr:           multipart.NewReader(br, boundary),
 		headers:      br,
+		boundary:     boundary,
 		maxParts:     h.MaxParts,
 		maxPartSize:  h.MaxPartSize,
 		maxFieldSize: h.MaxFieldSize,
@@ -95,6 +98,11 @@ func (f *formReader) next() (*formPart, error) {
 		// notices, and cancels the request, if the client then goes away.
 		if _, err := io.Copy(io.Discard, f.headers); err != nil {
 			return nil, readError(err, nil)
+		}
+		// mime/multipart also ends cleanly when the body stops right after
+		// a delimiter that opens a part: a cut body, not a complete one.
+		if endsWithOpenDelimiter(f.headers.tail, f.boundary) {
+			return nil, malformed(errors.New("body ended after a delimiter, without the closing delimiter"))
 		}
 		return nil, io.EOF
 	}
@@ -291,28 +299,62 @@ func readError(err error, p *formPart) error {
 
 // budgetReader lets through at most budget bytes while a part header is being
 // read (budget -1: no cap), so that an endless header never fills memory.
+// It also keeps the last bytes it let through, to check how the body ended.
 type budgetReader struct {
 	r         io.Reader
 	budget    int64
 	exhausted bool
+	tail      []byte // the last len(boundary)+tailSlack bytes read
 }
+
+// tailSlack is room in budgetReader.tail for a delimiter line's dashes,
+// transport padding and line end.
+const tailSlack = 80
 
 var errHeaderBudget = errors.New("part header exceeds its budget")
 
 func (b *budgetReader) Read(p []byte) (int, error) {
-	if b.budget < 0 {
-		return b.r.Read(p)
-	}
 	if b.budget == 0 {
 		b.exhausted = true
 		return 0, errHeaderBudget
 	}
-	if int64(len(p)) > b.budget {
+	if b.budget > 0 && int64(len(p)) > b.budget {
 		p = p[:b.budget]
 	}
 	n, err := b.r.Read(p)
-	b.budget -= int64(n)
+	if b.budget > 0 {
+		b.budget -= int64(n)
+	}
+	b.keepTail(p[:n])
 	return n, err
+}
+
+func (b *budgetReader) keepTail(p []byte) {
+	keep := cap(b.tail)
+	if len(p) >= keep {
+		b.tail = append(b.tail[:0], p[len(p)-keep:]...)
+		return
+	}
+	if over := len(b.tail) + len(p) - keep; over > 0 {
+		b.tail = append(b.tail[:0], b.tail[over:]...)
+	}
+	b.tail = append(b.tail, p...)
+}
+
+// endsWithOpenDelimiter reports whether body's last line is a delimiter
+// (--boundary, transport padding, line end) rather than the closing one.
+func endsWithOpenDelimiter(end []byte, boundary string) bool {
+	line, ok := bytes.CutSuffix(end, []byte("\n"))
+	if !ok {
+		return false
+	}
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	line = bytes.TrimRight(line, " \t")
+	if !bytes.HasSuffix(line, []byte("--"+boundary)) {
+		return false
+	}
+	before := line[:len(line)-len(boundary)-2]
+	return len(before) == 0 || before[len(before)-1] == '\n'
 }
 
 // isClientReadError reports whether err came from reading the client's body

@@ -209,6 +209,9 @@ func TestServeRefusals(t *testing.T) {
 		{"header too large", "--B\r\nContent-Disposition: form-data; name=\"a\"\r\nX-Pad: " + strings.Repeat("p", 300) + "\r\n\r\nv\r\n--B--\r\n", 431, CodePartHeaderTooBig},
 		{"transfer encoding", "--B\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Transfer-Encoding: base64\r\n\r\nv\r\n--B--\r\n", 400, CodeTransferEncoding},
 		{"no closing delimiter", part("a", "1"), 400, CodeMalformed},
+		{"cut after a delimiter", part("a", "1") + "--B\r\n", 400, CodeMalformed},
+		{"cut after a padded LF delimiter", part("a", "1") + "--B \t\n", 400, CodeMalformed},
+		{"only a delimiter", "--B\r\n", 400, CodeMalformed},
 		{"not form-data disposition", "--B\r\nContent-Disposition: attachment; name=\"a\"\r\n\r\nv\r\n--B--\r\n", 400, CodeMalformed},
 		{"two dispositions", "--B\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\nv\r\n--B--\r\n", 400, CodeMalformed},
 	} {
