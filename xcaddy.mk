@@ -62,11 +62,11 @@ check-binary: build
 
 ## bench: direct vs reverse_proxy vs stream_proxy, side by side, one table
 bench: build $(UPLOADBENCH)
-	$(UPLOADBENCH) compare -caddy $(CADDY) -size $(BENCH_SIZE) -runs $(BENCH_RUNS)
+	$(UPLOADBENCH) compare -caddy $(CADDY) -size $(BENCH_SIZE) -runs $(BENCH_RUNS) -modes forward,per_part
 
 ## rss: the gateway's peak RSS after a small and a large upload
 rss: build $(UPLOADBENCH)
-	$(UPLOADBENCH) rss -caddy $(CADDY) -rss-sizes 64MiB,4GiB
+	$(UPLOADBENCH) rss -caddy $(CADDY) -sizes 64MiB,4GiB
 
 ## gobench: Go benchmarks of the hot path
 gobench:
