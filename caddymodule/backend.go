@@ -57,7 +57,7 @@ func (u *upload) backendRequest(body io.Reader, extra http.Header) (*http.Reques
 			dst.RawQuery = u.r.URL.RawQuery
 		}
 	}
-	req, err := http.NewRequestWithContext(u.ctx, u.r.Method, dst.String(), body)
+	req, err := http.NewRequestWithContext(u.r.Context(), u.r.Method, dst.String(), body)
 	if err != nil {
 		return nil, &uploadError{Status: http.StatusBadGateway, Code: CodeBackendFailed, Message: "backend request", err: err}
 	}
@@ -133,12 +133,13 @@ func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (
 	select {
 	case perr = <-done:
 	default:
+		// The backend answered, or failed, before it took the whole upload.
+		// Closing the pipe fails the producer's next write; if it is waiting
+		// for the client, that is when the client's next bytes arrive (or
+		// the server's read idle timeout). The client's body is left readable,
+		// for a lingering close.
 		close(abort)
-		select {
-		case <-body.started:
-			u.stopReading()
-		default:
-		}
+		u.stopped.Store(true)
 		pr.CloseWithError(errBackendAnswered)
 		perr = <-done
 	}
@@ -152,7 +153,7 @@ func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (
 		return nil, ue
 	}
 	if rtErr != nil {
-		return nil, backendError(rtErr, u.clientGone())
+		return nil, backendError(rtErr, u.r.Context().Err() != nil)
 	}
 	if u.stopped.Load() {
 		if ce := u.logger.Check(zap.DebugLevel, "backend answered before the upload ended"); ce != nil {

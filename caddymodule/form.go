@@ -57,12 +57,16 @@ type formPart struct {
 	digests *partDigests // nil unless there is something to compute
 }
 
+// maxPreamble is the longest preamble (text before the first delimiter, which
+// MIME readers skip) accepted.
+const maxPreamble = 64 << 10
+
 // headerSlack is what mime/multipart may read ahead of a part's header: its
 // 4 KiB peek buffer plus a boundary line.
 const headerSlack = 4096 + 80
 
 func newFormReader(src io.Reader, boundary string, h *Handler, obs partObserver) *formReader {
-	br := &budgetReader{r: src, budget: -1, tail: make([]byte, 0, len(boundary)+tailSlack)}
+	br := &budgetReader{r: src, budget: -1, tail: tailRing{buf: make([]byte, h.MaxPartHeaderSize+int64(len(boundary))+tailSlack)}}
 	return &formReader{
 		mr:           multipart.NewReader(br, boundary),
 		headers:      br,
@@ -87,6 +91,9 @@ func (f *formReader) next() (*formPart, error) {
 		f.part = nil
 	}
 	f.headers.budget = f.maxHeader + headerSlack
+	if f.index == 0 {
+		f.headers.budget += maxPreamble // skipped line by line, never held
+	}
 	raw, err := f.mr.NextRawPart()
 	over := f.headers.exhausted
 	f.headers.budget = -1
@@ -100,9 +107,10 @@ func (f *formReader) next() (*formPart, error) {
 			return nil, readError(err, nil)
 		}
 		// mime/multipart also ends cleanly when the body stops right after
-		// a delimiter that opens a part: a cut body, not a complete one.
-		if endsWithOpenDelimiter(f.headers.tail, f.boundary) {
-			return nil, malformed(errors.New("body ended after a delimiter, without the closing delimiter"))
+		// a delimiter that opens a part, or inside its header: a cut body,
+		// not a complete one.
+		if end, whole := f.headers.tail.bytes(); endsInOpenPart(end, whole, f.boundary) {
+			return nil, malformed(errors.New("body ended inside a part, without the closing delimiter"))
 		}
 		return nil, io.EOF
 	}
@@ -176,14 +184,6 @@ func (p *formPart) parseHeader() *uploadError {
 		e.Part = p.ref()
 		return e
 	}
-	if _, ok := p.Header["Content-Transfer-Encoding"]; ok {
-		return &uploadError{
-			Status:  http.StatusBadRequest,
-			Code:    CodeTransferEncoding,
-			Message: "parts must not have a Content-Transfer-Encoding (RFC 7578)",
-			Part:    p.ref(),
-		}
-	}
 	cds := p.Header["Content-Disposition"]
 	if len(cds) != 1 {
 		return bad("part %d has %d Content-Disposition headers, want 1", p.Index, len(cds))
@@ -200,6 +200,14 @@ func (p *formPart) parseHeader() *uploadError {
 		return bad("part %d has no name", p.Index)
 	}
 	p.Filename, p.IsFile = params["filename"]
+	if _, ok := p.Header["Content-Transfer-Encoding"]; ok {
+		return &uploadError{
+			Status:  http.StatusBadRequest,
+			Code:    CodeTransferEncoding,
+			Message: "parts must not have a Content-Transfer-Encoding (RFC 7578)",
+			Part:    p.ref(),
+		}
+	}
 	if cts := p.Header["Content-Type"]; len(cts) > 1 {
 		return bad("part %d has %d Content-Type headers", p.Index, len(cts))
 	} else if len(cts) == 1 {
@@ -261,11 +269,24 @@ func (p *formPart) formHeader() textproto.MIMEHeader {
 }
 
 // quoteParam escapes a parameter value for a quoted string as mime/multipart
-// does (backslash before \ and "), so parsers read back the same bytes; CR and
-// LF, which only an RFC 2231 filename* can carry, are percent-encoded as
-// browsers do, for they would end the header line. RFC 7578 forbids filename*,
-// so UTF-8 names are written as they are.
-var quoteParam = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\r", "%0D", "\n", "%0A").Replace
+// does (a backslash before each \ and "), so that parsers read back the same
+// bytes. RFC 7578 forbids filename*, so UTF-8 names are written as they are.
+var quoteParam = strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace
+
+// forwardable refuses a part whose name or filename cannot be written into a
+// part header: one with a control character, which only RFC 2231's name*= or
+// filename*= can carry, and which would end the header line (CR, LF) or make
+// the backend's parser refuse the header.
+func (p *formPart) forwardable() error {
+	for _, s := range []string{p.Field, p.Filename} {
+		if strings.ContainsFunc(s, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) {
+			e := malformed(fmt.Errorf("part %d: a name or filename with a control character cannot be forwarded", p.Index))
+			e.Part = p.ref()
+			return e
+		}
+	}
+	return nil
+}
 
 // headerSize is the size of a parsed header block as it would be written.
 func headerSize(h textproto.MIMEHeader) int64 {
@@ -299,12 +320,13 @@ func readError(err error, p *formPart) error {
 
 // budgetReader lets through at most budget bytes while a part header is being
 // read (budget -1: no cap), so that an endless header never fills memory.
-// It also keeps the last bytes it let through, to check how the body ended.
+// It also keeps the body's last bytes, enough for a delimiter line and a
+// part header, to check how the body ended.
 type budgetReader struct {
 	r         io.Reader
 	budget    int64
 	exhausted bool
-	tail      []byte // the last len(boundary)+tailSlack bytes read
+	tail      tailRing
 }
 
 // tailSlack is room in budgetReader.tail for a delimiter line's dashes,
@@ -325,36 +347,60 @@ func (b *budgetReader) Read(p []byte) (int, error) {
 	if b.budget > 0 {
 		b.budget -= int64(n)
 	}
-	b.keepTail(p[:n])
+	b.tail.write(p[:n])
 	return n, err
 }
 
-func (b *budgetReader) keepTail(p []byte) {
-	keep := cap(b.tail)
-	if len(p) >= keep {
-		b.tail = append(b.tail[:0], p[len(p)-keep:]...)
-		return
-	}
-	if over := len(b.tail) + len(p) - keep; over > 0 {
-		b.tail = append(b.tail[:0], b.tail[over:]...)
-	}
-	b.tail = append(b.tail, p...)
+// tailRing keeps the last bytes written to it.
+type tailRing struct {
+	buf   []byte
+	total int64
 }
 
-// endsWithOpenDelimiter reports whether body's last line is a delimiter
-// (--boundary, transport padding, line end) rather than the closing one.
-func endsWithOpenDelimiter(end []byte, boundary string) bool {
-	line, ok := bytes.CutSuffix(end, []byte("\n"))
-	if !ok {
-		return false
+func (t *tailRing) write(p []byte) {
+	if len(p) > len(t.buf) {
+		p = p[len(p)-len(t.buf):]
 	}
-	line = bytes.TrimSuffix(line, []byte("\r"))
-	line = bytes.TrimRight(line, " \t")
-	if !bytes.HasSuffix(line, []byte("--"+boundary)) {
-		return false
+	at := int(t.total % int64(len(t.buf)))
+	n := copy(t.buf[at:], p)
+	copy(t.buf, p[n:])
+	t.total += int64(len(p))
+}
+
+// bytes returns the kept bytes in order, and whether they are all there were.
+func (t *tailRing) bytes() ([]byte, bool) {
+	if t.total <= int64(len(t.buf)) {
+		return t.buf[:t.total], true
 	}
-	before := line[:len(line)-len(boundary)-2]
-	return len(before) == 0 || before[len(before)-1] == '\n'
+	at := int(t.total % int64(len(t.buf)))
+	return append(append([]byte(nil), t.buf[at:]...), t.buf[:at]...), false
+}
+
+// endsInOpenPart reports whether a body whose last bytes are end (all of it
+// when whole) ended inside a part that a delimiter had opened: its last
+// delimiter line is not the closing one. A closing delimiter followed by an
+// epilogue longer than end cannot be told apart and passes.
+func endsInOpenPart(end []byte, whole bool, boundary string) bool {
+	dash := []byte("--" + boundary)
+	for i := len(end); i > 0; {
+		j := bytes.LastIndex(end[:i], dash)
+		if j < 0 {
+			return false
+		}
+		i = j
+		if (j == 0 && !whole) || (j > 0 && end[j-1] != '\n') {
+			continue // not at the start of a line
+		}
+		rest := end[j+len(dash):]
+		if bytes.HasPrefix(rest, []byte("--")) {
+			return false // the closing delimiter
+		}
+		line, _, _ := bytes.Cut(rest, []byte("\n"))
+		if len(bytes.TrimRight(bytes.TrimSuffix(line, []byte("\r")), " \t")) == 0 {
+			return true // a delimiter that opens a part
+		}
+	}
+	return false
 }
 
 // isClientReadError reports whether err came from reading the client's body

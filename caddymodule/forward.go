@@ -46,6 +46,9 @@ func (u *upload) forward(form *formReader, mw *multipart.Writer, out *bufio.Writ
 		if err != nil {
 			return err
 		}
+		if err := p.forwardable(); err != nil {
+			return err
+		}
 		dst, err := mw.CreatePart(p.formHeader())
 		if err != nil {
 			return err

@@ -146,6 +146,11 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 		if err != nil {
 			return err
 		}
+		if mw != nil {
+			if err := p.forwardable(); err != nil {
+				return err
+			}
+		}
 		if !p.IsFile {
 			if mw != nil {
 				dst, err := mw.CreatePart(p.formHeader())

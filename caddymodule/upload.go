@@ -2,7 +2,6 @@ package streamproxy
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -33,8 +32,6 @@ type upload struct {
 	h      *Handler
 	w      http.ResponseWriter
 	r      *http.Request
-	ctx    context.Context // of backend requests: the client's, but not ended by stopReading
-	cancel context.CancelFunc
 	repl   *caddy.Replacer
 	logger *zap.Logger
 	id     string
@@ -44,7 +41,7 @@ type upload struct {
 	body     *clientBody
 	in       *bufio.Reader // buffered client body
 
-	stopped atomic.Bool  // the client's body is no longer wanted
+	stopped atomic.Bool  // the backend stopped taking the body before its end
 	sent    atomic.Int64 // part data bytes delivered to backends or the store
 	parts   atomic.Int64 // parts seen
 
@@ -69,21 +66,8 @@ func newUpload(h *Handler, w http.ResponseWriter, r *http.Request) *upload {
 	return u
 }
 
-// begin makes the upload visible to the admin API and the metrics, and sets up
-// the context of its backend requests: it ends when the client goes away, but
-// not when stopReading makes the server end the client's context.
+// begin makes the upload visible to the admin API and the metrics.
 func (u *upload) begin() {
-	var cancelCtx context.CancelFunc
-	u.ctx, cancelCtx = context.WithCancel(context.WithoutCancel(u.r.Context()))
-	stop := context.AfterFunc(u.r.Context(), func() {
-		if !u.stopped.Load() {
-			cancelCtx()
-		}
-	})
-	u.cancel = func() {
-		stop()
-		cancelCtx()
-	}
 	inFlight.Store(u, u)
 	metrics.inFlight.WithLabelValues(u.h.Mode).Inc()
 	u.repl.Set(placeholderPrefix+"mode", u.h.Mode)
@@ -92,7 +76,6 @@ func (u *upload) begin() {
 // end records how the upload ended: metrics, placeholders, the access log's
 // extra fields and a debug summary.
 func (u *upload) end() {
-	u.cancel()
 	inFlight.Delete(u)
 	mode := u.h.Mode
 	metrics.inFlight.WithLabelValues(mode).Dec()
@@ -233,19 +216,6 @@ func (u *upload) closeBody() {
 	}
 }
 
-// clientGone reports whether the client went away (not merely stopped being
-// read).
-func (u *upload) clientGone() bool {
-	return u.r.Context().Err() != nil && !u.stopped.Load()
-}
-
-// stopReading unblocks a goroutine waiting on the client's body, after which
-// every read fails. Used when the backend has answered before the upload ended.
-func (u *upload) stopReading() {
-	u.stopped.Store(true)
-	_ = http.NewResponseController(u.w).SetReadDeadline(time.Now())
-}
-
 // fail answers the client with e, or hands e to the site's handle_errors.
 func (u *upload) fail(e *uploadError) error {
 	u.failure, u.status = e, e.Status
@@ -273,9 +243,9 @@ func (u *upload) fail(e *uploadError) error {
 		}
 	}
 	// What is left of the body is not wanted, and the connection is not
-	// reused. A client waiting for 100 Continue is not sent one: closing the
-	// body keeps the server from draining it. A client already sending gets a
-	// lingering close (see linger).
+	// reused: with Connection: close the server neither sends 100 Continue
+	// to a client waiting for it nor drains the body. A client already
+	// sending gets a lingering close (see linger).
 	unread := u.body == nil || !u.body.eof
 	waiting := u.body == nil && u.r.Header.Get("Expect") != ""
 	if unread && u.r.ProtoMajor == 1 {
@@ -283,16 +253,10 @@ func (u *upload) fail(e *uploadError) error {
 	}
 	if srv, ok := u.r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok &&
 		srv.Errors != nil && len(srv.Errors.Routes) > 0 && e.Status != statusClientClosed {
-		if waiting {
-			_ = u.r.Body.Close()
-		}
 		return caddyhttp.Error(e.Status, e)
 	}
 	linger := unread && !waiting && u.r.ProtoMajor == 1 && e.Status != statusClientClosed &&
 		http.NewResponseController(u.w).EnableFullDuplex() == nil
-	if waiting {
-		_ = u.r.Body.Close()
-	}
 	e.writeJSON(u.w, u.partsSoFar)
 	if linger {
 		u.linger()
