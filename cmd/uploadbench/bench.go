@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"debug/buildinfo"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -36,10 +37,13 @@ type route struct {
 	Name       string // as shown in tables
 	URL        string
 	viaGateway bool
-	raw        bool // the gateway sends each file as a raw body (per_part)
+	mode       string // stream_proxy's mode; empty for direct and reverse_proxy
 }
 
-func startBench(ctx context.Context, caddyPath string, modes []string) (b *bench, err error) {
+// startBench starts the backend and a gateway with a stream_proxy route per
+// mode. With store among them, the gateway stores files in a temporary
+// directory made under storeParent (empty: the system's temp directory).
+func startBench(ctx context.Context, caddyPath string, modes []string, storeParent string) (b *bench, err error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -63,11 +67,12 @@ func startBench(ctx context.Context, caddyPath string, modes []string) (b *bench
 		}
 	}()
 
-	b.gw, err = startGateway(ctx, caddyPath, ln.Addr().String(), modes)
+	b.gw, err = startGateway(ctx, caddyPath, ln.Addr().String(), modes, storeParent)
 	return b, err
 }
 
-// Close kills the gateway, removes its files and stops the backend.
+// Close kills the gateway, removes its files (stored ones included) and stops
+// the backend.
 func (b *bench) Close() {
 	if b.gw != nil {
 		b.gw.Stop()
@@ -99,7 +104,7 @@ func (b *bench) spRoute(mode string) *route {
 	if mode != "forward" {
 		name += " " + mode
 	}
-	return &route{Name: name, URL: b.gw.URL + spPath(mode) + "upload", viaGateway: true, raw: mode == "per_part"}
+	return &route{Name: name, URL: b.gw.URL + spPath(mode) + "upload", viaGateway: true, mode: mode}
 }
 
 func (b *bench) recordRaw(r rawResult) {
@@ -124,9 +129,18 @@ type measurement struct {
 	CPU float64 // gateway CPU seconds used during the upload
 }
 
-// upload sends body along r, checks that the backend saw every part
-// byte-identical, and measures the gateway's CPU time meanwhile.
-func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, timeout time.Duration, label string) (measurement, error) {
+// upload sends body along r, checks that the backend (or, in store mode, the
+// gateway's store) got every part byte-identical, and measures the gateway's
+// CPU time meanwhile. In store mode the stored files are removed afterwards,
+// whatever happened, so that a long run does not fill the disk.
+func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, timeout time.Duration, label string) (_ measurement, err error) {
+	if r.mode == "store" {
+		defer func() {
+			if rerr := emptyDir(b.gw.StoreDir); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("%s: emptying the store: %w", label, rerr))
+			}
+		}()
+	}
 	b.takeRaws()
 	cpu0, err := b.gw.CPUSeconds()
 	if err != nil {
@@ -147,12 +161,19 @@ func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, 
 	if err != nil {
 		return measurement{}, err
 	}
-	if res.Code != http.StatusOK {
+	wantCode := http.StatusOK
+	if r.mode == "store" {
+		wantCode = http.StatusCreated
+	}
+	if res.Code != wantCode {
 		return measurement{}, fmt.Errorf("%s: %s: %.2000s", label, res.Status, res.Answer)
 	}
-	if r.raw {
+	switch r.mode {
+	case "per_part":
 		err = verifyRawUploads(b.takeRaws(), body.Parts())
-	} else {
+	case "store":
+		err = verifyStored(res.Answer, body.Parts(), b.gw.StoreDir)
+	default:
 		err = verifyAnswer(res.Answer, body.Parts())
 	}
 	if err != nil {
@@ -207,8 +228,8 @@ func checkModes(modes []string) error {
 	seen := map[string]bool{}
 	for _, m := range modes {
 		switch {
-		case m != "forward" && m != "per_part":
-			return fmt.Errorf("mode %q: want forward or per_part (store writes to disk and is not benchmarked)", m)
+		case m != "forward" && m != "per_part" && m != "store":
+			return fmt.Errorf("mode %q: want forward, per_part or store", m)
 		case seen[m]:
 			return fmt.Errorf("mode %q given twice", m)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -27,7 +28,8 @@ func runCompare(ctx context.Context, args []string) error {
 	size := sizeFlag(2 * gib)
 	fs.Var(&size, "size", "total bytes of file content per upload")
 	runs := fs.Int("runs", 5, "uploads per path (1-1000)")
-	modes := fs.String("modes", "forward", "stream_proxy modes to measure, comma-separated (forward, per_part)")
+	modes := fs.String("modes", "forward", "stream_proxy modes to measure, comma-separated (forward, per_part, store)")
+	storeParent := fs.String("store-dir", "", "store mode: where to make the temporary directory the gateway stores files in (default: the system's temp directory); needs room for one upload")
 	out := fs.String("out", "table", "output format: table or markdown")
 	files := fs.Int("files", 3, "file parts per upload")
 	fields := fs.Int("fields", 2, "text fields per upload")
@@ -39,8 +41,9 @@ func runCompare(ctx context.Context, args []string) error {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: uploadbench compare -caddy PATH [flags]\n\n"+
 			"Starts the counting backend and the gateway, uploads the same body directly, through\n"+
-			"reverse_proxy (/rp/) and through stream_proxy (/sp/), interleaved, verifies every upload\n"+
-			"and prints one table. Linux only (reads /proc).\n\n")
+			"reverse_proxy (/rp/) and through stream_proxy (/sp/, /sp-<mode>/), interleaved, verifies\n"+
+			"every upload and prints one table. Store mode writes the files to a temporary directory,\n"+
+			"removed after each upload. Linux only (reads /proc).\n\n")
 		fs.PrintDefaults()
 	}
 	if err := parseFlags(fs, args); err != nil {
@@ -66,7 +69,7 @@ func runCompare(ctx context.Context, args []string) error {
 	fmt.Fprintf(os.Stderr, "hashing the %s body...\n", formatBytes(body.Length))
 	body.Parts()
 
-	b, err := startBench(ctx, *caddyPath, modeList)
+	b, err := startBench(ctx, *caddyPath, modeList, *storeParent)
 	if err != nil {
 		return err
 	}
@@ -137,9 +140,14 @@ func runCompare(ctx context.Context, args []string) error {
 			*files, *fields, formatBytes(int64(size)), body.Length, framing, *seed, *runs, formatBytes(int64(warmup))),
 		fmt.Sprintf("CPU s/GiB: gateway utime+stime (/proc/PID/stat) per GiB of body; "+
 			"peak RSS: gateway VmHWM, %s; idle gateway VmHWM %.1f MiB", rssNote, float64(idleRSS)/mib),
-		machineLine(*caddyPath),
-		commandLine(),
 	}
+	if b.gw.StoreDir != "" {
+		notes = append(notes, fmt.Sprintf("store: stream_proxy without a backend writes each file, fsynced, to a temporary directory in %s "+
+			"and answers 201 with JSON; verified by the answer (size and sha256 of each file as the gateway hashed it while writing, "+
+			"text fields' values) and each stored file's size on disk (stat); the files are removed after each upload, outside the timing",
+			filepath.Dir(b.gw.StoreDir)))
+	}
+	notes = append(notes, machineLine(*caddyPath), commandLine())
 	printTable(os.Stdout, *out, paths, notes)
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -22,9 +23,10 @@ const readyPath = "/uploadbench-ready"
 // port. Whatever happens, Stop must be called: it kills the process and
 // removes the temporary directory.
 type gateway struct {
-	URL  string // http://127.0.0.1:PORT
-	Pid  int
-	File string // the Caddyfile it runs
+	URL      string // http://127.0.0.1:PORT
+	Pid      int
+	File     string // the Caddyfile it runs
+	StoreDir string // temporary, absolute: where store mode writes; empty without it
 
 	cmd    *exec.Cmd
 	dir    string // temporary: Caddyfile, log, Caddy's data and config dirs
@@ -41,8 +43,10 @@ func spPath(mode string) string {
 }
 
 // gatewayCaddyfile routes /rp/* through reverse_proxy and /sp/* (and
-// /sp-<mode>/* for other modes) through stream_proxy, all to backendAddr.
-func gatewayCaddyfile(port int, backendAddr string, modes []string) string {
+// /sp-<mode>/* for other modes) through stream_proxy, all to backendAddr but
+// store, which has no backend: it writes the files flat into storeDir, hashing
+// them, and answers 201 with JSON listing them.
+func gatewayCaddyfile(port int, backendAddr string, modes []string, storeDir string) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, `{
 	admin off
@@ -59,9 +63,13 @@ http://127.0.0.1:%d {
 	}
 `, port, readyPath, backendAddr)
 	for _, mode := range modes {
-		if mode == "forward" {
+		switch mode {
+		case "forward":
 			fmt.Fprintf(&sb, "\n\tstream_proxy %s* http://%s\n", spPath(mode), backendAddr)
-		} else {
+		case "store":
+			fmt.Fprintf(&sb, "\n\tstream_proxy %s* {\n\t\tmode store\n\t\tstore \"%s\" {\n\t\t\tlayout flat\n\t\t}\n\t\thash sha256\n\t}\n",
+				spPath(mode), storeDir)
+		default:
 			fmt.Fprintf(&sb, "\n\tstream_proxy %s* http://%s {\n\t\tmode %s\n\t}\n", spPath(mode), backendAddr, mode)
 		}
 	}
@@ -70,8 +78,9 @@ http://127.0.0.1:%d {
 }
 
 // startGateway runs `caddyPath run --config FILE --adapter caddyfile` and
-// waits until it answers.
-func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []string) (g *gateway, err error) {
+// waits until it answers. With store among modes, it first makes the store
+// directory, temporary, under storeParent (empty: the system's temp directory).
+func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []string, storeParent string) (g *gateway, err error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -94,7 +103,12 @@ func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []st
 		}
 	}()
 
-	if err := os.WriteFile(g.File, []byte(gatewayCaddyfile(port, backendAddr, modes)), 0o600); err != nil {
+	if slices.Contains(modes, "store") {
+		if g.StoreDir, err = makeStoreDir(storeParent); err != nil {
+			return g, err
+		}
+	}
+	if err := os.WriteFile(g.File, []byte(gatewayCaddyfile(port, backendAddr, modes, g.StoreDir)), 0o600); err != nil {
 		return g, err
 	}
 	logFile, err := os.Create(g.log)
@@ -155,7 +169,8 @@ func (g *gateway) Alive() error {
 	}
 }
 
-// Stop kills the gateway, waits for it and removes its temporary files.
+// Stop kills the gateway, waits for it and removes its temporary files and
+// the store directory.
 func (g *gateway) Stop() {
 	if g.cmd != nil && g.cmd.Process != nil {
 		_ = g.cmd.Process.Kill()
@@ -165,6 +180,9 @@ func (g *gateway) Stop() {
 		}
 	}
 	_ = os.RemoveAll(g.dir)
+	if g.StoreDir != "" {
+		_ = os.RemoveAll(g.StoreDir)
+	}
 }
 
 // logTail returns the last lines of the gateway's log.

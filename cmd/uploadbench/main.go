@@ -18,13 +18,16 @@
 //	    rate and the answer. -verify checks the backend's digests.
 //
 //	uploadbench compare -caddy PATH [-size 2GiB] [-runs 5] [-modes forward]
-//	    [-out table|markdown]
+//	    [-out table|markdown] [-store-dir DIR]
 //	    Starts the counting backend and the gateway at PATH, uploads the same
-//	    body directly, through reverse_proxy and through stream_proxy,
-//	    interleaved, verifies every upload and prints one table: MiB/s,
-//	    gateway CPU seconds per GiB, gateway peak RSS.
+//	    body directly, through reverse_proxy and through stream_proxy in each
+//	    mode (forward, per_part, store), interleaved, verifies every upload
+//	    and prints one table: MiB/s, gateway CPU seconds per GiB, gateway peak
+//	    RSS. Store mode has no backend: the gateway writes the files to a
+//	    temporary directory made in DIR, checked against its 201 answer's
+//	    digests by size on disk and emptied after each upload.
 //
-//	uploadbench rss -caddy PATH [-sizes 64MiB,4GiB]
+//	uploadbench rss -caddy PATH [-sizes 64MiB,4GiB] [-mode forward]
 //	    Starts a fresh gateway, uploads through stream_proxy at each size in
 //	    turn and prints the gateway's peak RSS (VmHWM) after each: memory
 //	    should stay flat whatever the upload size.
@@ -62,9 +65,9 @@ const usageText = `usage: uploadbench <subcommand> [flags]
       GET /download/<size> streams bytes; GET /healthz answers ok
   upload -url URL [-size 1GiB] [-files 3] [-fields 2] [-concurrency 1] [-chunked] [-verify]
       upload a generated multipart body; print status, MiB/s and the answer
-  compare -caddy PATH [-size 2GiB] [-runs 5] [-modes forward] [-out table|markdown]
+  compare -caddy PATH [-size 2GiB] [-runs 5] [-modes forward,per_part,store] [-out table|markdown]
       benchmark direct vs reverse_proxy vs stream_proxy through a gateway it starts
-  rss -caddy PATH [-sizes 64MiB,4GiB]
+  rss -caddy PATH [-sizes 64MiB,4GiB] [-mode forward|per_part|store]
       a fresh gateway's peak RSS after a small and after a large upload
 
 Run 'uploadbench <subcommand> -h' for all of its flags.

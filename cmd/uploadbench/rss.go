@@ -14,7 +14,8 @@ func runRSS(ctx context.Context, args []string) error {
 	sizes := sizeListFlag{64 * mib, 4 * gib}
 	fs.Var(&sizes, "sizes", "file bytes of each upload, in order, comma-separated")
 	via := fs.String("via", "sp", "route: sp (stream_proxy) or rp (reverse_proxy, for contrast)")
-	mode := fs.String("mode", "forward", "stream_proxy mode: forward or per_part")
+	mode := fs.String("mode", "forward", "stream_proxy mode: forward, per_part or store")
+	storeParent := fs.String("store-dir", "", "store mode: where to make the temporary directory the gateway stores files in (default: the system's temp directory); needs room for one upload")
 	files := fs.Int("files", 3, "file parts per upload")
 	fields := fs.Int("fields", 2, "text fields per upload")
 	seed := fs.Uint64("seed", 1, "seed of the generated contents")
@@ -40,7 +41,7 @@ func runRSS(ctx context.Context, args []string) error {
 		return err
 	}
 
-	b, err := startBench(ctx, *caddyPath, []string{*mode})
+	b, err := startBench(ctx, *caddyPath, []string{*mode}, *storeParent)
 	if err != nil {
 		return err
 	}
