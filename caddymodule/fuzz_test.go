@@ -79,14 +79,12 @@ func FuzzForward(f *testing.F) {
 			_ = c.Cleanup()
 		}
 	})
-	knownBugs := os.Getenv("SP_TEST_BUGS") != ""
-
 	f.Fuzz(func(t *testing.T, boundary string, body []byte) {
-		checkForward(t, h, be, boundary, body, knownBugs)
+		checkForward(t, h, be, boundary, body)
 	})
 }
 
-func checkForward(t *testing.T, h *Handler, be *fuzzBackend, boundary string, body []byte, knownBugs bool) {
+func checkForward(t *testing.T, h *Handler, be *fuzzBackend, boundary string, body []byte) {
 	ct := mime.FormatMediaType("multipart/form-data", map[string]string{"boundary": boundary})
 	if _, params, err := mime.ParseMediaType(ct); err != nil || params["boundary"] != boundary {
 		t.Skip("the boundary does not survive a Content-Type")
@@ -103,9 +101,6 @@ func checkForward(t *testing.T, h *Handler, be *fuzzBackend, boundary string, bo
 	}
 
 	ref := reference(boundary, body)
-	if ref.ctlName && !knownBugs {
-		t.Skip("BUG: " + ctlNameBug)
-	}
 	if w.Code != http.StatusOK {
 		e := checkRefusal(t, w)
 		if be.complete {
@@ -128,7 +123,7 @@ func checkForward(t *testing.T, h *Handler, be *fuzzBackend, boundary string, bo
 	if !ref.goAccepts {
 		t.Fatalf("200 for a body Go's parser refuses (%v); the backend saw\n%s", ref.goErr, describe(be.parts))
 	}
-	if ref.verdict == mustRefuse && !(ref.bug && !knownBugs) {
+	if ref.verdict == mustRefuse {
 		t.Fatalf("200 for a body the strict rules refuse with %d %s (%s); the backend saw\n%s",
 			ref.status, ref.code, ref.why, describe(be.parts))
 	}
@@ -283,26 +278,13 @@ type refResult struct {
 	status  int    // when the refusal is certain: its status and code
 	code    string //
 	why     string
-	// bug: the body ends inside a part's header block, which formReader.next
-	// takes for a clean end (NextRawPart's bare io.EOF) unless the last line
-	// is a delimiter; a known bug, tolerated unless SP_TEST_BUGS is set.
-	bug     bool
-	ctlName bool // a name or filename that ctlNameBug breaks
 }
 
-// ctlNameBug: formPart.formHeader writes the parsed (RFC 2231-decoded) name
-// and filename into a quoted-string and percent-encodes only CR and LF
-// (quoteParam); any other control byte decoded from name*= or filename*=
-// goes out raw, and the backend's parser (net/textproto) refuses the line.
-const ctlNameBug = "a part name or filename carrying a control byte other than CR, LF or tab (from RFC 2231 name*=/filename*=, " +
-	"e.g. name*=UTF-8''a%01b) is accepted and forwarded raw in the part header, which the backend cannot parse " +
-	"(here 502 backend_failed; a real backend answers 400 about a header the client never sent)"
-
-// breaksHeader reports whether s, written by quoteParam, has a byte that
-// net/textproto refuses in a header value.
+// breaksHeader reports whether s has a control character (other than tab),
+// which would end a header line or which net/textproto refuses in a header.
 func breaksHeader(s string) bool {
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; (c < 0x20 && c != '\t' && c != '\r' && c != '\n') || c == 0x7f {
+		if c := s[i]; (c < 0x20 && c != '\t') || c == 0x7f {
 			return true
 		}
 	}
@@ -363,9 +345,6 @@ func reference(boundary string, body []byte) refResult {
 		if headerSize(p.header) > fuzzMaxHeader {
 			return refuse(431, CodePartHeaderTooBig, "part header too large")
 		}
-		if _, ok := p.header["Content-Transfer-Encoding"]; ok {
-			return refuse(400, CodeTransferEncoding, "Content-Transfer-Encoding")
-		}
 		cds := p.header["Content-Disposition"]
 		if len(cds) != 1 {
 			return refuse(400, CodeMalformed, "Content-Disposition count")
@@ -373,6 +352,9 @@ func reference(boundary string, body []byte) refResult {
 		disposition, params, err := mime.ParseMediaType(cds[0])
 		if err != nil || disposition != "form-data" || params["name"] == "" {
 			return refuse(400, CodeMalformed, "Content-Disposition")
+		}
+		if _, ok := p.header["Content-Transfer-Encoding"]; ok {
+			return refuse(400, CodeTransferEncoding, "Content-Transfer-Encoding")
 		}
 		if cts := p.header["Content-Type"]; len(cts) > 1 {
 			return refuse(400, CodeMalformed, "Content-Type count")
@@ -385,7 +367,7 @@ func reference(boundary string, body []byte) refResult {
 			uncertain = true // declared digests: digest.go decides
 		}
 		if breaksHeader(params["name"]) || breaksHeader(params["filename"]) {
-			ref.ctlName = true
+			return refuse(400, CodeMalformed, "a control character in a name cannot be forwarded")
 		}
 		if p.isFile && len(p.data) > fuzzMaxPart {
 			return refuse(413, CodePartTooLarge, "file part too large")
@@ -396,9 +378,8 @@ func reference(boundary string, body []byte) refResult {
 	}
 	// NextRawPart also ends with a bare io.EOF when the body ends after a
 	// delimiter line or inside a part's header block: that body has no
-	// closing delimiter. (The second is a known bug: truncatedHeaderBug.)
+	// closing delimiter.
 	if _, err := parseParts(endReader{bytes.NewReader(body)}, boundary); err == errEnd {
-		ref.bug = true
 		return refuse(400, CodeMalformed, "no closing delimiter (the body ends in a part header)")
 	}
 	if uncertain {
