@@ -14,7 +14,6 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -47,15 +46,6 @@ http://localhost:%d {
 		t.FailNow()
 	}
 	checkLeaks(t)
-}
-
-// knownBug skips a test that fails because of a known bug in the module,
-// unless SP_TEST_BUGS is set, to see it fail.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("SP_TEST_BUGS") == "" {
-		t.Skip("BUG: " + what)
-	}
 }
 
 // rawPart is one part as Go's mime/multipart reads it, undecoded.
@@ -713,16 +703,13 @@ func TestEdgeLenientFraming(t *testing.T) {
 	longPreamble := strings.Repeat("PREAMBLE line that a MIME reader skips, one of many.\r\n", 1200) + crlf
 
 	n := 0
-	for _, tc := range []struct{ name, body, bug string }{
-		{"CRLF, preamble, padding, epilogue", crlf, ""},
-		{"LF only", lf, ""},
-		{"closing delimiter without newline", noFinalNewline, ""},
-		{"preamble of 64 KiB in short lines", longPreamble, longPreambleBug},
+	for _, tc := range []struct{ name, body string }{
+		{"CRLF, preamble, padding, epilogue", crlf},
+		{"LF only", lf},
+		{"closing delimiter without newline", noFinalNewline},
+		{"preamble of 64 KiB in short lines", longPreamble},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.bug != "" {
-				knownBug(t, tc.bug)
-			}
 			want, err := goParse(strings.NewReader(tc.body), b)
 			if err != nil || len(want) != 2 {
 				t.Fatalf("Go's parser: %d parts, %v", len(want), err)
@@ -755,12 +742,6 @@ func TestEdgeLenientFraming(t *testing.T) {
 		})
 	}
 }
-
-// longPreambleBug: the budget that caps a part header's reads is also spent
-// on the preamble before the first delimiter.
-const longPreambleBug = "a preamble longer than about max_part_header_size + 4 KiB (20 KiB by default) is refused with " +
-	"431 part_header_too_large: formReader.next gives NextRawPart a read budget of max_part_header_size + headerSlack, " +
-	"and for the first part mime/multipart spends it skipping the preamble, which holds no header and costs no memory"
 
 // Row 12: parts of every size from 4000 to 4200 bytes, around the parser's
 // 4 KiB buffer, arrive byte-exact: files and fields, with the shortest and
@@ -829,22 +810,18 @@ func TestEdgeTruncatedBody(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		body  []byte
-		index int    // part named in the error; -1: any
-		bug   string // why the test is skipped
+		index int // part named in the error; -1: any
 	}{
-		{"ends mid-part", full[:dataStart+600<<10], 1, ""},
-		{"ends right after the part's data", full[:end], 1, ""},
-		{"ends with the delimiter, no dashes", cut("\r\n--Truncated"), -1, ""},
-		{"ends with one closing dash", cut("\r\n--Truncated-"), -1, ""},
-		{"ends after a delimiter line", cut("\r\n--Truncated\r\n"), -1, ""},
-		{"ends after a delimiter line with padding", cut("\r\n--Truncated \t\r\n"), -1, ""},
-		{"ends in a part header", cut("\r\n--Truncated\r\nContent-Disposition: form-da"), -1, truncatedHeaderBug},
-		{"ends after a part header", cut("\r\n--Truncated\r\nContent-Disposition: form-data; name=\"x\"\r\n"), -1, truncatedHeaderBug},
+		{"ends mid-part", full[:dataStart+600<<10], 1},
+		{"ends right after the part's data", full[:end], 1},
+		{"ends with the delimiter, no dashes", cut("\r\n--Truncated"), -1},
+		{"ends with one closing dash", cut("\r\n--Truncated-"), -1},
+		{"ends after a delimiter line", cut("\r\n--Truncated\r\n"), -1},
+		{"ends after a delimiter line with padding", cut("\r\n--Truncated \t\r\n"), -1},
+		{"ends in a part header", cut("\r\n--Truncated\r\nContent-Disposition: form-da"), -1},
+		{"ends after a part header", cut("\r\n--Truncated\r\nContent-Disposition: form-data; name=\"x\"\r\n"), -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.bug != "" {
-				knownBug(t, tc.bug)
-			}
 			for _, chunked := range []bool{false, true} {
 				before := len(be.received())
 				res, out := postRaw(t, c, ct, tc.body, chunked)
@@ -860,15 +837,6 @@ func TestEdgeTruncatedBody(t *testing.T) {
 		})
 	}
 }
-
-// truncatedHeaderBug: mime/multipart's NextRawPart returns a bare io.EOF when
-// the body ends inside the header block of a part (textproto's ReadMIMEHeader
-// hits the end before the blank line). formReader.next now refuses a body
-// whose last line is a delimiter (endsWithOpenDelimiter), but takes every
-// other io.EOF for the closing delimiter.
-const truncatedHeaderBug = "a body that ends inside a part's header block (after its delimiter line and some header " +
-	"bytes, before the blank line) is taken as a complete form: 200, and the backend sees a clean end without that part; " +
-	"formReader.next treats NextRawPart's bare io.EOF as the closing delimiter unless the body's last line is a delimiter"
 
 // Row 23: any Content-Transfer-Encoding on a part is refused with 400, even
 // after a file has already been streamed; the backend request is aborted.
@@ -907,8 +875,6 @@ func TestEdgeContentTransferEncoding(t *testing.T) {
 // Row 23, continued: the refusal names the part by its field and filename too,
 // as the other refusals do.
 func TestEdgeContentTransferEncodingNamesField(t *testing.T) {
-	knownBug(t, "the content_transfer_encoding error names the part by index only (no field, no filename): "+
-		"formPart.parseHeader checks Content-Transfer-Encoding before it parses Content-Disposition")
 	be := newBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
 	body := "--CTE\r\nContent-Disposition: form-data; name=\"enc\"; filename=\"e.txt\"\r\n" +
@@ -930,20 +896,13 @@ func TestEdgeForwardedNames(t *testing.T) {
 	for _, tc := range []struct {
 		name, disposition string
 		field, filename   string // as the backend must read them
-		bug               string
 	}{
-		{"quotes and backslashes", `form-data; name="a\"b\\c"; filename="x\"y.txt"`, `a"b\c`, `x"y.txt`, ""},
-		{"UTF-8 filename", `form-data; name="f"; filename="résumé ✓.pdf"`, "f", "résumé ✓.pdf", ""},
-		{"RFC 2231 CR LF", `form-data; name="f"; filename*=UTF-8''%0D%0AX-Evil: 1.txt`, "f", "%0D%0AX-Evil: 1.txt", ""},
-		{"RFC 2231 control byte", `form-data; name*=UTF-8''a%01b; filename="x.txt"`, "a\x01b", "x.txt",
-			"a name or filename carrying a control byte other than CR, LF or tab (from RFC 2231 name*=/filename*=) is " +
-				"forwarded raw in the part header (formPart.formHeader/quoteParam), which the backend's parser refuses: " +
-				"the client gets the backend's 400 about a header it never sent; the gateway should refuse it (400) or encode it"},
+		{"quotes and backslashes", `form-data; name="a\"b\\c"; filename="x\"y.txt"`, `a"b\c`, `x"y.txt`},
+		{"UTF-8 filename", `form-data; name="f"; filename="résumé ✓.pdf"`, "f", "résumé ✓.pdf"},
+		{"RFC 2231 CR LF", `form-data; name="f"; filename*=UTF-8''%0D%0AX-Evil: 1.txt`, "f", "%0D%0AX-Evil: 1.txt"},
+		{"RFC 2231 control byte", `form-data; name*=UTF-8''a%01b; filename="x.txt"`, "a\x01b", "x.txt"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.bug != "" {
-				knownBug(t, tc.bug)
-			}
 			before := len(be.received())
 			body := "--" + b + "\r\nContent-Disposition: " + tc.disposition + "\r\n\r\ndata\r\n--" + b + "--\r\n"
 			res, out := postRaw(t, c, "multipart/form-data; boundary="+b, []byte(body), false)
