@@ -20,7 +20,7 @@ BENCH_SIZE     ?= 2GiB
 BENCH_RUNS     ?= 5
 FUZZTIME       ?= 10s
 
-.PHONY: build run test unit integration check-binary bench rss gobench fuzz adapt list-modules clean
+.PHONY: build run test unit integration check-binary bench rss concurrent gobench fuzz adapt list-modules clean
 
 $(XCADDY):
 	GOBIN=$(BIN) go install github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION)
@@ -67,6 +67,19 @@ bench: build $(UPLOADBENCH)
 ## rss: the gateway's peak RSS after a small and a large upload
 rss: build $(UPLOADBENCH)
 	$(UPLOADBENCH) rss -caddy $(CADDY) -sizes 64MiB,4GiB
+
+## concurrent: CONCURRENCY uploads of CONCURRENT_SIZE at once through stream_proxy (forward),
+## all verified, then the gateway's peak RSS (VmHWM); loopback only, ports 18080 and 19001
+CONCURRENCY     ?= 256
+CONCURRENT_SIZE ?= 64MiB
+concurrent: build $(UPLOADBENCH)
+	printf '{\n\tadmin off\n}\nhttp://127.0.0.1:18080 {\n\tstream_proxy http://127.0.0.1:19001\n}\n' > $(BIN)/concurrent.Caddyfile
+	$(UPLOADBENCH) backend -listen 127.0.0.1:19001 2>/dev/null & backend=$$!; \
+	$(CADDY) run --config $(BIN)/concurrent.Caddyfile --adapter caddyfile >/dev/null 2>&1 & gateway=$$!; \
+	trap 'kill $$backend $$gateway 2>/dev/null' EXIT INT TERM; \
+	sleep 2; \
+	$(UPLOADBENCH) upload -url http://127.0.0.1:18080/up -size $(CONCURRENT_SIZE) -files 1 -concurrency $(CONCURRENCY) -verify | grep -E "^(aggregate|uploadbench)"; \
+	grep VmHWM /proc/$$gateway/status
 
 ## gobench: Go benchmarks of the hot path
 gobench:
