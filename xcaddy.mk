@@ -62,7 +62,7 @@ check-binary: build
 
 ## bench: direct vs reverse_proxy vs stream_proxy, side by side, one table
 bench: build $(UPLOADBENCH)
-	$(UPLOADBENCH) compare -caddy $(CADDY) -size $(BENCH_SIZE) -runs $(BENCH_RUNS) -modes forward,per_part
+	$(UPLOADBENCH) compare -caddy $(CADDY) -size $(BENCH_SIZE) -runs $(BENCH_RUNS) -modes forward,per_part,store
 
 ## rss: the gateway's peak RSS after a small and a large upload
 rss: build $(UPLOADBENCH)
