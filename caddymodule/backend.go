@@ -210,10 +210,8 @@ func (u *upload) relay(res *http.Response) error {
 		hdr[k] = v
 	}
 	// A backend that answered before the upload ended leaves the rest of the
-	// client's body unread: the connection closes after a lingering close.
-	linger := u.stopped.Load() && u.r.ProtoMajor == 1 && http.NewResponseController(u.w).EnableFullDuplex() == nil
-	if linger {
-		hdr.Set("Connection", "close")
+	// client's body unread.
+	if u.stopped.Load() && u.closeAfter() {
 		defer u.linger()
 	}
 	u.status = res.StatusCode

@@ -242,26 +242,32 @@ func (u *upload) fail(e *uploadError) error {
 			ce.Write(fields...)
 		}
 	}
-	// What is left of the body is not wanted, and the connection is not
-	// reused: with Connection: close the server neither sends 100 Continue
-	// to a client waiting for it nor drains the body. A client already
-	// sending gets a lingering close (see linger).
-	unread := u.body == nil || !u.body.eof
-	waiting := u.body == nil && u.r.Header.Get("Expect") != ""
-	if unread && u.r.ProtoMajor == 1 {
-		u.w.Header().Set("Connection", "close")
-	}
 	if srv, ok := u.r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok &&
 		srv.Errors != nil && len(srv.Errors.Routes) > 0 && e.Status != statusClientClosed {
+		u.closeAfter()
 		return caddyhttp.Error(e.Status, e)
 	}
-	linger := unread && !waiting && u.r.ProtoMajor == 1 && e.Status != statusClientClosed &&
-		http.NewResponseController(u.w).EnableFullDuplex() == nil
+	linger := e.Status != statusClientClosed && u.closeAfter()
 	e.writeJSON(u.w, u.partsSoFar)
 	if linger {
 		u.linger()
 	}
 	return nil
+}
+
+// closeAfter prepares an answer given before the client's body was read to
+// its end: the connection is not reused, and with Connection: close the
+// server neither sends 100 Continue to a client waiting for it nor drains the
+// body. It reports whether the answer should be followed by a lingering close
+// (a client already sending, over HTTP/1.x), and if so, allows it.
+func (u *upload) closeAfter() (linger bool) {
+	unread := u.body == nil || !u.body.eof
+	if !unread || u.r.ProtoMajor != 1 {
+		return false
+	}
+	u.w.Header().Set("Connection", "close")
+	waiting := (u.body == nil || u.body.n.Load() == 0) && u.r.Header.Get("Expect") != ""
+	return !waiting && http.NewResponseController(u.w).EnableFullDuplex() == nil
 }
 
 // Bounds of a lingering close.

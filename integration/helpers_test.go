@@ -53,11 +53,6 @@ func startGateway(t *testing.T, site string) {
 	http_port %d
 	https_port %d
 	grace_period 1ns
-	servers {
-		timeouts {
-			read_body 10s
-		}
-	}
 }
 http://localhost:%d {
 %s
