@@ -391,14 +391,15 @@ func endsInOpenPart(end []byte, whole bool, boundary string) bool {
 		if (j == 0 && !whole) || (j > 0 && end[j-1] != '\n') {
 			continue // not at the start of a line
 		}
-		rest := end[j+len(dash):]
-		if bytes.HasPrefix(rest, []byte("--")) {
+		line, _, _ := bytes.Cut(end[j+len(dash):], []byte("\n"))
+		line = bytes.TrimRight(bytes.TrimSuffix(line, []byte("\r")), " \t")
+		switch string(line) {
+		case "--":
 			return false // the closing delimiter
-		}
-		line, _, _ := bytes.Cut(rest, []byte("\n"))
-		if len(bytes.TrimRight(bytes.TrimSuffix(line, []byte("\r")), " \t")) == 0 {
+		case "":
 			return true // a delimiter that opens a part
 		}
+		// Anything else after the dashes: not a delimiter line.
 	}
 	return false
 }
