@@ -1,7 +1,6 @@
 package streamproxy
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -17,6 +16,25 @@ import (
 
 	"go.uber.org/zap"
 )
+
+// forwardTo runs u's forward path into w, as exchangeForm's producer does,
+// without a backend.
+func forwardTo(u *upload, w io.Writer) error {
+	form := u.openBody()
+	defer u.closeBody()
+	out := getWriter()
+	defer putWriter(out)
+	out.Reset(w)
+	defer u.flushBeforeReads(out)()
+	mw := multipart.NewWriter(out)
+	if err := u.forward(form, mw); err != nil {
+		return err
+	}
+	if err := mw.Close(); err != nil {
+		return err
+	}
+	return out.Flush()
+}
 
 // BenchmarkForwardPath measures the forward data path without a network: the
 // strict reader over a client body, re-encoded under a fresh boundary into a
@@ -44,17 +62,9 @@ func BenchmarkForwardPath(b *testing.B) {
 				if err := u.checkRequest(); err != nil {
 					b.Fatal(err)
 				}
-				fr := u.openBody()
-				out := writerPool.Get().(*bufio.Writer)
-				out.Reset(io.Discard)
-				stop := u.flushBeforeReads(out)
-				if err := u.forward(fr, multipart.NewWriter(out), out); err != nil {
+				if err := forwardTo(u, io.Discard); err != nil {
 					b.Fatal(err)
 				}
-				stop()
-				out.Reset(nil)
-				writerPool.Put(out)
-				u.closeBody()
 			}
 		})
 	}
@@ -119,12 +129,7 @@ func BenchmarkHostileConcurrent(b *testing.B) {
 					b.Error(err)
 					return
 				}
-				fr := u.openBody()
-				defer u.closeBody()
-				out := writerPool.Get().(*bufio.Writer)
-				out.Reset(io.Discard)
-				defer writerPool.Put(out)
-				if err := u.forward(fr, multipart.NewWriter(out), out); err != nil {
+				if err := forwardTo(u, io.Discard); err != nil {
 					b.Error(err)
 				}
 			}()

@@ -14,28 +14,35 @@ import (
 func (h *Handler) serveForward(u *upload) error {
 	form := u.openBody()
 	defer u.closeBody()
-
-	out := writerPool.Get().(*bufio.Writer)
-	defer func() {
-		out.Reset(nil)
-		writerPool.Put(out)
-	}()
-	mw := multipart.NewWriter(out)
-
-	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
-	res, uerr := u.exchange(header, func(w io.Writer) error {
-		out.Reset(w)
-		defer u.flushBeforeReads(out)()
-		return u.forward(form, mw, out)
-	})
+	res, uerr := u.exchangeForm(func(mw *multipart.Writer) error { return u.forward(form, mw) })
 	if uerr != nil {
 		return u.fail(uerr)
 	}
 	return u.relay(res)
 }
 
-// forward copies every part of form into mw, in order, and closes mw.
-func (u *upload) forward(form *formReader, mw *multipart.Writer, out *bufio.Writer) error {
+// exchangeForm sends the backend one multipart/form-data request under a fresh
+// boundary, whose parts write adds while the client's body is read.
+func (u *upload) exchangeForm(write func(mw *multipart.Writer) error) (*http.Response, *uploadError) {
+	out := getWriter()
+	defer putWriter(out)
+	mw := multipart.NewWriter(out)
+	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
+	return u.exchange(header, func(w io.Writer) error {
+		out.Reset(w)
+		defer u.flushBeforeReads(out)()
+		if err := write(mw); err != nil {
+			return err
+		}
+		if err := mw.Close(); err != nil {
+			return err
+		}
+		return out.Flush()
+	})
+}
+
+// forward copies every part of form into mw, in order.
+func (u *upload) forward(form *formReader, mw *multipart.Writer) error {
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
 	for {
@@ -60,10 +67,7 @@ func (u *upload) forward(form *formReader, mw *multipart.Writer, out *bufio.Writ
 			return err
 		}
 	}
-	if err := mw.Close(); err != nil {
-		return err
-	}
-	return out.Flush()
+	return nil
 }
 
 // copyPart copies one part's data into dst.

@@ -1,7 +1,6 @@
 package streamproxy
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -53,11 +52,8 @@ func newPartResult(p *formPart) partResult {
 func (h *Handler) servePerPart(u *upload) error {
 	form := u.openBody()
 	defer u.closeBody()
-	out := writerPool.Get().(*bufio.Writer)
-	defer func() {
-		out.Reset(nil)
-		writerPool.Put(out)
-	}()
+	out := getWriter()
+	defer putWriter(out)
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
 

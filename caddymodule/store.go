@@ -1,7 +1,6 @@
 package streamproxy
 
 import (
-	"bufio"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -132,11 +131,8 @@ type storing struct {
 func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
-	fw := writerPool.Get().(*bufio.Writer)
-	defer func() {
-		fw.Reset(nil)
-		writerPool.Put(fw)
-	}()
+	fw := getWriter()
+	defer putWriter(fw)
 	u := st.u
 	for {
 		p, err := form.next()
@@ -298,26 +294,11 @@ func (h *Handler) serveStore(u *upload) error {
 		return writeJSON(u.w, u.status, map[string]any{"parts": st.parts, "fields": st.fields})
 	}
 
-	out := writerPool.Get().(*bufio.Writer)
-	defer func() {
-		out.Reset(nil)
-		writerPool.Put(out)
-	}()
-	mw := multipart.NewWriter(out)
-	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
-	res, uerr := u.exchange(header, func(w io.Writer) error {
-		out.Reset(w)
-		defer u.flushBeforeReads(out)()
+	res, uerr := u.exchangeForm(func(mw *multipart.Writer) error {
 		if err := st.receive(form, mw); err != nil {
 			return err
 		}
-		if err := st.commit(); err != nil {
-			return err
-		}
-		if err := mw.Close(); err != nil {
-			return err
-		}
-		return out.Flush()
+		return st.commit() // before the closing delimiter: the backend sees a complete form only once the files are in place
 	})
 	if uerr != nil {
 		st.discard()

@@ -27,6 +27,14 @@ var (
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bufSize) }}
 )
 
+// getWriter returns a pooled buffered writer; Reset it to its destination.
+func getWriter() *bufio.Writer { return writerPool.Get().(*bufio.Writer) }
+
+func putWriter(w *bufio.Writer) {
+	w.Reset(nil)
+	writerPool.Put(w)
+}
+
 // upload is the state of one intercepted request.
 type upload struct {
 	h      *Handler

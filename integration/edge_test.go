@@ -19,34 +19,7 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2/caddytest"
 )
-
-// startGatewayWith is startGateway with options of its own in the global
-// servers block (protocols, timeouts).
-func startGatewayWith(t *testing.T, serverOpts, site string) {
-	t.Helper()
-	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
-	tester.InitServer(fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:%d
-	http_port %d
-	https_port %d
-	grace_period 1ns
-	servers {
-%s
-	}
-}
-http://localhost:%d {
-%s
-}
-`, adminPort, httpPort, httpPort+363, serverOpts, httpPort, site), "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
-	checkLeaks(t)
-}
 
 // rawPart is one part as Go's mime/multipart reads it, undecoded.
 type rawPart struct {

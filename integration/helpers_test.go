@@ -46,6 +46,13 @@ func envPort(name string, def int) int {
 // startGateway loads site into the in-process Caddy, served on httpPort.
 func startGateway(t *testing.T, site string) {
 	t.Helper()
+	startGatewayWith(t, "", site)
+}
+
+// startGatewayWith is startGateway with options of its own in the global
+// servers block (protocols, timeouts).
+func startGatewayWith(t *testing.T, serverOpts, site string) {
+	t.Helper()
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 	tester.InitServer(fmt.Sprintf(`{
 	skip_install_trust
@@ -53,11 +60,14 @@ func startGateway(t *testing.T, site string) {
 	http_port %d
 	https_port %d
 	grace_period 1ns
+	servers {
+%s
+	}
 }
 http://localhost:%d {
 %s
 }
-`, adminPort, httpPort, httpPort+363, httpPort, site), "caddyfile")
+`, adminPort, httpPort, httpPort+363, serverOpts, httpPort, site), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}
