@@ -411,3 +411,37 @@ func TestClientGoneCancelsBackend(t *testing.T) {
 	}
 	t.Logf("backend saw the abort %v after the client reset", time.Since(start))
 }
+
+// A backend spoken to over HTTP/2 (h2c): the transport reads the body through
+// the pipe instead of copying it with WriteTo, and the parts arrive the same.
+func TestForwardToHTTP2Backend(t *testing.T) {
+	be := &backend{}
+	be.Server = httptest.NewUnstartedServer(http.HandlerFunc(be.serve))
+	be.Config.Protocols = new(http.Protocols)
+	be.Config.Protocols.SetUnencryptedHTTP2(true)
+	be.Start()
+	t.Cleanup(be.Close)
+	var proto string
+	be.before = func(w http.ResponseWriter, r *http.Request) bool { proto = r.Proto; return false }
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
+	transport http {
+		versions h2c
+	}
+}`, be.URL))
+
+	parts := sampleForm(16 << 20)
+	res, body := postForm(t, newClient(t), gatewayURL+"/upload", parts, false)
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %s", res.StatusCode, body)
+	}
+	got := be.waitRequests(t, 1)
+	if proto != "HTTP/2.0" {
+		t.Errorf("backend spoke %s, want HTTP/2.0", proto)
+	}
+	if len(got) != 1 || got[0].Err != nil {
+		t.Fatalf("backend saw %+v", got)
+	}
+	if want, have := comparableParts(expected(parts)), comparableParts(got[0].Parts); want != have {
+		t.Fatalf("backend saw\n%s\nwant\n%s", have, want)
+	}
+}
