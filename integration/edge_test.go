@@ -14,12 +14,22 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 )
+
+// knownBug skips a test that fails because of a known bug in the module,
+// unless SP_TEST_BUGS is set, to see it fail.
+func knownBug(t *testing.T, what string) {
+	t.Helper()
+	if os.Getenv("SP_TEST_BUGS") == "" {
+		t.Skip("BUG: " + what)
+	}
+}
 
 // rawPart is one part as Go's mime/multipart reads it, undecoded.
 type rawPart struct {
@@ -783,7 +793,7 @@ func TestEdgeTruncatedBody(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		body  []byte
-		index int // part named in the error; -1: any
+		index int // part named in the error; -1: any; -2: any, and 431 will do too
 	}{
 		{"ends mid-part", full[:dataStart+600<<10], 1},
 		{"ends right after the part's data", full[:end], 1},
@@ -793,14 +803,25 @@ func TestEdgeTruncatedBody(t *testing.T) {
 		{"ends after a delimiter line with padding", cut("\r\n--Truncated \t\r\n"), -1},
 		{"ends in a part header", cut("\r\n--Truncated\r\nContent-Disposition: form-da"), -1},
 		{"ends after a part header", cut("\r\n--Truncated\r\nContent-Disposition: form-data; name=\"x\"\r\n"), -1},
+		{"ends in a 17 KiB part header", cut("\r\n--Truncated\r\nContent-Disposition: form-data; name=\"x\"\r\nX-Pad: " + strings.Repeat("p", 17<<10)), -2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.index == -2 {
+				knownBug(t, "a body that ends inside a part header longer than max_part_header_size (here 17 KiB, "+
+					"within the header read budget) is taken as a complete form: 200, the backend sees a clean end "+
+					"without that part; the opening delimiter has left budgetReader's tail ring (max_part_header_size "+
+					"+ len(boundary) + 80 bytes), so endsInOpenPart cannot see it")
+			}
 			for _, chunked := range []bool{false, true} {
 				before := len(be.received())
 				res, out := postRaw(t, c, ct, tc.body, chunked)
-				e := expectRefusal(t, res, out, 400, "malformed_multipart", "")
+				if tc.index == -2 && res.StatusCode == 431 {
+					expectRefusal(t, res, out, 431, "part_header_too_large", "max_part_header_size")
+				} else {
+					expectRefusal(t, res, out, 400, "malformed_multipart", "")
+				}
 				if tc.index >= 0 {
-					expectPart(t, e, tc.index, "audio", "talk.wav")
+					expectPart(t, decodeError(t, out), tc.index, "audio", "talk.wav")
 				}
 				got := be.waitRequests(t, before+1)
 				if len(got) != before+1 || got[before].Err == nil {
