@@ -66,7 +66,7 @@ const maxPreamble = 64 << 10
 const headerSlack = 4096 + 80
 
 func newFormReader(src io.Reader, boundary string, h *Handler, obs partObserver) *formReader {
-	br := &budgetReader{r: src, budget: -1, tail: tailRing{buf: make([]byte, h.MaxPartHeaderSize+int64(len(boundary))+tailSlack)}}
+	br := &budgetReader{r: src, budget: -1, tail: tailRing{buf: make([]byte, tailSize+len(boundary))}}
 	return &formReader{
 		mr:           multipart.NewReader(br, boundary),
 		headers:      br,
@@ -101,16 +101,16 @@ func (f *formReader) next() (*formPart, error) {
 		return nil, f.headerTooLarge(f.index)
 	}
 	if err == io.EOF {
+		// mime/multipart also ends cleanly when the body stops right after
+		// a delimiter that opens a part, or inside its header: a cut body,
+		// not a complete one.
+		if end, whole := f.headers.tail.bytes(); !endsClosed(end, whole, f.boundary) {
+			return nil, malformed(errors.New("body ended inside a part, without the closing delimiter"))
+		}
 		// Read the epilogue through to the body's end, so that the server
 		// notices, and cancels the request, if the client then goes away.
 		if _, err := io.Copy(io.Discard, f.headers); err != nil {
 			return nil, readError(err, nil)
-		}
-		// mime/multipart also ends cleanly when the body stops right after
-		// a delimiter that opens a part, or inside its header: a cut body,
-		// not a complete one.
-		if end, whole := f.headers.tail.bytes(); endsInOpenPart(end, whole, f.boundary) {
-			return nil, malformed(errors.New("body ended inside a part, without the closing delimiter"))
 		}
 		return nil, io.EOF
 	}
@@ -320,8 +320,7 @@ func readError(err error, p *formPart) error {
 
 // budgetReader lets through at most budget bytes while a part header is being
 // read (budget -1: no cap), so that an endless header never fills memory.
-// It also keeps the body's last bytes, enough for a delimiter line and a
-// part header, to check how the body ended.
+// It also keeps the last bytes read, to check how the body ended.
 type budgetReader struct {
 	r         io.Reader
 	budget    int64
@@ -329,9 +328,10 @@ type budgetReader struct {
 	tail      tailRing
 }
 
-// tailSlack is room in budgetReader.tail for a delimiter line's dashes,
+// tailSize is what budgetReader.tail keeps beyond the boundary: more than
+// mime/multipart's read-ahead (4 KiB) plus a delimiter line's dashes,
 // transport padding and line end.
-const tailSlack = 80
+const tailSize = 4096 + 1024
 
 var errHeaderBudget = errors.New("part header exceeds its budget")
 
@@ -376,11 +376,13 @@ func (t *tailRing) bytes() ([]byte, bool) {
 	return append(append([]byte(nil), t.buf[at:]...), t.buf[:at]...), false
 }
 
-// endsInOpenPart reports whether a body whose last bytes are end (all of it
-// when whole) ended inside a part that a delimiter had opened: its last
-// delimiter line is not the closing one. A closing delimiter followed by an
-// epilogue longer than end cannot be told apart and passes.
-func endsInOpenPart(end []byte, whole bool, boundary string) bool {
+// endsClosed reports whether what mime/multipart has read of a body, whose
+// last bytes are end (all of them when whole), ends with the closing
+// delimiter: its last delimiter line must be the closing one. The closing
+// line is always within end, which is longer than mime/multipart's 4 KiB
+// read-ahead; a body cut after a delimiter, or inside a part header however
+// long, is not closed.
+func endsClosed(end []byte, whole bool, boundary string) bool {
 	dash := []byte("--" + boundary)
 	for i := len(end); i > 0; {
 		j := bytes.LastIndex(end[:i], dash)
@@ -395,9 +397,9 @@ func endsInOpenPart(end []byte, whole bool, boundary string) bool {
 		line = bytes.TrimRight(bytes.TrimSuffix(line, []byte("\r")), " \t")
 		switch string(line) {
 		case "--":
-			return false // the closing delimiter
+			return true // the closing delimiter
 		case "":
-			return true // a delimiter that opens a part
+			return false // a delimiter that opens a part
 		}
 		// Anything else after the dashes: not a delimiter line.
 	}

@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/textproto"
-	"os"
 	"strings"
 	"testing"
 
@@ -122,9 +121,6 @@ func checkForward(t *testing.T, h *Handler, be *fuzzBackend, boundary string, bo
 	}
 	if !ref.goAccepts {
 		t.Fatalf("200 for a body Go's parser refuses (%v); the backend saw\n%s", ref.goErr, describe(be.parts))
-	}
-	if ref.verdict == mustRefuse && ref.bug && os.Getenv("SP_TEST_BUGS") == "" {
-		t.Skip("BUG: " + longCutHeaderBug)
 	}
 	if ref.verdict == mustRefuse {
 		t.Fatalf("200 for a body the strict rules refuse with %d %s (%s); the backend saw\n%s",
@@ -281,16 +277,7 @@ type refResult struct {
 	status  int    // when the refusal is certain: its status and code
 	code    string //
 	why     string
-	bug     bool // the body ends in a part header longer than the tail window: longCutHeaderBug
 }
-
-// longCutHeaderBug: formReader.next refuses a body cut inside a part header
-// only if endsInOpenPart finds the opening delimiter in the budgetReader's
-// tail ring, which keeps max_part_header_size + len(boundary) + 80 bytes.
-const longCutHeaderBug = "a body that ends inside a part header longer than max_part_header_size (but within the header " +
-	"read budget) is taken as a complete form: 200, the backend sees a clean end without that part; the opening " +
-	"delimiter has left budgetReader's tail ring (max_part_header_size + len(boundary) + 80 bytes), so endsInOpenPart " +
-	"cannot see it"
 
 // breaksHeader reports whether s has a control character (other than tab),
 // which would end a header line or which net/textproto refuses in a header.
@@ -392,8 +379,6 @@ func reference(boundary string, body []byte) refResult {
 	// delimiter line or inside a part's header block: that body has no
 	// closing delimiter.
 	if _, err := parseParts(endReader{bytes.NewReader(body)}, boundary); err == errEnd {
-		open := bytes.LastIndex(body, []byte("--"+boundary))
-		ref.bug = open >= 0 && len(body)-open > fuzzMaxHeader
 		return refuse(400, CodeMalformed, "no closing delimiter (the body ends in a part header)")
 	}
 	if uncertain {

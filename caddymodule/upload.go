@@ -84,9 +84,12 @@ func (u *upload) begin() {
 // end records how the upload ended: metrics, placeholders, the access log's
 // extra fields and a debug summary.
 func (u *upload) end() {
-	inFlight.Delete(u)
 	mode := u.h.Mode
-	metrics.inFlight.WithLabelValues(mode).Dec()
+	// Last, so that an upload no longer in flight has been counted.
+	defer func() {
+		inFlight.Delete(u)
+		metrics.inFlight.WithLabelValues(mode).Dec()
+	}()
 
 	var received int64
 	if u.body != nil {

@@ -14,22 +14,12 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 )
-
-// knownBug skips a test that fails because of a known bug in the module,
-// unless SP_TEST_BUGS is set, to see it fail.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("SP_TEST_BUGS") == "" {
-		t.Skip("BUG: " + what)
-	}
-}
 
 // rawPart is one part as Go's mime/multipart reads it, undecoded.
 type rawPart struct {
@@ -806,12 +796,6 @@ func TestEdgeTruncatedBody(t *testing.T) {
 		{"ends in a 17 KiB part header", cut("\r\n--Truncated\r\nContent-Disposition: form-data; name=\"x\"\r\nX-Pad: " + strings.Repeat("p", 17<<10)), -2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.index == -2 {
-				knownBug(t, "a body that ends inside a part header longer than max_part_header_size (here 17 KiB, "+
-					"within the header read budget) is taken as a complete form: 200, the backend sees a clean end "+
-					"without that part; the opening delimiter has left budgetReader's tail ring (max_part_header_size "+
-					"+ len(boundary) + 80 bytes), so endsInOpenPart cannot see it")
-			}
 			for _, chunked := range []bool{false, true} {
 				before := len(be.received())
 				res, out := postRaw(t, c, ct, tc.body, chunked)

@@ -55,6 +55,17 @@ func TestMetricsAfterUploads(t *testing.T) {
 	refused := func() float64 {
 		return metricValue(t, "caddy_stream_proxy_rejections_total", `mode="forward"`, `reason="part_too_large"`)
 	}
+	// An upload is counted when its handler returns, just after the client
+	// has its answer: wait for earlier tests' uploads to be counted.
+	settle := func() {
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if metricValue(t, "caddy_stream_proxy_uploads_in_flight", `mode="forward"`) == 0 {
+				return
+			}
+		}
+		t.Fatal("uploads still in flight")
+	}
+	settle()
 	okBefore, refusedBefore := ok(), refused()
 	receivedBefore := metricValue(t, "caddy_stream_proxy_received_bytes_total", `mode="forward"`)
 	partsBefore := metricValue(t, "caddy_stream_proxy_parts_total", `mode="forward"`, `outcome="ok"`)
@@ -69,6 +80,7 @@ func TestMetricsAfterUploads(t *testing.T) {
 	if res.StatusCode != 413 {
 		t.Fatalf("status %d", res.StatusCode)
 	}
+	settle()
 	if got := ok() - okBefore; got != 1 {
 		t.Errorf("uploads ok went up by %v, want 1", got)
 	}
@@ -174,7 +186,11 @@ func TestAdminListsUploadsInFlight(t *testing.T) {
 	if code := <-done; code != 200 {
 		t.Fatalf("upload status %d", code)
 	}
-	if l := list(); len(l) != 0 {
+	// It leaves the list when its handler returns, just after the answer.
+	for deadline := time.Now().Add(5 * time.Second); len(l) > 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		l = list()
+	}
+	if len(l) != 0 {
 		t.Errorf("the upload is still listed after it ended: %+v", l)
 	}
 }
