@@ -230,8 +230,8 @@ func (u *upload) closeBody() {
 // fail answers the client with e, or hands e to the site's handle_errors.
 func (u *upload) fail(e *uploadError) error {
 	u.failure, u.status = e, e.Status
-	u.repl.Set("http.stream_proxy.error.code", e.Code)
-	u.repl.Set("http.stream_proxy.error.limit", e.Limit)
+	u.repl.Set(placeholderPrefix+"error.code", e.Code)
+	u.repl.Set(placeholderPrefix+"error.limit", e.Limit)
 	if ce := u.logger.Check(zap.DebugLevel, "upload refused"); ce != nil || e.Status >= 500 {
 		fields := []zap.Field{
 			zap.Int("status", e.Status),
@@ -288,9 +288,9 @@ const (
 )
 
 // linger reads and discards what the client still sends after it has been
-// answered with a refusal, for a little while, as nginx's lingering close
-// does: a client that sends its whole body before it reads the answer then
-// gets the answer instead of a connection reset.
+// answered before its body ended (a refusal, a backend's early answer), for a
+// little while, as nginx's lingering close does: a client that sends its whole
+// body before it reads the answer then gets the answer instead of a reset.
 func (u *upload) linger() {
 	rc := http.NewResponseController(u.w)
 	if rc.Flush() != nil || rc.SetReadDeadline(time.Now().Add(lingerTime)) != nil {
