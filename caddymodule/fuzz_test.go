@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/textproto"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -380,6 +381,12 @@ func reference(boundary string, body []byte) refResult {
 	// closing delimiter.
 	if _, err := parseParts(endReader{bytes.NewReader(body)}, boundary); err == errEnd {
 		return refuse(400, CodeMalformed, "no closing delimiter (the body ends in a part header)")
+	}
+	// An epilogue with a delimiter line in it looks like a body cut after
+	// that delimiter, and may be refused.
+	closingLine := regexp.MustCompile(`(?m)^--` + regexp.QuoteMeta(boundary) + `--[ \t]*\r?$`)
+	if closing := closingLine.FindIndex(body); closing != nil && bytes.Contains(body[closing[1]:], []byte("\n--"+boundary)) {
+		uncertain = true
 	}
 	if uncertain {
 		ref.verdict = either
