@@ -139,9 +139,11 @@ func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (
 		// the server's read idle timeout). The client's body is left readable,
 		// for a lingering close.
 		close(abort)
-		u.stopped.Store(true)
 		pr.CloseWithError(errBackendAnswered)
 		perr = <-done
+		// A producer that had just ended the body cleanly raced the answer
+		// to done: the backend did take the whole upload.
+		u.stopped.Store(perr != nil)
 	}
 	pr.Close()
 
