@@ -49,17 +49,11 @@ func verifyStored(answer []byte, want []expectedPart, dir string) error {
 	listed := map[string]bool{}
 	var problems []string
 	for _, w := range want {
-		i := 0
-		for ; i < len(got.Parts); i++ {
-			if !used[i] && got.Parts[i].Field == w.Field && got.Parts[i].Filename == w.Filename {
-				break
-			}
-		}
-		if i == len(got.Parts) {
+		i := findPart(used, w, func(i int) (string, string) { return got.Parts[i].Field, got.Parts[i].Filename })
+		if i < 0 {
 			problems = append(problems, fmt.Sprintf("part %d (%q) missing", w.Index, w.Field))
 			continue
 		}
-		used[i] = true
 		g := got.Parts[i]
 		if g.Size != w.Size {
 			problems = append(problems, fmt.Sprintf("part %d (%q): %d bytes, sent %d", w.Index, w.Field, g.Size, w.Size))

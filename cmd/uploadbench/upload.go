@@ -101,17 +101,11 @@ func verifyAnswer(answer []byte, want []expectedPart) error {
 	used := make([]bool, len(got.Parts))
 	var problems []string
 	for _, w := range want {
-		i := 0
-		for ; i < len(got.Parts); i++ {
-			if !used[i] && got.Parts[i].Field == w.Field && got.Parts[i].Filename == w.Filename {
-				break
-			}
-		}
-		if i == len(got.Parts) {
+		i := findPart(used, w, func(i int) (string, string) { return got.Parts[i].Field, got.Parts[i].Filename })
+		if i < 0 {
 			problems = append(problems, fmt.Sprintf("part %d (%q) missing", w.Index, w.Field))
 			continue
 		}
-		used[i] = true
 		g := got.Parts[i]
 		if g.Size != w.Size || g.SHA256 != w.SHA256 {
 			problems = append(problems, fmt.Sprintf("part %d (%q): backend saw %d bytes sha256 %s, sent %d bytes sha256 %s",
@@ -126,6 +120,19 @@ func verifyAnswer(answer []byte, want []expectedPart) error {
 		return errors.New(strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// findPart returns the first answer part not yet used that has w's field and
+// filename, by index into used (one entry per answer part, name gives each
+// one's field and filename), and marks it used; -1 when there is none.
+func findPart(used []bool, w expectedPart, name func(i int) (field, filename string)) int {
+	for i := range used {
+		if field, filename := name(i); !used[i] && field == w.Field && filename == w.Filename {
+			used[i] = true
+			return i
+		}
+	}
+	return -1
 }
 
 // verifyRawUploads checks that every file that was sent reached the backend
