@@ -1,12 +1,11 @@
 package streamproxy
 
 import (
-	"bytes"
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
-	"mime/multipart"
 	"net/http"
 	"net/textproto"
 	"slices"
@@ -14,13 +13,19 @@ import (
 )
 
 // formReader reads a multipart/form-data body strictly and with limits, one
-// part at a time. It wraps mime/multipart, which leaves these to its caller:
-// it has no part-count limit, allows megabytes of headers per part, decodes
-// quoted-printable silently and tolerates nameless parts.
+// part at a time. It parses as mime/multipart's NextRawPart and Part.Read do
+// (scan.go), and adds what mime/multipart leaves to its caller: a part-count
+// limit, bounded part headers, no Content-Transfer-Encoding (mime/multipart
+// decodes quoted-printable silently), a name on every part, and a closing
+// delimiter (mime/multipart ends cleanly on a body cut inside a part header).
 type formReader struct {
-	mr       *multipart.Reader
-	headers  *budgetReader // between the upload's buffer and mr; caps header reads
-	boundary string
+	in  *bufio.Reader // the client's body, buffered; part data is handed out from it
+	src *budgetReader // under in: caps what header reads take from the client
+	tp  *textproto.Reader
+
+	dashBoundary   []byte // "--boundary"
+	nlDashBoundary []byte // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
+	nl             []byte // "\r\n" or "\n"
 
 	maxParts     int
 	maxPartSize  int64
@@ -33,6 +38,12 @@ type formReader struct {
 	index int // parts seen so far
 	part  *formPart
 	obs   partObserver
+
+	// The scan of the current part's data (scan.go).
+	total   int64 // data bytes handed out
+	avail   int   // bytes at the front of in that are data for sure
+	end     error // what comes after them: io.EOF at the part's end, or a failure
+	readErr error // the error reading in met after its buffered bytes, if any
 }
 
 // partObserver hears of each part's start and clean end.
@@ -41,7 +52,8 @@ type partObserver interface {
 	partEnded(*formPart)
 }
 
-// formPart is the part being read. Read returns its data, counted and limited.
+// formPart is the part being read. Its data comes from next, or Read,
+// counted, limited and hashed.
 type formPart struct {
 	Index       int // from 0
 	Field       string
@@ -51,7 +63,9 @@ type formPart struct {
 	Header      textproto.MIMEHeader
 	Size        int64 // data bytes read so far
 
-	raw     *multipart.Part
+	f       *formReader
+	done    bool   // the part's data has been read to its end
+	pending []byte // data from next not yet taken by Read
 	limit   int64
 	lname   string       // the limit's config name
 	digests *partDigests // nil unless there is something to compute
@@ -61,55 +75,57 @@ type formPart struct {
 // MIME readers skip) accepted.
 const maxPreamble = 64 << 10
 
-// headerSlack is what mime/multipart may read ahead of a part's header: its
-// 4 KiB peek buffer plus a boundary line.
-const headerSlack = 4096 + 80
+// headerSlack is what a part header's read may take from the client beyond
+// the header itself: the line end and delimiter line before it.
+const headerSlack = maxLineSize + 2
 
-func newFormReader(src io.Reader, boundary string, h *Handler, obs partObserver) *formReader {
-	br := &budgetReader{r: src, budget: -1, tail: tailRing{buf: make([]byte, tailSize+len(boundary))}}
+// newFormReader reads the form from in, which reads from src.
+func newFormReader(in *bufio.Reader, src *budgetReader, boundary string, h *Handler, obs partObserver) *formReader {
+	b := []byte("\r\n--" + boundary + "--")
 	return &formReader{
-		mr:           multipart.NewReader(br, boundary),
-		headers:      br,
-		boundary:     boundary,
-		maxParts:     h.MaxParts,
-		maxPartSize:  h.MaxPartSize,
-		maxFieldSize: h.MaxFieldSize,
-		maxHeader:    h.MaxPartHeaderSize,
-		allowFields:  h.AllowFields,
-		allowTypes:   h.AllowTypes,
-		hashNames:    h.Hash,
-		obs:          obs,
+		in:             in,
+		src:            src,
+		tp:             textproto.NewReader(in),
+		nl:             b[:2],
+		nlDashBoundary: b[:len(b)-2],
+		dashBoundary:   b[2 : len(b)-2],
+		maxParts:       h.MaxParts,
+		maxPartSize:    h.MaxPartSize,
+		maxFieldSize:   h.MaxFieldSize,
+		maxHeader:      h.MaxPartHeaderSize,
+		allowFields:    h.AllowFields,
+		allowTypes:     h.AllowTypes,
+		hashNames:      h.Hash,
+		obs:            obs,
 	}
 }
 
 // next returns the next part, or io.EOF after the closing delimiter. A body
 // that ends before the closing delimiter is an error, never io.EOF.
 func (f *formReader) next() (*formPart, error) {
-	if f.part != nil {
-		// Parts are read to their end before the next is asked for.
-		f.obs.partEnded(f.part)
+	if p := f.part; p != nil {
+		for !p.done { // parts are read to their end, within their limits
+			if _, err := p.next(); err != nil && err != io.EOF {
+				return nil, err
+			}
+		}
+		f.obs.partEnded(p)
 		f.part = nil
 	}
-	f.headers.budget = f.maxHeader + headerSlack
+	f.src.budget = f.maxHeader + headerSlack
 	if f.index == 0 {
-		f.headers.budget += maxPreamble // skipped line by line, never held
+		f.src.budget += maxPreamble // skipped line by line, never held
 	}
-	raw, err := f.mr.NextRawPart()
-	over := f.headers.exhausted
-	f.headers.budget = -1
+	header, err := f.nextHeader()
+	over := f.src.exhausted
+	f.src.budget = -1
 	if over {
 		return nil, f.headerTooLarge(f.index)
 	}
 	if err == io.EOF {
-		// mime/multipart also ends cleanly when the body stops right after
-		// a delimiter that opens a part, or inside its header: a cut body,
-		// not a complete one.
-		if end, whole := f.headers.tail.bytes(); !endsClosed(end, whole, f.boundary) {
-			return nil, malformed(errors.New("body ended inside a part, without the closing delimiter"))
-		}
 		// Read the epilogue through to the body's end, so that the server
 		// notices, and cancels the request, if the client then goes away.
-		if _, err := io.Copy(io.Discard, f.headers); err != nil {
+		if _, err := io.Copy(io.Discard, f.in); err != nil {
 			return nil, readError(err, nil)
 		}
 		return nil, io.EOF
@@ -120,10 +136,11 @@ func (f *formReader) next() (*formPart, error) {
 	if f.index >= f.maxParts {
 		return nil, limitError(http.StatusRequestEntityTooLarge, CodeTooManyParts, "max_parts", int64(f.maxParts), "number of parts")
 	}
-	p := &formPart{Index: f.index, Header: raw.Header, raw: raw}
+	p := &formPart{Index: f.index, Header: header, f: f}
 	f.index++
+	f.total, f.avail, f.end, f.readErr = 0, 0, nil, nil
 
-	if headerSize(raw.Header) > f.maxHeader {
+	if headerSize(header) > f.maxHeader {
 		return nil, f.headerTooLarge(p.Index)
 	}
 	if err := p.parseHeader(); err != nil {
@@ -219,14 +236,28 @@ func (p *formPart) parseHeader() *uploadError {
 	return nil
 }
 
-// Read reads the part's data, enforcing its size limit. A body that ends
-// inside the part is an error.
-func (p *formPart) Read(b []byte) (int, error) {
-	n, err := p.raw.Read(b)
-	p.Size += int64(n)
-	if p.digests != nil && n > 0 {
-		p.digests.w.Write(b[:n]) // hashes never fail
+// next returns the part's next run of data, or io.EOF at its end. The run is
+// a slice of the client's read buffer, valid until the next call: callers
+// write it on, uncopied. A body that ends inside the part is an error.
+func (p *formPart) next() ([]byte, error) {
+	if p.done {
+		return nil, io.EOF
 	}
+	b, err := p.f.data()
+	if err == io.EOF {
+		p.done = true
+		if p.digests != nil {
+			if verr := p.digests.verify(); verr != nil {
+				return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeDigestMismatch,
+					Message: verr.Error(), Part: p.ref()}
+			}
+		}
+		return nil, io.EOF
+	}
+	if err != nil {
+		return nil, readError(err, p)
+	}
+	p.Size += int64(len(b))
 	if p.Size > p.limit {
 		code := CodePartTooLarge
 		if !p.IsFile {
@@ -234,18 +265,25 @@ func (p *formPart) Read(b []byte) (int, error) {
 		}
 		e := limitError(http.StatusRequestEntityTooLarge, code, p.lname, p.limit, "part")
 		e.Part = p.ref()
-		return 0, e
+		return nil, e
 	}
-	if err != nil && err != io.EOF {
-		return n, readError(err, p)
+	if p.digests != nil {
+		p.digests.w.Write(b) // hashes never fail
 	}
-	if err == io.EOF && p.digests != nil {
-		if verr := p.digests.verify(); verr != nil {
-			return n, &uploadError{Status: http.StatusBadRequest, Code: CodeDigestMismatch,
-				Message: verr.Error(), Part: p.ref()}
+	return b, nil
+}
+
+// Read copies the part's data into b, for readers that keep it (text fields).
+func (p *formPart) Read(b []byte) (int, error) {
+	if len(p.pending) == 0 {
+		var err error
+		if p.pending, err = p.next(); err != nil {
+			return 0, err
 		}
 	}
-	return n, err
+	n := copy(b, p.pending)
+	p.pending = p.pending[n:]
+	return n, nil
 }
 
 func (p *formPart) ref() *partRef {
@@ -316,94 +354,6 @@ func readError(err error, p *formPart) error {
 		ue.Part = p.ref()
 	}
 	return ue
-}
-
-// budgetReader lets through at most budget bytes while a part header is being
-// read (budget -1: no cap), so that an endless header never fills memory.
-// It also keeps the last bytes read, to check how the body ended.
-type budgetReader struct {
-	r         io.Reader
-	budget    int64
-	exhausted bool
-	tail      tailRing
-}
-
-// tailSize is what budgetReader.tail keeps beyond the boundary: more than
-// mime/multipart's read-ahead (4 KiB) plus a delimiter line's dashes,
-// transport padding and line end.
-const tailSize = 4096 + 1024
-
-var errHeaderBudget = errors.New("part header exceeds its budget")
-
-func (b *budgetReader) Read(p []byte) (int, error) {
-	if b.budget == 0 {
-		b.exhausted = true
-		return 0, errHeaderBudget
-	}
-	if b.budget > 0 && int64(len(p)) > b.budget {
-		p = p[:b.budget]
-	}
-	n, err := b.r.Read(p)
-	if b.budget > 0 {
-		b.budget -= int64(n)
-	}
-	b.tail.write(p[:n])
-	return n, err
-}
-
-// tailRing keeps the last bytes written to it.
-type tailRing struct {
-	buf   []byte
-	total int64
-}
-
-func (t *tailRing) write(p []byte) {
-	if len(p) > len(t.buf) {
-		p = p[len(p)-len(t.buf):]
-	}
-	at := int(t.total % int64(len(t.buf)))
-	n := copy(t.buf[at:], p)
-	copy(t.buf, p[n:])
-	t.total += int64(len(p))
-}
-
-// bytes returns the kept bytes in order, and whether they are all there were.
-func (t *tailRing) bytes() ([]byte, bool) {
-	if t.total <= int64(len(t.buf)) {
-		return t.buf[:t.total], true
-	}
-	at := int(t.total % int64(len(t.buf)))
-	return append(append([]byte(nil), t.buf[at:]...), t.buf[:at]...), false
-}
-
-// endsClosed reports whether what mime/multipart has read of a body, whose
-// last bytes are end (all of them when whole), ends with the closing
-// delimiter: its last delimiter line must be the closing one. The closing
-// line is always within end, which is longer than mime/multipart's 4 KiB
-// read-ahead; a body cut after a delimiter, or inside a part header however
-// long, is not closed.
-func endsClosed(end []byte, whole bool, boundary string) bool {
-	dash := []byte("--" + boundary)
-	for i := len(end); i > 0; {
-		j := bytes.LastIndex(end[:i], dash)
-		if j < 0 {
-			return false
-		}
-		i = j
-		if (j == 0 && !whole) || (j > 0 && end[j-1] != '\n') {
-			continue // not at the start of a line
-		}
-		line, _, _ := bytes.Cut(end[j+len(dash):], []byte("\n"))
-		line = bytes.TrimRight(bytes.TrimSuffix(line, []byte("\r")), " \t")
-		switch string(line) {
-		case "--":
-			return true // the closing delimiter
-		case "":
-			return false // a delimiter that opens a part
-		}
-		// Anything else after the dashes: not a delimiter line.
-	}
-	return false
 }
 
 // isClientReadError reports whether err came from reading the client's body

@@ -43,8 +43,6 @@ func (u *upload) exchangeForm(write func(mw *multipart.Writer) error) (*http.Res
 
 // forward copies every part of form into mw, in order.
 func (u *upload) forward(form *formReader, mw *multipart.Writer) error {
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
 	for {
 		p, err := form.next()
 		if err == io.EOF {
@@ -60,7 +58,7 @@ func (u *upload) forward(form *formReader, mw *multipart.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := u.copyPart(dst, p, *bp); err != nil {
+		if err := u.copyPart(dst, p); err != nil {
 			return err
 		}
 		if err := writeDigestFields(mw, p); err != nil {
@@ -70,22 +68,21 @@ func (u *upload) forward(form *formReader, mw *multipart.Writer) error {
 	return nil
 }
 
-// copyPart copies one part's data into dst.
-func (u *upload) copyPart(dst io.Writer, p *formPart, buf []byte) error {
+// copyPart writes one part's data to dst, straight from the client's read
+// buffer.
+func (u *upload) copyPart(dst io.Writer, p *formPart) error {
 	for {
-		n, err := p.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return werr
-			}
-			u.sent.Add(int64(n))
-		}
+		b, err := p.next()
 		if err == io.EOF {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
+		if _, err := dst.Write(b); err != nil {
+			return err
+		}
+		u.sent.Add(int64(len(b)))
 	}
 }
 

@@ -90,7 +90,8 @@ func checkForward(t *testing.T, h *Handler, be *fuzzBackend, boundary string, bo
 		t.Skip("the boundary does not survive a Content-Type")
 	}
 	be.reset()
-	r := httptest.NewRequest(http.MethodPost, "/upload", bytes.NewReader(body))
+	r := httptest.NewRequest(http.MethodPost, "/upload", &chopReader{b: body, at: len(body)})
+	r.ContentLength = int64(len(body))
 	r.Header.Set("Content-Type", ct)
 	repl := caddy.NewReplacer()
 	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
@@ -130,6 +131,26 @@ func checkForward(t *testing.T, h *Handler, be *fuzzBackend, boundary string, bo
 	if want, got := describe(forwarded(ref.parts)), describe(be.parts); want != got {
 		t.Fatalf("the backend saw\n%s\nGo's parser sees (as forwarded)\n%s", got, want)
 	}
+}
+
+// chopReader returns body in reads of a few sizes in turn, which one first
+// depending on the body's length, so that delimiters, line ends and headers
+// fall across reads as they do on a network.
+type chopReader struct {
+	b  []byte
+	at int
+}
+
+var chopSizes = []int{1, 7, 2, 64, 3, 1000, 5, 4096, 13}
+
+func (c *chopReader) Read(p []byte) (int, error) {
+	if len(c.b) == 0 {
+		return 0, io.EOF
+	}
+	c.at++
+	n := copy(p[:min(len(p), chopSizes[c.at%len(chopSizes)])], c.b)
+	c.b = c.b[n:]
+	return n, nil
 }
 
 type handlerFunc func(http.ResponseWriter, *http.Request) error

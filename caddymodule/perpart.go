@@ -54,8 +54,6 @@ func (h *Handler) servePerPart(u *upload) error {
 	defer u.closeBody()
 	out := getWriter()
 	defer putWriter(out)
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
 
 	var results []partResult
 	for {
@@ -77,7 +75,7 @@ func (h *Handler) servePerPart(u *upload) error {
 		res, uerr := u.exchange(partHeader(p), func(w io.Writer) error {
 			out.Reset(w)
 			defer u.flushBeforeReads(out)()
-			if err := u.copyPart(out, p, *bp); err != nil {
+			if err := u.copyPart(out, p); err != nil {
 				return err
 			}
 			return out.Flush()

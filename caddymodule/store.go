@@ -129,8 +129,6 @@ type storing struct {
 // when there is a backend (with each file's metadata after it), or are kept
 // for the JSON answer when there is none.
 func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
 	fw := getWriter()
 	defer putWriter(fw)
 	u := st.u
@@ -153,7 +151,7 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 				if err != nil {
 					return err
 				}
-				if err := u.copyPart(dst, p, *bp); err != nil {
+				if err := u.copyPart(dst, p); err != nil {
 					return err
 				}
 			} else if err := st.keepField(p); err != nil {
@@ -169,7 +167,7 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 		}
 		st.files = append(st.files, sf)
 		fw.Reset(fileWriter{sf.f})
-		if err := u.copyPart(fw, p, *bp); err != nil {
+		if err := u.copyPart(fw, p); err != nil {
 			return err
 		}
 		if err := fw.Flush(); err != nil {

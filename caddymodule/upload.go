@@ -17,14 +17,23 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// bufSize is the size of the buffers between the client and the backend.
-// Reads and writes of this size keep syscalls per GiB low on loopback and
-// LAN links; two of them (in and out) are held per upload in flight.
-const bufSize = 64 << 10
+// bufSize is the size of the buffers that part data moves through: the
+// client's read buffer, which data is written on from, and the buffer the
+// backend request's body is read into. One read from the client and one
+// write to the backend (one pipe handoff between them) per 256 KiB: with 64
+// KiB, `uploadbench compare` measured forward mode at 0.93 to 0.97 s of CPU
+// per GiB, against 1.14 with 64 KiB. Three such buffers (with the transport's
+// write buffer) are held per upload in flight.
+const bufSize = 256 << 10
+
+// writerSize is the size of the buffered writers in front of a backend
+// request or a stored file. They gather part headers and small fields into
+// one write; a run of part data larger than them is written past them.
+const writerSize = 16 << 10
 
 var (
 	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, bufSize) }}
-	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writerSize) }}
 )
 
 // getWriter returns a pooled buffered writer; Reset it to its destination.
@@ -214,9 +223,10 @@ func (u *upload) checkRequest() *uploadError {
 // The caller must call closeBody.
 func (u *upload) openBody() *formReader {
 	u.body = &clientBody{r: u.r.Body, max: u.h.MaxBodySize}
+	src := &budgetReader{r: u.body, budget: -1}
 	u.in = readerPool.Get().(*bufio.Reader)
-	u.in.Reset(u.body)
-	return newFormReader(u.in, u.boundary, u.h, u)
+	u.in.Reset(src)
+	return newFormReader(u.in, src, u.boundary, u.h, u)
 }
 
 func (u *upload) closeBody() {

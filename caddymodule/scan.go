@@ -1,0 +1,239 @@
+package streamproxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/textproto"
+)
+
+// This file is the multipart parser under formReader. It reads a body as
+// mime/multipart's Reader.NextRawPart and Part.Read do, rule for rule:
+// delimiter lines with transport padding, bodies with bare LF line ends, a
+// skipped preamble and epilogue, a part that may end at "--boundary" followed
+// by a space, tab, CR, LF, "--" or the body's end. FuzzForward checks every
+// body against mime/multipart itself.
+//
+// It is not mime/multipart because that reads through a private 4 KiB buffer:
+// a GiB of part data costs 262,144 boundary scans, buffer refills and copies
+// out of that buffer, and in profiles of `uploadbench compare` they were a
+// third of the gateway's CPU (README, Performance). Here part data is scanned
+// in the upload's own buffer, as much as one read from the client brought,
+// and handed out as slices of it, which forward, per_part and store write on
+// without copying. Part headers are read by net/textproto, as mime/multipart
+// does.
+
+// maxLineSize is the longest line read between parts (a preamble line, a
+// delimiter line with its padding): mime/multipart's 4 KiB buffer allows no
+// longer.
+const maxLineSize = 4095
+
+// nextHeader reads up to the next delimiter line and returns the header of the
+// part it opens, or io.EOF after the closing delimiter.
+func (f *formReader) nextHeader() (textproto.MIMEHeader, error) {
+	expectNewPart := false
+	for {
+		line, err := f.in.ReadSlice('\n')
+		if len(line) > maxLineSize || err == bufio.ErrBufferFull {
+			return nil, errors.New("multipart: a line between parts is longer than 4 KiB")
+		}
+		if err == io.EOF && f.isClosingLine(line) {
+			return nil, io.EOF // the closing delimiter, without a line end
+		}
+		if err == io.EOF {
+			return nil, errors.New("multipart: the body ends without the closing delimiter")
+		}
+		if err != nil {
+			return nil, err
+		}
+		if f.isDelimiterLine(line) {
+			header, err := f.tp.ReadMIMEHeader()
+			if err == io.EOF {
+				return nil, errors.New("multipart: the body ends inside a part header")
+			}
+			if err != nil {
+				return nil, fmt.Errorf("multipart: part header: %w", err)
+			}
+			return header, nil
+		}
+		if f.isClosingLine(line) {
+			return nil, io.EOF
+		}
+		switch {
+		case expectNewPart:
+			return nil, fmt.Errorf("multipart: expecting a new part; got line %q", line)
+		case f.index == 0:
+			continue // the preamble
+		case bytes.Equal(line, f.nl):
+			// The line end that ends the previous part's data belongs to
+			// the delimiter line that follows.
+			expectNewPart = true
+			continue
+		}
+		return nil, fmt.Errorf("multipart: unexpected line between parts: %q", line)
+	}
+}
+
+// isDelimiterLine reports whether line is "--boundary", optional spaces and
+// tabs, and a line end. The first one sets the body's line end: LF alone
+// (against RFC 2046, but common) when it ends so.
+func (f *formReader) isDelimiterLine(line []byte) bool {
+	rest, ok := bytes.CutPrefix(line, f.dashBoundary)
+	if !ok {
+		return false
+	}
+	rest = bytes.TrimLeft(rest, " \t")
+	if f.index == 0 && len(rest) == 1 && rest[0] == '\n' {
+		f.nl = f.nl[1:]
+		f.nlDashBoundary = f.nlDashBoundary[1:]
+	}
+	return bytes.Equal(rest, f.nl)
+}
+
+// isClosingLine reports whether line is "--boundary--", optional spaces and
+// tabs, and a line end or nothing.
+func (f *formReader) isClosingLine(line []byte) bool {
+	rest, ok := bytes.CutPrefix(line, f.dashBoundary)
+	if !ok {
+		return false
+	}
+	if rest, ok = bytes.CutPrefix(rest, []byte("--")); !ok {
+		return false
+	}
+	rest = bytes.TrimLeft(rest, " \t")
+	return len(rest) == 0 || bytes.Equal(rest, f.nl)
+}
+
+// data returns the current part's next run of data, a slice of in's buffer
+// valid until in is read again, or io.EOF at the part's end.
+func (f *formReader) data() ([]byte, error) {
+	for f.avail == 0 && f.end == nil {
+		buf, _ := f.in.Peek(f.in.Buffered())
+		f.avail, f.end = f.scan(buf)
+		if f.avail == 0 && f.end == nil {
+			// Too little is buffered to tell: read more. This happens only
+			// with a few bytes buffered, never with a full buffer.
+			_, f.readErr = f.in.Peek(len(buf) + 1)
+			if f.readErr == io.EOF {
+				f.readErr = io.ErrUnexpectedEOF
+			}
+		}
+	}
+	if f.avail == 0 {
+		return nil, f.end
+	}
+	b, _ := f.in.Peek(f.avail)
+	_, _ = f.in.Discard(f.avail) // b stays valid until in reads again
+	f.total += int64(f.avail)
+	f.avail = 0
+	return b, nil
+}
+
+// scan tells how much of buf, the buffered bytes at the current position in a
+// part's data, is data for sure, and what follows: io.EOF when the part ends
+// there, f.readErr when the body does, nil when more must be read to know.
+func (f *formReader) scan(buf []byte) (int, error) {
+	if f.total == 0 {
+		// A part with no data may have no line end before the delimiter
+		// that ends it.
+		if bytes.HasPrefix(buf, f.dashBoundary) {
+			switch f.delimiterAt(buf, len(f.dashBoundary)) {
+			case delimiter:
+				return 0, io.EOF
+			case undecided:
+				return 0, nil
+			}
+			return len(f.dashBoundary), nil
+		}
+		if bytes.HasPrefix(f.dashBoundary, buf) {
+			return 0, f.readErr
+		}
+	}
+	if i := bytes.Index(buf, f.nlDashBoundary); i >= 0 {
+		switch f.delimiterAt(buf[i:], len(f.nlDashBoundary)) {
+		case delimiter:
+			return i, io.EOF
+		case undecided:
+			return i, nil
+		}
+		return i + len(f.nlDashBoundary), nil
+	}
+	if bytes.HasPrefix(f.nlDashBoundary, buf) {
+		return 0, f.readErr
+	}
+	// Hold back a tail that may be the start of a delimiter. Its line end
+	// appears in nlDashBoundary only at the start, so only the last such
+	// byte can start one.
+	from := max(0, len(buf)-len(f.nlDashBoundary)+1)
+	if i := bytes.LastIndexByte(buf[from:], f.nlDashBoundary[0]); i >= 0 && bytes.HasPrefix(f.nlDashBoundary, buf[from+i:]) {
+		return from + i, nil
+	}
+	return len(buf), f.readErr
+}
+
+// What follows "--boundary" in part data.
+const (
+	notDelimiter = iota // more data: "--boundaryX"
+	delimiter           // the part ends
+	undecided           // too little is buffered to tell
+)
+
+// delimiterAt tells whether buf, which starts with a delimiter's prefix of n
+// bytes, is a delimiter: the prefix followed by a space, tab, CR, LF, "--",
+// or the end of the body.
+func (f *formReader) delimiterAt(buf []byte, n int) int {
+	if len(buf) == n {
+		if f.readErr != nil {
+			return delimiter
+		}
+		return undecided
+	}
+	switch buf[n] {
+	case ' ', '\t', '\r', '\n':
+		return delimiter
+	case '-':
+		if len(buf) == n+1 {
+			if f.readErr != nil {
+				return notDelimiter
+			}
+			return undecided
+		}
+		if buf[n+1] == '-' {
+			return delimiter
+		}
+	}
+	return notDelimiter
+}
+
+// budgetReader lets through at most budget bytes while a part header is being
+// read (budget -1: no cap), so that an endless header never fills memory.
+// Once a read fails, it fails every read after with the same error.
+type budgetReader struct {
+	r         io.Reader
+	budget    int64
+	exhausted bool
+	err       error
+}
+
+var errHeaderBudget = errors.New("part header exceeds its budget")
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if b.budget == 0 {
+		b.exhausted = true
+		return 0, errHeaderBudget // not sticky: the header's end decides
+	}
+	if b.budget > 0 && int64(len(p)) > b.budget {
+		p = p[:b.budget]
+	}
+	n, err := b.r.Read(p)
+	if b.budget > 0 {
+		b.budget -= int64(n)
+	}
+	b.err = err
+	return n, err
+}
