@@ -23,9 +23,10 @@ type formReader struct {
 	src *budgetReader // under in: caps what header reads take from the client
 	tp  *textproto.Reader
 
-	dashBoundary   []byte // "--boundary"
-	nlDashBoundary []byte // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
-	nl             []byte // "\r\n" or "\n"
+	dashBoundary   []byte  // "--boundary"
+	nlDashBoundary []byte  // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
+	nl             []byte  // "\r\n" or "\n"
+	find           *finder // of nlDashBoundary
 
 	maxParts     int
 	maxPartSize  int64
@@ -82,7 +83,7 @@ const headerSlack = maxLineSize + 2
 // newFormReader reads the form from in, which reads from src.
 func newFormReader(in *bufio.Reader, src *budgetReader, boundary string, h *Handler, obs partObserver) *formReader {
 	b := []byte("\r\n--" + boundary + "--")
-	return &formReader{
+	f := &formReader{
 		in:             in,
 		src:            src,
 		tp:             textproto.NewReader(in),
@@ -97,7 +98,10 @@ func newFormReader(in *bufio.Reader, src *budgetReader, boundary string, h *Hand
 		allowTypes:     h.AllowTypes,
 		hashNames:      h.Hash,
 		obs:            obs,
+		find:           new(finder),
 	}
+	f.find.init(f.nlDashBoundary)
+	return f
 }
 
 // next returns the next part, or io.EOF after the closing delimiter. A body

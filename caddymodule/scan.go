@@ -88,6 +88,7 @@ func (f *formReader) isDelimiterLine(line []byte) bool {
 	if f.index == 0 && len(rest) == 1 && rest[0] == '\n' {
 		f.nl = f.nl[1:]
 		f.nlDashBoundary = f.nlDashBoundary[1:]
+		f.find.init(f.nlDashBoundary)
 	}
 	return bytes.Equal(rest, f.nl)
 }
@@ -151,7 +152,7 @@ func (f *formReader) scan(buf []byte) (int, error) {
 			return 0, f.readErr
 		}
 	}
-	if i := bytes.Index(buf, f.nlDashBoundary); i >= 0 {
+	if i := f.find.index(buf); i >= 0 {
 		switch f.delimiterAt(buf[i:], len(f.nlDashBoundary)) {
 		case delimiter:
 			return i, io.EOF
@@ -236,4 +237,53 @@ func (b *budgetReader) Read(p []byte) (int, error) {
 	}
 	b.err = err
 	return n, err
+}
+
+// finder finds a delimiter ("\r\n--boundary") in part data. It is
+// bytes.Index, sped up for the data uploads carry. bytes.Index looks for the
+// delimiter's first byte with IndexByte, which in compressed media or model
+// weights (any byte equally likely) stops every 256 bytes: 0.18 s of CPU per
+// GiB, a fifth of the gateway's in `uploadbench compare`. finder instead
+// looks at two adjacent bytes once every len(delimiter)-1 bytes, which no
+// delimiter can fall between, and searches around them only if they are two
+// adjacent bytes of the delimiter: about one look per 30 to 70 bytes and one
+// search per 2 MiB on such data. Data that keeps looking like the delimiter
+// is handed to bytes.Index.
+type finder struct {
+	pat   []byte
+	pairs [1 << 16 / 64]uint64 // bit v: the bytes v&0xff, v>>8 are adjacent in pat
+}
+
+func (d *finder) init(pat []byte) {
+	d.pat = pat
+	clear(d.pairs[:])
+	for i := 0; i+1 < len(pat); i++ {
+		v := uint16(pat[i]) | uint16(pat[i+1])<<8
+		d.pairs[v/64] |= 1 << (v % 64)
+	}
+}
+
+// index is bytes.Index(s, d.pat).
+func (d *finder) index(s []byte) int {
+	m := len(d.pat) // at least 4: "\n--" and one boundary character
+	misses := 0
+	// A delimiter at p has pairs starting at p to p+m-2: one of them is looked at.
+	for i := m - 2; i+1 < len(s); i += m - 1 {
+		v := uint16(s[i]) | uint16(s[i+1])<<8
+		if d.pairs[v/64]&(1<<(v%64)) == 0 {
+			continue
+		}
+		// Any delimiter starting before from was found at an earlier look.
+		from := max(0, i-m+2)
+		if j := bytes.Index(s[from:min(len(s), i+m)], d.pat); j >= 0 {
+			return from + j
+		}
+		if misses++; misses > 8+i/256 {
+			if j := bytes.Index(s[from:], d.pat); j >= 0 {
+				return from + j
+			}
+			return -1
+		}
+	}
+	return -1
 }
