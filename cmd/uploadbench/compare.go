@@ -101,7 +101,11 @@ func runCompare(ctx context.Context, args []string) error {
 	// path's peak is its own; without clear_refs it is cumulative.
 	rssReset := b.gw.ResetPeakRSS() == nil
 	for run := 1; run <= *runs; run++ {
-		for _, p := range paths {
+		// Each run starts one path later than the one before, so that no path
+		// always follows the same one (and, say, the disk writeback of store
+		// mode's files).
+		for i := range paths {
+			p := paths[(i+run-1)%len(paths)]
 			if p.viaGateway && rssReset {
 				if err := b.gw.ResetPeakRSS(); err != nil {
 					return err
@@ -136,7 +140,7 @@ func runCompare(ctx context.Context, args []string) error {
 	}
 	notes := []string{
 		fmt.Sprintf("body: %d files + %d fields, %s of files, %d bytes with framing, %s, seed %d; "+
-			"%d runs per path, interleaved, after a %s warm-up upload per path; every upload verified (size and sha256 of each part as the backend saw it)",
+			"%d runs per path, interleaved (each run's order rotated by one path), after a %s warm-up upload per path; every upload verified (size and sha256 of each part as the backend saw it)",
 			*files, *fields, formatBytes(int64(size)), body.Length, framing, *seed, *runs, formatBytes(int64(warmup))),
 		fmt.Sprintf("CPU s/GiB: gateway utime+stime (/proc/PID/stat) per GiB of body; "+
 			"peak RSS: gateway VmHWM, %s; idle gateway VmHWM %.1f MiB", rssNote, float64(idleRSS)/mib),
