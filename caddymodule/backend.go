@@ -15,9 +15,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// copyBufPool holds the buffers that move part data and backend responses.
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
-
 // errBackendAnswered closes the upload's pipe when the backend answered, or
 // failed, before it had taken the whole upload.
 var errBackendAnswered = errors.New("backend answered before the upload ended")
@@ -103,7 +100,7 @@ func (u *upload) backendRequest(body io.Reader, extra http.Header) (*http.Reques
 // has read the whole upload (401, 413) gets its answer relayed to the client.
 func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (*http.Response, *uploadError) {
 	pr, pw := io.Pipe()
-	body := &startReader{PipeReader: pr, started: make(chan struct{})}
+	body := &startReader{PipeReader: pr, started: make(chan struct{}), bufs: u.bufs}
 	req, uerr := u.backendRequest(body, header)
 	if uerr != nil {
 		return nil, uerr
@@ -171,6 +168,7 @@ type startReader struct {
 	*io.PipeReader
 	once    sync.Once
 	started chan struct{}
+	bufs    *bufSet // the upload's: its reads are as large as the producer's writes
 }
 
 func (s *startReader) Read(p []byte) (int, error) {
@@ -182,8 +180,8 @@ func (s *startReader) Read(p []byte) (int, error) {
 // pipe into a buffer as large as the producer's writes hands each write over
 // in one piece: half the goroutine switches of the transport's 32 KiB copy.
 func (s *startReader) WriteTo(w io.Writer) (int64, error) {
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
+	bp := s.bufs.chunks.Get().(*[]byte)
+	defer s.bufs.chunks.Put(bp)
 	var written int64
 	for {
 		n, err := s.Read(*bp)
@@ -219,8 +217,8 @@ func (u *upload) relay(res *http.Response) error {
 	u.status = res.StatusCode
 	u.w.WriteHeader(res.StatusCode)
 
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
+	bp := smallBufs.chunks.Get().(*[]byte)
+	defer smallBufs.chunks.Put(bp)
 	rc := http.NewResponseController(u.w)
 	for {
 		n, err := res.Body.Read(*bp)

@@ -54,7 +54,7 @@ func TestFinder(t *testing.T) {
 // (compressed data) holding no delimiter, against bytes.Index.
 func BenchmarkFinder(b *testing.B) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	s := make([]byte, bufSize)
+	s := make([]byte, largeBufs.size)
 	for i := range s {
 		s[i] = byte(rng.Uint32())
 	}
@@ -77,4 +77,33 @@ func BenchmarkFinder(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestTakeBufs checks that at most largeUploads uploads hold large buffers,
+// and that a released set is taken again.
+func TestTakeBufs(t *testing.T) {
+	var taken []*bufSet
+	for range largeUploads + 3 {
+		taken = append(taken, takeBufs())
+	}
+	for i, s := range taken {
+		want := largeBufs
+		if i >= largeUploads {
+			want = smallBufs
+		}
+		if s != want {
+			t.Fatalf("upload %d got %d-byte buffers, want %d", i, s.size, want.size)
+		}
+	}
+	releaseBufs(taken[0])
+	if s := takeBufs(); s != largeBufs {
+		t.Fatalf("after a release: %d-byte buffers", s.size)
+	}
+	releaseBufs(largeBufs)
+	for _, s := range taken[1:] {
+		releaseBufs(s)
+	}
+	if n := largeTaken.Load(); n != 0 {
+		t.Fatalf("%d large sets still taken", n)
+	}
 }

@@ -192,6 +192,30 @@ func TestServeForward(t *testing.T) {
 	}
 }
 
+// TestServeForwardBufferSizes sends a file of a few buffers' worth, with
+// delimiter-like lines in it, through both buffer sizes: the large ones, and
+// the small ones an upload gets while largeUploads others hold large ones.
+func TestServeForwardBufferSizes(t *testing.T) {
+	be := echoBackend(t)
+	h := provision(t, &Handler{To: be.URL})
+	data := strings.Repeat("0123456789abcdef\r\n--Bx\r\n-", 100_000)[:3*largeBufs.size+17]
+	sum := sha256.Sum256([]byte(data))
+	want := `["f|a.bin||` + hex.EncodeToString(sum[:])[:16] + "|" + string(rune('0'+len(data)%10)) + `"]`
+	body := "--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n" + data + "\r\n--B--\r\n"
+	for _, held := range []int{0, largeUploads} {
+		for range held {
+			takeBufs()
+		}
+		w := serve(h, formRequest(body), failNext)
+		for range held {
+			releaseBufs(largeBufs)
+		}
+		if got := strings.TrimSpace(w.Body.String()); w.Code != 200 || got != want {
+			t.Fatalf("with %d uploads holding large buffers: %d %s, want %s", held, w.Code, got, want)
+		}
+	}
+}
+
 func TestServeRefusals(t *testing.T) {
 	be := echoBackend(t)
 	h := provision(t, &Handler{To: be.URL, MaxBodySize: 1000, MaxParts: 2, MaxFieldSize: 10, MaxPartHeaderSize: 200})
