@@ -22,8 +22,8 @@ import (
 // read into from the pipe. A buffer-full costs one read from the client, one
 // pipe handoff and one write to the backend, so larger buffers mean fewer of
 // each. `uploadbench compare` (1 GiB, 9 runs each) put forward mode at a
-// median of 0.97x reverse_proxy's throughput over ten comparisons with 512
-// KiB (0.95 to 1.02x), and 0.94x over seven with 256 KiB (0.89 to 0.97x). So
+// median of 0.965x reverse_proxy's throughput over twelve comparisons with
+// 512 KiB (0.93 to 1.02x), and 0.94x over seven with 256 KiB (0.89 to 0.97x). So
 // that many uploads at once stay within bounded memory, only largeUploads
 // uploads at a time get 512 KiB buffers; the others get 128 KiB.
 var (
