@@ -23,10 +23,10 @@ type formReader struct {
 	src *budgetReader // under in: caps what header reads take from the client
 	tp  *textproto.Reader
 
-	dashBoundary   []byte  // "--boundary"
-	nlDashBoundary []byte  // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
-	nl             []byte  // "\r\n" or "\n"
-	find           *finder // of nlDashBoundary
+	dashBoundary   []byte // "--boundary"
+	nlDashBoundary []byte // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
+	nl             []byte // "\r\n" or "\n"
+	find           finder // of nlDashBoundary
 
 	maxParts     int
 	maxPartSize  int64
@@ -98,7 +98,6 @@ func newFormReader(in *bufio.Reader, src *budgetReader, boundary string, h *Hand
 		allowTypes:     h.AllowTypes,
 		hashNames:      h.Hash,
 		obs:            obs,
-		find:           new(finder),
 	}
 	f.find.init(f.nlDashBoundary)
 	return f
