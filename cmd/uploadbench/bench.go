@@ -126,7 +126,8 @@ func (b *bench) takeRaws() []rawResult {
 // measurement is one verified upload.
 type measurement struct {
 	uploadResult
-	CPU float64 // gateway CPU seconds used during the upload
+	CPU      float64 // gateway CPU seconds used during the upload
+	BenchCPU float64 // this process's (client and backend) CPU seconds meanwhile
 }
 
 // upload sends body along r, checks that the backend (or, in store mode, the
@@ -146,6 +147,10 @@ func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, 
 	if err != nil {
 		return measurement{}, err
 	}
+	self0, err := procCPUSeconds(os.Getpid())
+	if err != nil {
+		return measurement{}, err
+	}
 	p := startProgress(label, body.Length)
 	uctx, cancel := context.WithTimeout(ctx, timeout)
 	res, err := doUpload(uctx, b.client, r.URL, body, chunked, p)
@@ -158,6 +163,10 @@ func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, 
 		return measurement{}, fmt.Errorf("%s: %w", label, err)
 	}
 	cpu1, err := b.gw.CPUSeconds()
+	if err != nil {
+		return measurement{}, err
+	}
+	self1, err := procCPUSeconds(os.Getpid())
 	if err != nil {
 		return measurement{}, err
 	}
@@ -179,7 +188,7 @@ func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, 
 	if err != nil {
 		return measurement{}, fmt.Errorf("%s: verify FAILED: %w", label, err)
 	}
-	return measurement{uploadResult: res, CPU: cpu1 - cpu0}, nil
+	return measurement{uploadResult: res, CPU: cpu1 - cpu0, BenchCPU: self1 - self0}, nil
 }
 
 // machineLine describes the machine, uploadbench's Go and the gateway's.

@@ -18,6 +18,7 @@ type pathStats struct {
 	*route
 	rates   []float64 // MiB/s of each run
 	cpu     float64   // gateway CPU seconds over all runs
+	bench   float64   // client and backend CPU seconds over all runs
 	moved   int64     // body bytes over all runs
 	peakRSS int64     // gateway VmHWM, max over the runs
 }
@@ -118,6 +119,7 @@ func runCompare(ctx context.Context, args []string) error {
 			}
 			p.rates = append(p.rates, m.MiBps())
 			p.cpu += m.CPU
+			p.bench += m.BenchCPU
 			p.moved += m.Sent
 			if p.viaGateway {
 				rss, err := b.gw.PeakRSS()
@@ -142,7 +144,7 @@ func runCompare(ctx context.Context, args []string) error {
 		fmt.Sprintf("body: %d files + %d fields, %s of files, %d bytes with framing, %s, seed %d; "+
 			"%d runs per path, interleaved (each run's order rotated by one path), after a %s warm-up upload per path; every upload verified (size and sha256 of each part as the backend saw it)",
 			*files, *fields, formatBytes(int64(size)), body.Length, framing, *seed, *runs, formatBytes(int64(warmup))),
-		fmt.Sprintf("CPU s/GiB: gateway utime+stime (/proc/PID/stat) per GiB of body; "+
+		fmt.Sprintf("CPU s/GiB: gateway utime+stime (/proc/PID/stat) per GiB of body; client+backend: the same of uploadbench itself, which sends the body and runs the backend; "+
 			"peak RSS: gateway VmHWM, %s; idle gateway VmHWM %.1f MiB", rssNote, float64(idleRSS)/mib),
 	}
 	if b.gw.StoreDir != "" {
@@ -164,7 +166,7 @@ func printTable(w io.Writer, format string, paths []*pathStats, notes []string) 
 			rpMedian = median(p.rates)
 		}
 	}
-	header := []string{"path", "MiB/s median", "spread (min–max)", "ratio to reverse_proxy", "CPU s/GiB", "peak RSS MiB"}
+	header := []string{"path", "MiB/s median", "spread (min–max)", "ratio to reverse_proxy", "CPU s/GiB", "client+backend CPU s/GiB", "peak RSS MiB"}
 	var rows [][]string
 	for _, p := range paths {
 		cpu, rss := "-", "-"
@@ -172,6 +174,7 @@ func printTable(w io.Writer, format string, paths []*pathStats, notes []string) 
 			cpu = fmt.Sprintf("%.2f", p.cpu/(float64(p.moved)/gib))
 			rss = fmt.Sprintf("%.1f", float64(p.peakRSS)/mib)
 		}
+		benchCPU := fmt.Sprintf("%.2f", p.bench/(float64(p.moved)/gib))
 		ratio := "-"
 		if rpMedian > 0 {
 			ratio = fmt.Sprintf("%.2f", median(p.rates)/rpMedian)
@@ -180,7 +183,7 @@ func printTable(w io.Writer, format string, paths []*pathStats, notes []string) 
 			p.Name,
 			fmt.Sprintf("%.1f", median(p.rates)),
 			fmt.Sprintf("%.1f–%.1f", slices.Min(p.rates), slices.Max(p.rates)),
-			ratio, cpu, rss,
+			ratio, cpu, benchCPU, rss,
 		})
 	}
 

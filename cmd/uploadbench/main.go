@@ -22,8 +22,8 @@
 //	    Starts the counting backend and the gateway at PATH, uploads the same
 //	    body directly, through reverse_proxy and through stream_proxy in each
 //	    mode (forward, per_part, store), interleaved, verifies every upload
-//	    and prints one table: MiB/s, gateway CPU seconds per GiB, gateway peak
-//	    RSS. Store mode has no backend: the gateway writes the files to a
+//	    and prints one table: MiB/s, gateway CPU seconds per GiB, the same for
+//	    uploadbench itself (client and backend), gateway peak RSS. Store mode has no backend: the gateway writes the files to a
 //	    temporary directory made in DIR, checked against its 201 answer's
 //	    digests by size on disk and emptied after each upload.
 //
