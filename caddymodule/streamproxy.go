@@ -180,7 +180,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	if h.TransportRaw == nil {
 		// A write buffer smaller than the body's chunks (see bufSet and
-		// startReader.WriteTo) lets most of each chunk go to the socket
+		// pipeBody.WriteTo) lets most of each chunk go to the socket
 		// without a copy into it: with 256 KiB chunks, `uploadbench
 		// compare` measured forward mode at 0.95 and 0.97x reverse_proxy's
 		// throughput, against 0.90 and 0.94x with a buffer as large as a

@@ -17,15 +17,12 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// Part data moves through two buffers per upload: the client's read buffer,
-// which data is written on from, and the one the backend request's body is
-// read into from the pipe. A buffer-full costs one read from the client, one
-// pipe handoff and one write to the backend, so larger buffers mean fewer of
-// each. `uploadbench compare` (1 GiB, 9 runs each) put forward mode at a
-// median of 0.965x reverse_proxy's throughput over twelve comparisons with
-// 512 KiB (0.93 to 1.02x), and 0.94x over seven with 256 KiB (0.89 to 0.97x). So
-// that many uploads at once stay within bounded memory, only largeUploads
-// uploads at a time get 512 KiB buffers; the others get 128 KiB.
+// Part data is read from the client into one buffer per upload and written
+// on from there: to the backend connection (see pipeBody.WriteTo), into the
+// pipe, or to a file. A buffer-full costs one read from the client and one
+// write on, so larger buffers mean fewer of each. So that many uploads at
+// once stay within bounded memory, only largeUploads uploads at a time get
+// 512 KiB buffers; the others get 128 KiB.
 var (
 	largeBufs  = newBufSet(512 << 10)
 	smallBufs  = newBufSet(128 << 10)
@@ -34,17 +31,15 @@ var (
 
 const largeUploads = 64
 
-// bufSet pools the buffers of one size.
+// bufSet pools the read buffers of one size.
 type bufSet struct {
 	size    int
 	readers sync.Pool // *bufio.Reader
-	chunks  sync.Pool // *[]byte
 }
 
 func newBufSet(size int) *bufSet {
 	s := &bufSet{size: size}
 	s.readers.New = func() any { return bufio.NewReaderSize(nil, size) }
-	s.chunks.New = func() any { b := make([]byte, size); return &b }
 	return s
 }
 
@@ -63,6 +58,9 @@ func releaseBufs(s *bufSet) {
 		largeTaken.Add(-1)
 	}
 }
+
+// relayBufs are the buffers backend responses are relayed through.
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, 128<<10); return &b }}
 
 // writerSize is the size of the buffered writers in front of a backend
 // request or a stored file. They gather part headers and small fields into
@@ -94,7 +92,7 @@ type upload struct {
 	boundary string
 	body     *clientBody
 	in       *bufio.Reader // buffered client body
-	bufs     *bufSet       // in's size, and that of the pipe's reads
+	bufs     *bufSet       // in's
 
 	stopped atomic.Bool  // the backend stopped taking the body before its end
 	sent    atomic.Int64 // part data bytes delivered to backends or the store

@@ -4,6 +4,7 @@ package integration
 // mid-stream, or never reads or answers.
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -74,6 +75,47 @@ func TestEdgeBackendAnswersEarly(t *testing.T) {
 				})
 			}
 		}
+	}
+}
+
+// Row 15 again, with a backend that reads 1 MiB, answers, and then keeps the
+// connection open without reading: the gateway's write to it blocks once the
+// socket buffers are full, and must be cut short for the answer to reach the
+// client.
+func TestEdgeBackendAnswersEarlyStopsReading(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hold := make(chan struct{})
+	accepted := make(chan struct{})
+	go func() {
+		defer close(accepted)
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		br := bufio.NewReader(conn)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		if _, err := io.CopyN(io.Discard, req.Body, 1<<20); err != nil {
+			return
+		}
+		answer := "quota exceeded\n"
+		fmt.Fprintf(conn, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s", len(answer), answer)
+		<-hold
+	}()
+	t.Cleanup(func() { close(hold); ln.Close(); <-accepted })
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* http://%s`, ln.Addr()))
+
+	c := newClient(t)
+	c.Timeout = 30 * time.Second // stuck: the POST fails
+	res, body := postForm(t, c, gatewayURL+"/upload", sampleForm(64<<20), false)
+	if res.StatusCode != http.StatusRequestEntityTooLarge || string(body) != "quota exceeded\n" {
+		t.Fatalf("got %d %q, want the backend's 413", res.StatusCode, body)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -244,7 +245,8 @@ func formBytes(t *testing.T, parts []formPart, boundary string) ([]byte, string)
 }
 
 // partStream generates a form of n parts lazily: only the part being sent is
-// ever in memory.
+// ever in memory. The client's transport may still be reading it after the
+// answer came, hence the atomic counts.
 type partStream struct {
 	boundary string
 	n        int
@@ -252,7 +254,8 @@ type partStream struct {
 	i        int
 	closed   bool
 	buf      []byte
-	sent     int64
+	parts    atomic.Int64 // generated so far
+	sent     atomic.Int64
 }
 
 func (s *partStream) Read(p []byte) (int, error) {
@@ -261,6 +264,7 @@ func (s *partStream) Read(p []byte) (int, error) {
 		case s.i < s.n:
 			s.buf = []byte("--" + s.boundary + "\r\n" + s.part(s.i) + "\r\n")
 			s.i++
+			s.parts.Add(1)
 		case !s.closed:
 			s.buf = []byte("--" + s.boundary + "--\r\n")
 			s.closed = true
@@ -270,7 +274,7 @@ func (s *partStream) Read(p []byte) (int, error) {
 	}
 	n := copy(p, s.buf)
 	s.buf = s.buf[n:]
-	s.sent += int64(n)
+	s.sent.Add(int64(n))
 	return n, nil
 }
 
@@ -465,7 +469,7 @@ func TestEdgeManyEmptyParts(t *testing.T) {
 	res, body := postStream(t, c, "multipart/form-data; boundary=ManyEmptyParts", gen, false, 0)
 	expectRefusal(t, res, body, 413, "too_many_parts", "max_parts")
 	expectAborted(t, be)
-	t.Logf("the client had generated %d parts (%d KiB) when the refusal came", gen.i, gen.sent>>10)
+	t.Logf("the client had generated %d parts (%d KiB) when the refusal came", gen.parts.Load(), gen.sent.Load()>>10)
 
 	gen = &partStream{boundary: "ManyEmptyParts", n: 1000, part: empty}
 	res, body = postStream(t, c, "multipart/form-data; boundary=ManyEmptyParts", gen, false, 0)
