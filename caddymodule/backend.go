@@ -145,9 +145,9 @@ func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (
 	case perr = <-done:
 	default:
 		// The backend answered, or failed, before it took the whole upload.
-		// Closing the pipe fails the producer's next write; if it is waiting
-		// for the client, that is when the client's next bytes arrive (or
-		// the server's read idle timeout). The client's body is left readable,
+		// Closing the pipe and stopping direct writes fails the producer's
+		// next write; if it is waiting for the client, that is when the
+		// client's next bytes arrive (or the server's read idle timeout). The client's body is left readable,
 		// for a lingering close.
 		close(abort)
 		pr.CloseWithError(errBackendAnswered)
