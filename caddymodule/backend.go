@@ -151,7 +151,7 @@ func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (
 		// for a lingering close.
 		close(abort)
 		pr.CloseWithError(errBackendAnswered)
-		body.stop()
+		body.stop(res)
 		perr = <-done
 		// A producer that had just ended the body cleanly raced the answer
 		// to done: the backend did take the whole upload.
@@ -220,17 +220,24 @@ func (b *pipeBody) WriteTo(w io.Writer) (int64, error) {
 }
 
 // stop fails the producer's writes from now on, after the backend answered
-// before the body's end. The pipe does that for writes into it; see
-// directWriter.stop for direct ones.
-func (b *pipeBody) stop() {
+// (res) or failed (res nil) before the body's end. The pipe does that for
+// writes into it; see directWriter.stop for direct ones. Only an HTTP/1
+// connection is the request's alone; after a failure the transport has
+// closed it already.
+func (b *pipeBody) stop(res *http.Response) {
 	select {
 	case <-b.started: // b.direct is set, if it is to be
 	default:
 		return
 	}
-	if b.direct != nil {
-		b.direct.stop(b.conn)
+	if b.direct == nil {
+		return
 	}
+	conn := b.conn
+	if res == nil || res.ProtoMajor != 1 {
+		conn = nil
+	}
+	b.direct.stop(conn)
 }
 
 // directWriter is the transport's writer as the producer sees it.
@@ -263,7 +270,7 @@ func (d *directWriter) Write(p []byte) (int, error) {
 
 // stop fails every write from now on. A write under way may be blocked on a
 // backend that answered and no longer reads: a write deadline in the past on
-// conn (the request's alone, over HTTP/1) fails it. The request is then
+// conn (the request's alone, over HTTP/1; nil: none to set) fails it. The request is then
 // unfinished, and the transport closes conn rather than reuse it. A write
 // that has ended leaves conn alone, since the body may have been whole.
 func (d *directWriter) stop(conn net.Conn) {
