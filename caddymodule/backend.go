@@ -120,8 +120,8 @@ func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (
 		var err error
 		select {
 		case <-body.started:
-			if body.direct != nil {
-				err = produce(body.direct)
+			if body.copied {
+				err = produce(&body.direct)
 			} else {
 				err = produce(pw)
 			}
@@ -184,7 +184,8 @@ type pipeBody struct {
 	*io.PipeReader
 	once    sync.Once
 	started chan struct{}
-	direct  *directWriter // set by WriteTo before started is closed
+	copied  bool          // WriteTo came first: set before started is closed
+	direct  directWriter  // the producer's writer when copied
 	conn    net.Conn      // the backend connection, once the transport has it
 	ended   chan struct{} // closed once the producer has ended, or will not start
 	err     error         // the producer's, once ended is closed
@@ -202,14 +203,15 @@ func (b *pipeBody) Read(p []byte) (int, error) {
 // its read buffer to the connection, with no copy through the pipe and no
 // switch between goroutines per buffer. `uploadbench compare -size 1GiB
 // -runs 9` measured forward mode at 0.64 and 0.76 CPU s/GiB through the pipe
-// (reverse_proxy: 0.62 and 0.68), and at 0.53 to 0.56 this way over three
-// comparisons (reverse_proxy: 0.64 and 0.65). The pipe still carries the end
+// (reverse_proxy: 0.62 and 0.68), and at 0.52 to 0.61 this way over ten
+// comparisons (reverse_proxy: 0.62 to 0.67). The pipe still carries the end
 // of the body and every error. Over HTTP/2 the transport calls Read.
 func (b *pipeBody) WriteTo(w io.Writer) (int64, error) {
 	first := false
 	b.once.Do(func() {
 		first = true
-		b.direct = &directWriter{w: w}
+		b.copied = true
+		b.direct.w = w
 		close(b.started)
 	})
 	if !first {
@@ -225,22 +227,15 @@ func (b *pipeBody) WriteTo(w io.Writer) (int64, error) {
 // connection is the request's alone; after a failure the transport has
 // closed it already.
 func (b *pipeBody) stop(res *http.Response) {
-	select {
-	case <-b.started: // b.direct is set, if it is to be
-	default:
-		return
-	}
-	if b.direct == nil {
-		return
-	}
-	conn := b.conn
-	if res == nil || res.ProtoMajor != 1 {
-		conn = nil
+	var conn net.Conn
+	if res != nil && res.ProtoMajor == 1 {
+		conn = b.conn
 	}
 	b.direct.stop(conn)
 }
 
-// directWriter is the transport's writer as the producer sees it.
+// directWriter is the transport's writer as the producer sees it. It may be
+// stopped before it has its writer.
 type directWriter struct {
 	w io.Writer
 	n int64

@@ -93,3 +93,15 @@ func TestDirectWriterStopBetweenWrites(t *testing.T) {
 		t.Fatalf("peer read %q, %v", got, err)
 	}
 }
+
+// stop may come before the transport has handed over its writer (the backend
+// answered as the body started): the producer's first write fails.
+func TestDirectWriterStoppedBeforeItsWriter(t *testing.T) {
+	conn, _ := tcpPair(t)
+	var d directWriter
+	d.stop(nil)
+	d.w = conn
+	if _, err := d.Write([]byte("x")); err != errBackendAnswered {
+		t.Fatalf("first write: %v, want errBackendAnswered", err)
+	}
+}
