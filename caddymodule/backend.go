@@ -147,8 +147,8 @@ func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (
 		// The backend answered, or failed, before it took the whole upload.
 		// Closing the pipe and stopping direct writes fails the producer's
 		// next write; if it is waiting for the client, that is when the
-		// client's next bytes arrive (or the server's read idle timeout). The client's body is left readable,
-		// for a lingering close.
+		// client's next bytes arrive (or the server's read idle timeout).
+		// The client's body is left readable, for a lingering close.
 		close(abort)
 		pr.CloseWithError(errBackendAnswered)
 		body.stop(res)
@@ -265,9 +265,10 @@ func (d *directWriter) Write(p []byte) (int, error) {
 
 // stop fails every write from now on. A write under way may be blocked on a
 // backend that answered and no longer reads: a write deadline in the past on
-// conn (the request's alone, over HTTP/1; nil: none to set) fails it. The request is then
-// unfinished, and the transport closes conn rather than reuse it. A write
-// that has ended leaves conn alone, since the body may have been whole.
+// conn (the request's alone, over HTTP/1; nil: none to set) fails it. The
+// request is then unfinished, and the transport closes conn rather than
+// reuse it. A write that has ended leaves conn alone, since the body may
+// have been whole.
 func (d *directWriter) stop(conn net.Conn) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

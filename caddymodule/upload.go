@@ -20,9 +20,13 @@ import (
 // Part data is read from the client into one buffer per upload and written
 // on from there: to the backend connection (see pipeBody.WriteTo), into the
 // pipe, or to a file. A buffer-full costs one read from the client and one
-// write on, so larger buffers mean fewer of each. So that many uploads at
-// once stay within bounded memory, only largeUploads uploads at a time get
-// 512 KiB buffers; the others get 128 KiB.
+// write on, so larger buffers cost the gateway less: in `uploadbench compare`
+// (1 GiB, 9 runs) forward mode used 0.60, 0.52 to 0.61, 0.48 to 0.51 and 0.44
+// CPU s/GiB with 256 KiB, 512 KiB, 1 MiB and 2 MiB. Throughput stayed at 1.00
+// to 1.05x reverse_proxy's: on a shared machine, the client and backend spent
+// what the gateway saved, reading and writing in larger pieces. So that many
+// uploads at once stay within bounded memory, only largeUploads uploads at a
+// time get 512 KiB buffers; the others get 128 KiB.
 var (
 	largeBufs  = newBufSet(512 << 10)
 	smallBufs  = newBufSet(128 << 10)
