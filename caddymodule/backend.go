@@ -115,7 +115,6 @@ func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (
 	}))
 
 	abort := make(chan struct{})
-	done := make(chan error, 1)
 	go func() {
 		var err error
 		select {
@@ -131,7 +130,6 @@ func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (
 		pw.CloseWithError(err) // nil: a clean end of the body
 		body.err = err
 		close(body.ended)
-		done <- err
 	}()
 
 	start := time.Now()
@@ -140,9 +138,8 @@ func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (
 		metrics.backendTTFB.WithLabelValues(u.h.Mode).Observe(time.Since(start).Seconds())
 	}
 
-	var perr error
 	select {
-	case perr = <-done:
+	case <-body.ended:
 	default:
 		// The backend answered, or failed, before it took the whole upload.
 		// Closing the pipe and stopping direct writes fails the producer's
@@ -152,12 +149,13 @@ func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (
 		close(abort)
 		pr.CloseWithError(errBackendAnswered)
 		body.stop(res)
-		perr = <-done
-		// A producer that had just ended the body cleanly raced the answer
-		// to done: the backend did take the whole upload.
-		u.stopped.Store(perr != nil)
+		<-body.ended
+		// A producer that had just ended the body cleanly raced the answer:
+		// the backend did take the whole upload.
+		u.stopped.Store(body.err != nil)
 	}
 	pr.Close()
+	perr := body.err
 
 	var ue *uploadError
 	if errors.As(perr, &ue) && !(ue.clientRead && u.stopped.Load()) {
