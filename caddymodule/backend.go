@@ -1,192 +1,137 @@
 package streamproxy
 
 import (
+	"context"
 	"errors"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptrace"
-	"net/textproto"
-	"net/url"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// errBackendAnswered closes the upload's pipe when the backend answered, or
-// failed, before it had taken the whole upload.
+// errBackendAnswered ends the body's producer when the backend answered, or
+// failed, before it had taken the whole body.
 var errBackendAnswered = errors.New("backend answered before the upload ended")
 
-// hopHeaders are the hop-by-hop fields a proxy must not forward (RFC 9110 7.6.1).
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
-}
+// aborted is what the transport reads from the body when the upload failed on
+// the gateway's side: the client's body, a limit, a digest, the store. It
+// reads as context.Canceled, so that reverse_proxy neither retries the
+// request nor counts it against the upstream's health, as it does for a
+// client that went away.
+type aborted struct{ err error }
 
-func removeHopHeaders(h http.Header) {
-	for _, f := range h["Connection"] {
-		for _, sf := range strings.Split(f, ",") {
-			if sf = textproto.TrimString(sf); sf != "" {
-				h.Del(sf)
-			}
-		}
-	}
-	for _, f := range hopHeaders {
-		h.Del(f)
-	}
-}
+func (e aborted) Error() string   { return "upload aborted: " + e.err.Error() }
+func (e aborted) Unwrap() []error { return []error{e.err, context.Canceled} }
 
-// backendRequest builds a request to the backend carrying body. It keeps the
-// client's method, end-to-end headers and Host, as reverse_proxy does, adds the
-// X-Forwarded-* fields and applies header_up.
-func (u *upload) backendRequest(body io.Reader, extra http.Header) (*http.Request, *uploadError) {
-	target := u.repl.ReplaceAll(u.h.To, "")
-	dst, err := url.Parse(target)
-	if err != nil || (dst.Scheme != "http" && dst.Scheme != "https") || dst.Host == "" {
-		return nil, &uploadError{Status: http.StatusBadGateway, Code: CodeBackendFailed,
-			Message: "backend url is not valid", err: fmt.Errorf("to %q expands to %q", u.h.To, target)}
-	}
-	if dst.Path == "" {
-		dst.Path, dst.RawPath = u.r.URL.Path, u.r.URL.RawPath
-		if dst.RawQuery == "" {
-			dst.RawQuery = u.r.URL.RawQuery
-		}
-	}
-	req, err := http.NewRequestWithContext(u.r.Context(), u.r.Method, dst.String(), body)
-	if err != nil {
-		return nil, &uploadError{Status: http.StatusBadGateway, Code: CodeBackendFailed, Message: "backend request", err: err}
-	}
-	req.Header = u.r.Header.Clone()
-	removeHopHeaders(req.Header)
-	req.Header.Del("Content-Length")
-	req.Header.Del("Expect")
-	for k, v := range extra {
-		req.Header[k] = v
-	}
-	req.ContentLength = -1
-	req.Host = u.r.Host
+// nextNone ends the chain of the embedded reverse_proxy, which calls it only
+// for handle_response routes, which it is never given.
+var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
 
-	if ip, _, err := net.SplitHostPort(u.r.RemoteAddr); err == nil {
-		if prior := req.Header.Values("X-Forwarded-For"); len(prior) > 0 {
-			ip = strings.Join(prior, ", ") + ", " + ip
-		}
-		req.Header.Set("X-Forwarded-For", ip)
-	}
-	proto := "http"
-	if u.r.TLS != nil {
-		proto = "https"
-	}
-	req.Header.Set("X-Forwarded-Proto", proto)
-	req.Header.Set("X-Forwarded-Host", u.r.Host)
-
-	if u.h.HeaderUp != nil {
-		u.h.HeaderUp.ApplyToRequest(req)
-	}
-	return req, nil
-}
-
-// exchange sends a request to the backend, with the fields of header set on
-// it, whose body produce writes, while produce writes it, and returns the
-// backend's response. produce runs in a goroutine of its own, which has always
-// ended when exchange returns. It starts only once the backend is connected
-// and has the request header, so a backend that is down costs the client no
-// body bytes and no 100 Continue.
+// roundTrip sends the backend one request through the proxy, with the fields
+// of header set on it, whose body produce writes while the transport sends
+// it. The backend's answer goes to w. produce runs in a goroutine of its own,
+// which has always ended when roundTrip returns. It starts when the transport
+// first reads the body, once an upstream is connected and has the request
+// header: an upstream that cannot be reached costs the client no body byte
+// and no 100 Continue, and reverse_proxy may try another.
 //
-// The body is an io.Pipe: produce writes into it while the transport sends
-// what it reads from it. Over HTTP/1.1 produce writes into the transport's
-// own writer instead (see pipeBody.WriteTo).
-//
-// A failure of the upload itself (a broken limit, a malformed body) wins over
-// whatever the backend did: the pipe is closed with that error, so the backend
-// request is aborted and never ends cleanly. A backend that answers before it
-// has read the whole upload (401, 413) gets its answer relayed to the client.
-func (u *upload) exchange(header http.Header, produce func(w io.Writer) error) (*http.Response, *uploadError) {
+// A failure of the upload itself (a broken limit, a malformed body) is
+// returned, and the backend request is aborted with it, so that it never
+// ends cleanly; unless the backend answered first (401, 413), in which case
+// its answer is what the client gets, whole.
+func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w io.Writer) error) *uploadError {
 	pr, pw := io.Pipe()
-	body := &pipeBody{PipeReader: pr, started: make(chan struct{}), ended: make(chan struct{})}
-	req, uerr := u.backendRequest(body, header)
-	if uerr != nil {
-		return nil, uerr
-	}
-	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
-		GotConn: func(info httptrace.GotConnInfo) { body.conn = info.Conn },
-	}))
+	body := &pipeBody{PipeReader: pr, started: make(chan struct{})}
+	w.ended = &body.ended
+	w.sent = time.Now()
 
-	abort := make(chan struct{})
+	stop := make(chan struct{})
+	done := make(chan error, 1)
 	go func() {
 		var err error
 		select {
 		case <-body.started:
-			if body.copied {
-				err = produce(&body.direct)
-			} else {
-				err = produce(pw)
-			}
-		case <-abort:
+			err = produce(pw)
+		case <-stop:
 			err = errBackendAnswered
 		}
-		pw.CloseWithError(err) // nil: a clean end of the body
-		body.err = err
-		close(body.ended)
+		body.ended.Store(true)
+		if err != nil {
+			pw.CloseWithError(aborted{err})
+		} else {
+			pw.Close()
+		}
+		done <- err
 	}()
 
-	start := time.Now()
-	res, rtErr := u.h.transport.RoundTrip(req)
-	if rtErr == nil {
-		metrics.backendTTFB.WithLabelValues(u.h.Mode).Observe(time.Since(start).Seconds())
+	proxyErr := u.h.proxy.ServeHTTP(w, u.backendRequest(body, header), nextNone)
+
+	if w.status != 0 && !body.ended.Load() {
+		// The backend answered before it took the whole body. The client
+		// gets the answer now; the producer's next write fails, which is
+		// when the client's next bytes arrive.
+		_ = http.NewResponseController(w).Flush()
+	}
+	close(stop)
+	pr.CloseWithError(errBackendAnswered)
+	perr := <-done
+	if w.linger {
+		u.linger()
 	}
 
-	select {
-	case <-body.ended:
-	default:
-		// The backend answered, or failed, before it took the whole upload.
-		// Closing the pipe and stopping direct writes fails the producer's
-		// next write; if it is waiting for the client, that is when the
-		// client's next bytes arrive (or the server's read idle timeout).
-		// The client's body is left readable, for a lingering close.
-		close(abort)
-		pr.CloseWithError(errBackendAnswered)
-		body.stop(res)
-		<-body.ended
-		// A producer that had just ended the body cleanly raced the answer:
-		// the backend did take the whole upload.
-		u.stopped.Store(body.err != nil)
-	}
-	pr.Close()
-	perr := body.err
-
+	w.early = perr != nil
 	var ue *uploadError
-	if errors.As(perr, &ue) && !(ue.clientRead && u.stopped.Load()) {
-		if res != nil {
-			res.Body.Close()
+	switch {
+	case w.status != 0:
+		if w.early {
+			if ce := u.logger.Check(zap.DebugLevel, "backend answered before the upload ended"); ce != nil {
+				ce.Write(zap.Int("status", w.status), zap.Int64("bytes", u.body.n.Load()), zap.NamedError("upload", perr))
+			}
 		}
-		return nil, ue
+		return nil
+	case errors.As(perr, &ue):
+		return ue
+	case proxyErr != nil:
+		return backendError(proxyErr, u.r.Context().Err() != nil)
+	case perr != nil && perr != errBackendAnswered:
+		return backendError(perr, u.r.Context().Err() != nil)
+	default:
+		// reverse_proxy gave up on the request: the client went away.
+		return backendError(context.Canceled, true)
 	}
-	if rtErr != nil {
-		return nil, backendError(rtErr, u.r.Context().Err() != nil)
+}
+
+// backendRequest is the request handed to the proxy: the client's, with its
+// body replaced by body and the fields of header set. reverse_proxy does the
+// rest (hop-by-hop fields, X-Forwarded-*, header_up, the upstream's address).
+func (u *upload) backendRequest(body io.ReadCloser, header http.Header) *http.Request {
+	req := u.r.WithContext(u.r.Context())
+	req.Header = u.r.Header.Clone()
+	req.Header.Del("Content-Length")
+	req.Header.Del("Expect") // the client's 100 Continue is the gateway's business
+	for k, v := range header {
+		req.Header[k] = v
 	}
-	if u.stopped.Load() {
-		if ce := u.logger.Check(zap.DebugLevel, "backend answered before the upload ended"); ce != nil {
-			ce.Write(zap.Int("status", res.StatusCode), zap.Int64("bytes", u.body.n.Load()))
-		}
-	}
-	return res, nil
+	req.ContentLength = -1
+	req.TransferEncoding = nil
+	req.Trailer = nil
+	req.Body = body
+	return req
 }
 
 // pipeBody is a backend request's body: the reading end of the upload's pipe.
-// The transport's first Read or WriteTo tells that the backend is connected
-// and has the request header.
+// The transport's first Read tells that an upstream is connected and has the
+// request header.
 type pipeBody struct {
 	*io.PipeReader
 	once    sync.Once
 	started chan struct{}
-	copied  bool          // WriteTo came first: set before started is closed
-	direct  directWriter  // the producer's writer when copied
-	conn    net.Conn      // the backend connection, once the transport has it
-	ended   chan struct{} // closed once the producer has ended, or will not start
-	err     error         // the producer's, once ended is closed
+	ended   atomic.Bool // the producer has ended, or will not start
 }
 
 func (b *pipeBody) Read(p []byte) (int, error) {
@@ -194,121 +139,76 @@ func (b *pipeBody) Read(p []byte) (int, error) {
 	return b.PipeReader.Read(p)
 }
 
-// WriteTo is how Go's HTTP/1 transport copies a body: io.Copy hands it the
-// transport's writer, on the connection's write goroutine. Rather than read
-// the pipe on that goroutine, WriteTo hands the writer to the producer and
-// waits for it to end: the producer writes the client's data straight from
-// its read buffer to the connection, with no copy through the pipe and no
-// switch between goroutines per buffer. `uploadbench compare -size 1GiB
-// -runs 9` measured forward mode at 0.64 and 0.76 CPU s/GiB through the pipe
-// (reverse_proxy: 0.62 and 0.68), and at 0.52 to 0.61 this way over ten
-// comparisons (reverse_proxy: 0.62 to 0.67). The pipe still carries the end
-// of the body and every error. Over HTTP/2 the transport calls Read.
-func (b *pipeBody) WriteTo(w io.Writer) (int64, error) {
-	first := false
-	b.once.Do(func() {
-		first = true
-		b.copied = true
-		b.direct.w = w
-		close(b.started)
-	})
-	if !first {
-		return io.Copy(w, b.PipeReader)
-	}
-	<-b.ended
-	return b.direct.n, b.err
+// backendWriter takes the backend's answer from the proxy: it relays it to the
+// client (forward and store mode), or keeps its status and up to 64 KiB of
+// its body for the JSON report (per_part, client nil).
+type backendWriter struct {
+	u      *upload
+	client http.ResponseWriter // nil: keep the answer
+
+	// Written on the proxy's goroutine, read once roundTrip has returned.
+	status    int         // the backend's, once its header is written; 0: no answer
+	header    http.Header // the kept answer's
+	kept      []byte
+	truncated bool
+	early     bool // the answer came before the backend had taken the whole body
+	linger    bool // the answer went to a client still sending
+
+	ended *atomic.Bool // the body's producer has ended
+	sent  time.Time
 }
 
-// stop fails the producer's writes from now on, after the backend answered
-// (res) or failed (res nil) before the body's end. The pipe does that for
-// writes into it; see directWriter.stop for direct ones. Only an HTTP/1
-// connection is the request's alone; after a failure the transport has
-// closed it already.
-func (b *pipeBody) stop(res *http.Response) {
-	var conn net.Conn
-	if res != nil && res.ProtoMajor == 1 {
-		conn = b.conn
-	}
-	b.direct.stop(conn)
+func (u *upload) relayTo(client http.ResponseWriter) *backendWriter {
+	return &backendWriter{u: u, client: client}
 }
 
-// directWriter is the transport's writer as the producer sees it. It may be
-// stopped before it has its writer.
-type directWriter struct {
-	w io.Writer
-	n int64
-
-	mu      sync.Mutex
-	writing bool // a write is under way
-	stopped bool
+func (u *upload) keepAnswer() *backendWriter {
+	return &backendWriter{u: u, header: make(http.Header)}
 }
 
-func (d *directWriter) Write(p []byte) (int, error) {
-	d.mu.Lock()
-	if d.stopped {
-		d.mu.Unlock()
-		return 0, errBackendAnswered
+func (w *backendWriter) Header() http.Header {
+	if w.client != nil {
+		return w.client.Header()
 	}
-	d.writing = true
-	d.mu.Unlock()
-
-	n, err := d.w.Write(p)
-	d.n += int64(n)
-
-	d.mu.Lock()
-	d.writing = false
-	d.mu.Unlock()
-	return n, err
+	return w.header
 }
 
-// stop fails every write from now on. A write under way may be blocked on a
-// backend that answered and no longer reads: a write deadline in the past on
-// conn (the request's alone, over HTTP/1; nil: none to set) fails it. The
-// request is then unfinished, and the transport closes conn rather than
-// reuse it. A write that has ended leaves conn alone, since the body may
-// have been whole.
-func (d *directWriter) stop(conn net.Conn) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.stopped = true
-	if d.writing && conn != nil {
-		_ = conn.SetWriteDeadline(time.Unix(1, 0))
-	}
-}
-
-// relay streams the backend's response to the client.
-func (u *upload) relay(res *http.Response) error {
-	defer res.Body.Close()
-	hdr := u.w.Header()
-	removeHopHeaders(res.Header)
-	for k, v := range res.Header {
-		hdr[k] = v
-	}
-	// A backend that answered before the upload ended leaves the rest of the
-	// client's body unread.
-	if u.stopped.Load() && u.closeAfter() {
-		defer u.linger()
-	}
-	u.status = res.StatusCode
-	u.w.WriteHeader(res.StatusCode)
-
-	bp := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(bp)
-	rc := http.NewResponseController(u.w)
-	for {
-		n, err := res.Body.Read(*bp)
-		if n > 0 {
-			if _, werr := u.w.Write((*bp)[:n]); werr != nil {
-				return nil // the client went away; nothing more to tell it
-			}
-			_ = rc.Flush()
+func (w *backendWriter) WriteHeader(code int) {
+	switch {
+	case w.status != 0:
+		return
+	case code == statusClientClosed:
+		return // reverse_proxy's mark of a request given up: no answer
+	case code < 200:
+		if w.client != nil {
+			w.client.WriteHeader(code)
 		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			u.logger.Warn("reading backend response", zap.Error(err), zap.Int("status", res.StatusCode))
-			return nil
-		}
+		return
 	}
+	w.status = code
+	metrics.backendTTFB.WithLabelValues(w.u.h.Mode).Observe(time.Since(w.sent).Seconds())
+	if w.client == nil {
+		return
+	}
+	if !w.ended.Load() {
+		w.linger = w.u.closeAfter()
+	}
+	w.u.status = code
+	w.client.WriteHeader(code)
 }
+
+func (w *backendWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.client != nil {
+		return w.client.Write(p)
+	}
+	n := min(len(p), maxBackendAnswer-len(w.kept))
+	w.kept = append(w.kept, p[:n]...)
+	w.truncated = w.truncated || n < len(p)
+	return len(p), nil
+}
+
+// Unwrap lets reverse_proxy flush the client's response as it streams.
+func (w *backendWriter) Unwrap() http.ResponseWriter { return w.client }

@@ -49,14 +49,14 @@ func BenchmarkForwardPath(b *testing.B) {
 			fw, _ := mw.CreateFormFile("audio", "talk.wav")
 			fw.Write(bytes.Repeat([]byte("0123456789abcdef"), size/16))
 			mw.Close()
-			h := provision(b, &Handler{To: "http://127.0.0.1:1"})
+			h := provision(b, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1")})
 			h.logger = zap.NewNop()
 
 			b.SetBytes(int64(form.Len()))
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				r := httptest.NewRequest("POST", "/upload", bytes.NewReader(form.Bytes()))
+				r := prepared(httptest.NewRequest("POST", "/upload", bytes.NewReader(form.Bytes())))
 				r.Header.Set("Content-Type", mw.FormDataContentType())
 				u := newUpload(h, httptest.NewRecorder(), r)
 				if err := u.checkRequest(); err != nil {
@@ -89,7 +89,7 @@ func BenchmarkHostileConcurrent(b *testing.B) {
 		w.Write([]byte("x"))
 	}
 	mw.Close()
-	h := provision(b, &Handler{To: "http://127.0.0.1:1"})
+	h := provision(b, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1")})
 	h.logger = zap.NewNop()
 
 	var peak atomic.Uint64
@@ -122,7 +122,7 @@ func BenchmarkHostileConcurrent(b *testing.B) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r := httptest.NewRequest("POST", "/upload", bytes.NewReader(form.Bytes()))
+				r := prepared(httptest.NewRequest("POST", "/upload", bytes.NewReader(form.Bytes())))
 				r.Header.Set("Content-Type", mw.FormDataContentType())
 				u := newUpload(h, httptest.NewRecorder(), r)
 				if err := u.checkRequest(); err != nil {

@@ -2,8 +2,8 @@ package streamproxy
 
 import (
 	"math"
-	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/dustin/go-humanize"
 
@@ -11,7 +11,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 )
 
 func init() {
@@ -27,18 +28,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
-//	stream_proxy [<matcher>] [<backend-url>] {
-//		to <backend-url>
+//	stream_proxy [<matcher>] [<upstreams...>] {
+//		to <upstreams...>
 //		mode forward|per_part|store
 //		store <dir> {
 //			file_mode <octal>
 //			dir_mode <octal>
 //			layout date|flat
 //		}
-//		transport http {
-//			...
-//		}
-//		header_up [+|-]<field> [<value|regexp> [<replacement>]]
 //		max_body_size <size>
 //		max_part_size <size>
 //		max_parts <n>
@@ -47,15 +44,26 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		allow_fields <name...>
 //		allow_types <mime-pattern...>
 //		hash sha256|sha1|md5|crc32c ...
+//
+//		# reverse_proxy's own, with its syntax and meaning
+//		lb_policy, lb_retries, lb_try_duration, lb_try_interval, lb_retry_match
+//		health_*, fail_duration, max_fails, unhealthy_*
+//		dynamic, trusted_proxies, header_up, header_down, transport
+//		flush_interval, verbose_logs
 //	}
+//
+// An upstream is host:port or scheme://host:port[/path[?query]]. A path
+// (placeholders allowed) replaces the client's path and query in every
+// backend request; without one, the client's are kept. Every upstream must
+// name the same path.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 
-	if d.NextArg() {
-		h.To = d.Val()
-	}
-	if d.NextArg() {
-		return d.ArgErr()
+	rp := proxyTokens{directive: d.Token()}
+	for d.NextArg() {
+		if err := rp.addUpstream(d); err != nil {
+			return err
+		}
 	}
 
 	for d.NextBlock(0) {
@@ -64,12 +72,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
-			if h.To != "" {
-				return d.Err("backend already specified")
-			}
-			h.To = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
+			for {
+				if err := rp.addUpstream(d); err != nil {
+					return err
+				}
+				if !d.NextArg() {
+					break
+				}
 			}
 
 		case "mode":
@@ -144,45 +153,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err(err.Error())
 			}
 
-		case "transport":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			if h.TransportRaw != nil {
-				return d.Err("transport already specified")
-			}
-			name := d.Val()
-			modID := "http.reverse_proxy.transport." + name
-			unm, err := caddyfile.UnmarshalModule(d, modID)
-			if err != nil {
-				return err
-			}
-			rt, ok := unm.(http.RoundTripper)
-			if !ok {
-				return d.Errf("module %s (%T) is not a RoundTripper", modID, unm)
-			}
-			h.TransportRaw = caddyconfig.JSONModuleObject(rt, "protocol", name, nil)
-
-		case "header_up":
-			if h.HeaderUp == nil {
-				h.HeaderUp = new(headers.HeaderOps)
-			}
-			args := d.RemainingArgs()
-			var err error
-			switch len(args) {
-			case 1:
-				err = headers.CaddyfileHeaderOp(h.HeaderUp, args[0], "", nil)
-			case 2:
-				err = headers.CaddyfileHeaderOp(h.HeaderUp, args[0], args[1], nil)
-			case 3:
-				err = headers.CaddyfileHeaderOp(h.HeaderUp, args[0], args[1], &args[2])
-			default:
-				return d.ArgErr()
-			}
-			if err != nil {
-				return d.Err(err.Error())
-			}
-
 		case "max_body_size":
 			if err := parseSize(d, &h.MaxBodySize); err != nil {
 				return err
@@ -213,10 +183,98 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 
 		default:
-			return d.Errf("unrecognized subdirective %s", d.Val())
+			if !proxySubdirective(d.Val()) {
+				return d.Errf("unrecognized subdirective %s", d.Val())
+			}
+			rp.block = append(rp.block, d.NextSegment()...)
 		}
 	}
+
+	if len(rp.upstreams) == 0 && len(rp.block) == 0 {
+		return nil
+	}
+	proxy, err := rp.handler()
+	if err != nil {
+		return err
+	}
+	h.ProxyRaw = caddyconfig.JSONModuleObject(proxy, "handler", "reverse_proxy", nil)
 	return nil
+}
+
+// proxySubdirective reports whether name is one of reverse_proxy's
+// subdirectives that stream_proxy passes on to it. The others would undo
+// what stream_proxy is for: request_buffers holds bodies in memory, rewrite
+// and method change the request it builds, handle_response and
+// replace_status take over the answer it reports.
+func proxySubdirective(name string) bool {
+	switch name {
+	case "dynamic", "fail_duration", "max_fails", "trusted_proxies", "header_up", "header_down",
+		"transport", "flush_interval", "verbose_logs":
+		return true
+	}
+	return strings.HasPrefix(name, "lb_") || strings.HasPrefix(name, "health_") || strings.HasPrefix(name, "unhealthy_")
+}
+
+// proxyTokens gathers the tokens of the reverse_proxy that stream_proxy
+// provisions inside itself: the upstreams, stripped of their paths, and the
+// subdirectives passed through, for reverse_proxy's own parser.
+type proxyTokens struct {
+	directive caddyfile.Token
+	upstreams []caddyfile.Token
+	block     []caddyfile.Token
+	uri       string // the upstreams' path and query, if any
+	hasURI    bool   // uri was set by the first upstream
+}
+
+// addUpstream takes the current token as an upstream. A URL's path and query
+// go to the rewrite, since reverse_proxy's upstreams are addresses only.
+func (p *proxyTokens) addUpstream(d *caddyfile.Dispenser) error {
+	addr, uri := d.Val(), ""
+	if scheme, rest, ok := strings.Cut(addr, "://"); ok {
+		host := rest
+		if i := strings.IndexAny(rest, "/?"); i >= 0 {
+			host, uri = rest[:i], rest[i:]
+			if !strings.Contains(uri, "?") {
+				uri += "?" // a path replaces the client's query too
+			}
+		}
+		addr = scheme + "://" + host
+		if scheme == "http" && strings.Contains(host, "{") {
+			addr = host // reverse_proxy takes placeholders in addresses without a scheme; http is its default
+		}
+	}
+	if !p.hasURI {
+		p.uri, p.hasURI = uri, true
+	} else if uri != p.uri {
+		return d.Errf("upstream %s: every upstream must name the same path (%q, not %q)", d.Val(), p.uri, uri)
+	}
+	tok := p.directive // on the directive's line, where reverse_proxy reads upstreams
+	tok.Text = addr
+	p.upstreams = append(p.upstreams, tok)
+	return nil
+}
+
+// handler parses the gathered tokens with reverse_proxy's own parser.
+func (p *proxyTokens) handler() (*reverseproxy.Handler, error) {
+	tokens := []caddyfile.Token{p.directive}
+	tokens[0].Text = "reverse_proxy"
+	tokens = append(tokens, p.upstreams...)
+	if len(p.block) > 0 {
+		open, last := p.directive, p.block[len(p.block)-1]
+		open.Text = "{"
+		closing := last
+		closing.Text = "}"
+		closing.Line = last.Line + last.NumLineBreaks() + 1
+		tokens = append(append(append(tokens, open), p.block...), closing)
+	}
+	rp := new(reverseproxy.Handler)
+	if err := rp.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
+		return nil, err
+	}
+	if p.uri != "" {
+		rp.Rewrite = &rewrite.Rewrite{URI: p.uri}
+	}
+	return rp, nil
 }
 
 // parseSize reads one size argument such as 10GiB or 512KB.

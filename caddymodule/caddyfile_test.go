@@ -18,7 +18,56 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{
 			name:  "backend as argument",
 			input: `stream_proxy http://127.0.0.1:9000/upload`,
-			want:  `{"to":"http://127.0.0.1:9000/upload"}`,
+			want:  `{"proxy":{"handler":"reverse_proxy","rewrite":{"uri":"/upload?"},"upstreams":[{"dial":"127.0.0.1:9000"}]}}`,
+		},
+		{
+			name: "a pool with reverse_proxy's own subdirectives",
+			input: `stream_proxy /up* {
+				to http://a:9000/v1/{http.stream_proxy.form.model}?x=1 http://b:9000/v1/{http.stream_proxy.form.model}?x=1
+				to c:9000
+				lb_policy least_conn
+				lb_retries 2
+				health_uri /healthz
+				health_interval 5s
+				fail_duration 30s
+				max_fails 1
+				trusted_proxies private_ranges
+				header_down -Server
+			}`,
+			err: "every upstream must name the same path",
+		},
+		{
+			name: "pool",
+			input: `stream_proxy {
+				to http://a:9000/v1/{http.stream_proxy.form.model} https://b:9443/v1/{http.stream_proxy.form.model}
+				lb_policy least_conn
+				lb_retries 2
+				health_uri /healthz
+				health_interval 5s
+				fail_duration 30s
+				max_fails 1
+				trusted_proxies 10.0.0.0/8
+				header_down -Server
+			}`,
+			err: "must use the same scheme",
+		},
+		{
+			name: "pool of one scheme",
+			input: `stream_proxy a:9000 {
+				to b:9000
+				lb_policy least_conn
+				lb_retries 2
+				health_uri /healthz
+				health_interval 5s
+				fail_duration 30s
+				max_fails 1
+				trusted_proxies 10.0.0.0/8
+				header_down -Server
+			}`,
+			want: `{"proxy":{"handler":"reverse_proxy","headers":{"response":{"delete":["Server"]}},` +
+				`"health_checks":{"active":{"interval":5000000000,"uri":"/healthz"},"passive":{"fail_duration":30000000000,"max_fails":1}},` +
+				`"load_balancing":{"retries":2,"selection_policy":{"policy":"least_conn"}},"trusted_proxies":["10.0.0.0/8"],` +
+				`"upstreams":[{"dial":"a:9000"},{"dial":"b:9000"}]}}`,
 		},
 		{
 			name: "every subdirective",
@@ -33,8 +82,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				header_up X-Tenant {http.request.header.X-Tenant}
 				header_up -Cookie
 			}`,
-			want: `{"to":"http://{env.BACKEND}:9000","mode":"forward",` +
-				`"header_up":{"set":{"X-Tenant":["{http.request.header.X-Tenant}"]},"delete":["Cookie"]},` +
+			want: `{"proxy":{"handler":"reverse_proxy","headers":{"request":{"delete":["Cookie"],"set":{"X-Tenant":["{http.request.header.X-Tenant}"]}}},` +
+				`"upstreams":[{"dial":"{env.BACKEND}:9000"}]},"mode":"forward",` +
 				`"max_body_size":10737418240,"max_part_size":512000,"max_parts":50,"max_field_size":1024,"max_part_header_size":8192}`,
 		},
 		{
@@ -45,10 +94,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 					response_header_timeout 30s
 				}
 			}`,
-			want: `{"to":"http://b:1","transport":{"dial_timeout":2000000000,"protocol":"http","response_header_timeout":30000000000}}`,
+			want: `{"proxy":{"handler":"reverse_proxy","transport":{"dial_timeout":2000000000,"protocol":"http","response_header_timeout":30000000000},"upstreams":[{"dial":"b:1"}]}}`,
 		},
-		{name: "two backends", input: `stream_proxy http://a:1 http://b:1`, err: "wrong argument count"},
-		{name: "backend twice", input: "stream_proxy http://a:1 {\n to http://b:1\n}", err: "backend already specified"},
+		{name: "bad scheme", input: `stream_proxy ftp://a:1`, err: "unsupported URL scheme"},
+		{name: "request_buffers", input: "stream_proxy http://a:1 {\n request_buffers 1MB\n}", err: "unrecognized subdirective request_buffers"},
+		{name: "handle_response", input: "stream_proxy http://a:1 {\n handle_response {\n }\n}", err: "unrecognized subdirective handle_response"},
+		{name: "rewrite", input: "stream_proxy http://a:1 {\n rewrite /x\n}", err: "unrecognized subdirective rewrite"},
 		{name: "to without value", input: "stream_proxy {\n to\n}", err: "wrong argument count"},
 		{name: "unknown mode", input: "stream_proxy http://a:1 {\n mode fast\n}", err: `unknown mode "fast"`},
 		{

@@ -14,22 +14,22 @@ import (
 func (h *Handler) serveForward(u *upload) error {
 	form := u.openBody()
 	defer u.closeBody()
-	res, uerr := u.exchangeForm(func(mw *multipart.Writer) error { return u.forward(form, mw) })
-	if uerr != nil {
+	if uerr := u.exchangeForm(u.relayTo(u.w), func(mw *multipart.Writer) error { return u.forward(form, mw) }); uerr != nil {
 		return u.fail(uerr)
 	}
-	return u.relay(res)
+	return nil
 }
 
 // exchangeForm sends the backend one multipart/form-data request under a fresh
-// boundary, whose parts write adds while the client's body is read.
-func (u *upload) exchangeForm(write func(mw *multipart.Writer) error) (*http.Response, *uploadError) {
+// boundary, whose parts write adds while the client's body is read, and
+// hands the answer to w.
+func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer) error) *uploadError {
 	out := getWriter()
 	defer putWriter(out)
 	mw := multipart.NewWriter(out)
 	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
-	return u.exchange(header, func(w io.Writer) error {
-		out.Reset(w)
+	return u.roundTrip(w, header, func(body io.Writer) error {
+		out.Reset(body)
 		defer u.flushBeforeReads(out)()
 		if err := write(mw); err != nil {
 			return err

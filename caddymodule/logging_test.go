@@ -13,7 +13,7 @@ import (
 // never a byte of the body or a credential.
 func TestLogs(t *testing.T) {
 	be := echoBackend(t)
-	h := provision(t, &Handler{To: be.URL, MaxPartSize: 8})
+	h := provision(t, &Handler{ProxyRaw: proxyTo(be.URL), MaxPartSize: 8})
 	core, logs := observer.New(zapcore.DebugLevel)
 	h.logger = zap.New(core)
 

@@ -20,7 +20,7 @@ const twoFiles = "--B\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nb
 	"--B--\r\n"
 
 func formRequest(body string) *http.Request {
-	r := httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader(body))
+	r := prepared(httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader(body)))
 	r.Header.Set("Content-Type", "multipart/form-data; boundary=B")
 	return r
 }
@@ -40,7 +40,7 @@ func TestServePerPart(t *testing.T) {
 			"index": r.Header.Get("X-Stream-Proxy-Part-Index"), "name": r.Header.Get("X-Stream-Proxy-Filename")})
 	}))
 	t.Cleanup(be.Close)
-	h := provision(t, &Handler{To: be.URL + "/{http.stream_proxy.form.model}/{http.stream_proxy.part.field}", Mode: ModePerPart, Hash: []string{"sha256"}})
+	h := provision(t, &Handler{ProxyRaw: proxyTo(be.URL + "/{http.stream_proxy.form.model}/{http.stream_proxy.part.field}"), Mode: ModePerPart, Hash: []string{"sha256"}})
 	w := serve(h, formRequest(twoFiles), failNext)
 	if w.Code != 200 {
 		t.Fatalf("status %d: %s", w.Code, w.Body)
@@ -72,7 +72,7 @@ func TestServePerPartBackendError(t *testing.T) {
 		w.Write([]byte(`{"error":"bad audio"}`))
 	}))
 	t.Cleanup(be.Close)
-	h := provision(t, &Handler{To: be.URL, Mode: ModePerPart})
+	h := provision(t, &Handler{ProxyRaw: proxyTo(be.URL), Mode: ModePerPart})
 	w := serve(h, formRequest(twoFiles), failNext)
 	var got struct {
 		Error uploadError
@@ -154,7 +154,7 @@ func TestServeStoreWithBackend(t *testing.T) {
 		w.WriteHeader(status)
 	}))
 	t.Cleanup(be.Close)
-	h := provision(t, &Handler{To: be.URL, Mode: ModeStore, Store: &StoreConfig{Root: dir}, Hash: []string{"sha256"}})
+	h := provision(t, &Handler{ProxyRaw: proxyTo(be.URL), Mode: ModeStore, Store: &StoreConfig{Root: dir}, Hash: []string{"sha256"}})
 	w := serve(h, formRequest(twoFiles), failNext)
 	if w.Code != 200 {
 		t.Fatalf("status %d: %s", w.Code, w.Body)
@@ -180,17 +180,17 @@ func TestServeStoreWithBackend(t *testing.T) {
 
 func TestForwardHashAndAllowLists(t *testing.T) {
 	be := echoBackend(t)
-	h := provision(t, &Handler{To: be.URL, Hash: []string{"sha256"}})
+	h := provision(t, &Handler{ProxyRaw: proxyTo(be.URL), Hash: []string{"sha256"}})
 	w := serve(h, formRequest(twoFiles), failNext)
 	if w.Code != 200 || !strings.Contains(w.Body.String(), "audio.sha256||") {
 		t.Fatalf("status %d: %s", w.Code, w.Body)
 	}
 
-	h = provision(t, &Handler{To: be.URL, AllowFields: []string{"model", "audio"}})
+	h = provision(t, &Handler{ProxyRaw: proxyTo(be.URL), AllowFields: []string{"model", "audio"}})
 	if w := serve(h, formRequest(twoFiles), failNext); w.Code != 400 || !strings.Contains(w.Body.String(), CodeFieldNotAllowed) {
 		t.Errorf("allow_fields: %d %s", w.Code, w.Body)
 	}
-	h = provision(t, &Handler{To: be.URL, AllowTypes: []string{"audio/*"}})
+	h = provision(t, &Handler{ProxyRaw: proxyTo(be.URL), AllowTypes: []string{"audio/*"}})
 	if w := serve(h, formRequest(twoFiles), failNext); w.Code != 415 || !strings.Contains(w.Body.String(), `"field":"image"`) {
 		t.Errorf("allow_types: %d %s", w.Code, w.Body)
 	}
@@ -198,7 +198,7 @@ func TestForwardHashAndAllowLists(t *testing.T) {
 
 func TestDeclaredDigests(t *testing.T) {
 	be := echoBackend(t)
-	h := provision(t, &Handler{To: be.URL})
+	h := provision(t, &Handler{ProxyRaw: proxyTo(be.URL)})
 	part := func(header string) string {
 		return "--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"x\"\r\n" + header + "\r\n\r\nhello\r\n--B--\r\n"
 	}

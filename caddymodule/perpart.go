@@ -72,7 +72,8 @@ func (h *Handler) servePerPart(u *upload) error {
 			continue
 		}
 
-		res, uerr := u.exchange(partHeader(p), func(w io.Writer) error {
+		answer := u.keepAnswer()
+		uerr := u.roundTrip(answer, partHeader(p), func(w io.Writer) error {
 			out.Reset(w)
 			defer u.flushBeforeReads(out)()
 			if err := u.copyPart(out, p); err != nil {
@@ -85,14 +86,14 @@ func (h *Handler) servePerPart(u *upload) error {
 			return u.failParts(uerr, results)
 		}
 		r := newPartResult(p)
-		r.Status = res.StatusCode
-		r.Response, r.Truncated = readAnswer(res)
+		r.Status = answer.status
+		r.Response, r.Truncated = answerJSON(answer.kept), answer.truncated
 		results = append(results, r)
 		switch {
-		case res.StatusCode >= 400:
-			return u.failParts(&uploadError{Status: res.StatusCode, Code: CodeBackendRejected,
-				Message: fmt.Sprintf("backend answered %d to part %d", res.StatusCode, p.Index), Part: p.ref()}, results)
-		case u.stopped.Load():
+		case answer.status >= 400:
+			return u.failParts(&uploadError{Status: answer.status, Code: CodeBackendRejected,
+				Message: fmt.Sprintf("backend answered %d to part %d", answer.status, p.Index), Part: p.ref()}, results)
+		case answer.early:
 			return u.failParts(&uploadError{Status: http.StatusBadGateway, Code: CodeBackendFailed,
 				Message: fmt.Sprintf("backend answered before it had read part %d", p.Index), Part: p.ref()}, results)
 		}
@@ -118,24 +119,18 @@ func partHeader(p *formPart) http.Header {
 	}
 }
 
-// readAnswer reads a backend's answer for the JSON report: kept as JSON when it
-// is JSON, as a JSON string otherwise, and cut at 64 KiB.
-func readAnswer(res *http.Response) (json.RawMessage, bool) {
-	defer res.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(res.Body, maxBackendAnswer+1))
-	truncated := len(body) > maxBackendAnswer
-	if truncated {
-		body = body[:maxBackendAnswer]
-	}
+// answerJSON is a backend's answer (its first 64 KiB) for the JSON report:
+// kept as JSON when it is JSON, as a JSON string otherwise.
+func answerJSON(body []byte) json.RawMessage {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
-		return nil, truncated
+		return nil
 	}
-	if !truncated && json.Valid(body) {
-		return body, false
+	if json.Valid(body) {
+		return body
 	}
 	s, _ := json.Marshal(string(body))
-	return s, truncated
+	return s
 }
 
 // readField reads a text field. A value of up to 8 KiB (64 KiB for all fields

@@ -279,7 +279,7 @@ func (h *Handler) serveStore(u *upload) error {
 	defer u.closeBody()
 	st := &storing{u: u, s: h.store}
 
-	if h.To == "" {
+	if h.proxy == nil {
 		if err := st.receive(form, nil); err != nil {
 			st.discard()
 			return u.failParts(asUploadError(err), st.parts)
@@ -292,7 +292,8 @@ func (h *Handler) serveStore(u *upload) error {
 		return writeJSON(u.w, u.status, map[string]any{"parts": st.parts, "fields": st.fields})
 	}
 
-	res, uerr := u.exchangeForm(func(mw *multipart.Writer) error {
+	answer := u.relayTo(u.w)
+	uerr := u.exchangeForm(answer, func(mw *multipart.Writer) error {
 		if err := st.receive(form, mw); err != nil {
 			return err
 		}
@@ -302,10 +303,10 @@ func (h *Handler) serveStore(u *upload) error {
 		st.discard()
 		return u.failParts(uerr, st.parts)
 	}
-	if res.StatusCode >= 400 || u.stopped.Load() {
+	if answer.status >= 400 || answer.early {
 		st.discard() // nginx's upload_cleanup
 	}
-	return u.relay(res)
+	return nil
 }
 
 // fileWriter marks write errors as the store's.

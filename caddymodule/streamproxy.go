@@ -4,19 +4,15 @@ package streamproxy
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"mime"
 	"net/http"
-	"net/url"
 	"strings"
 
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
@@ -44,9 +40,11 @@ const (
 // memory. Requests that are not multipart/form-data pass to the next handler
 // with their body unread.
 //
-// In forward mode (the default) the client's form is re-encoded under a fresh
-// boundary and streamed through an io.Pipe into one backend request, whose
-// response streams back. In per_part mode each file part is streamed as the
+// Every backend request goes through a reverse_proxy handler provisioned
+// inside this one, with its pools, health checks and transports. In forward
+// mode (the default) the client's form is re-encoded under a fresh boundary
+// and streamed through an io.Pipe into one backend request, whose response
+// streams back. In per_part mode each file part is streamed as the
 // body of its own backend request, and the client gets JSON listing every part.
 // In store mode file parts are written under generated names in a directory,
 // committed only when the whole form ended cleanly.
@@ -56,8 +54,9 @@ const (
 // digest mismatch, 408 when the client stops sending within the server's read
 // timeouts, 413 when a size or count limit is broken, 415 for a refused content
 // type, 431 for an oversized part header, 499 (logged only) when the client
-// goes away, 502 when the backend cannot be reached or fails mid-stream, 504
-// when it times out, 507 when the store is full. When the site has
+// goes away, 502 when the backend cannot be reached or fails mid-stream, 503
+// when no upstream is available, 504 when it times out, 507 when the store is
+// full. When the site has
 // `handle_errors` routes, the error is returned to them instead.
 //
 // Placeholders it sets on the request:
@@ -75,10 +74,14 @@ const (
 //	{http.stream_proxy.error.code}           machine-readable code of a refused or failed upload
 //	{http.stream_proxy.error.limit}          the limit that was broken, if any
 type Handler struct {
-	// To is the backend URL, such as `http://127.0.0.1:9000/upload`.
-	// Placeholders are expanded per request. When the URL has no path,
-	// the client's path and query are kept.
-	To string `json:"to,omitempty"`
+	// Proxy is the reverse_proxy handler that makes every backend request:
+	// the forward request, each per_part request and store mode's request
+	// with the stored files' metadata. Upstream pools, load balancing,
+	// health checks, retries, X-Forwarded-* and header manipulation, and the
+	// transport are its own. The Caddyfile's upstreams fill it; a path in
+	// them becomes its rewrite, with placeholders expanded per request.
+	// Required in forward and per_part mode.
+	ProxyRaw json.RawMessage `json:"proxy,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
 
 	// Mode is one of `forward`, `per_part` or `store`. Default: `forward`.
 	Mode string `json:"mode,omitempty"`
@@ -86,15 +89,6 @@ type Handler struct {
 	// Store configures where store mode writes file parts. Required in store
 	// mode, refused in the others.
 	Store *StoreConfig `json:"store,omitempty"`
-
-	// TransportRaw configures the round trip to the backend. It takes the same
-	// modules as reverse_proxy's transport; default: the `http` transport with
-	// its defaults and a 4 KiB write buffer.
-	TransportRaw json.RawMessage `json:"transport,omitempty" caddy:"namespace=http.reverse_proxy.transport inline_key=protocol"`
-
-	// HeaderUp manipulates the headers of backend requests, like
-	// reverse_proxy's header_up. Placeholders are expanded per request.
-	HeaderUp *headers.HeaderOps `json:"header_up,omitempty"`
 
 	// MaxBodySize is the largest request body accepted, in bytes.
 	// A declared Content-Length above it is refused before any byte is read.
@@ -132,9 +126,9 @@ type Handler struct {
 	// mode report them in their JSON and metadata. Default: none.
 	Hash []string `json:"hash,omitempty"`
 
-	transport http.RoundTripper
-	store     *store
-	logger    *zap.Logger
+	proxy  *reverseproxy.Handler
+	store  *store
+	logger *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -145,7 +139,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults and loads the backend transport.
+// Provision sets defaults and loads the reverse_proxy of the backend leg.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 
@@ -172,28 +166,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
 
-	if h.HeaderUp != nil {
-		if err := h.HeaderUp.Provision(ctx); err != nil {
-			return fmt.Errorf("provisioning header_up: %w", err)
+	if h.ProxyRaw != nil {
+		mod, err := ctx.LoadModule(h, "ProxyRaw")
+		if err != nil {
+			return fmt.Errorf("loading proxy: %w", err)
+		}
+		var ok bool
+		if h.proxy, ok = mod.(*reverseproxy.Handler); !ok {
+			return fmt.Errorf("proxy: want reverse_proxy, got %T", mod)
 		}
 	}
 
-	if h.TransportRaw == nil {
-		// A write buffer smaller than the body's chunks (see bufSet and
-		// pipeBody.WriteTo) lets most of each chunk go to the socket
-		// without a copy into it: with 256 KiB chunks, `uploadbench
-		// compare` measured forward mode at 0.95 and 0.97x reverse_proxy's
-		// throughput, against 0.90 and 0.94x with a buffer as large as a
-		// chunk, which would also cost as much memory again per upload.
-		h.TransportRaw = caddyconfig.JSONModuleObject(&reverseproxy.HTTPTransport{WriteBufferSize: 4096}, "protocol", "http", nil)
-	}
-	mod, err := ctx.LoadModule(h, "TransportRaw")
-	if err != nil {
-		return fmt.Errorf("loading transport: %w", err)
-	}
-	h.transport = mod.(http.RoundTripper)
-
 	if h.Store != nil {
+		var err error
 		h.store, err = openStore(h.Store)
 		if err != nil {
 			return fmt.Errorf("store: %w", err)
@@ -206,7 +191,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 func (h *Handler) Validate() error {
 	switch h.Mode {
 	case ModeForward, ModePerPart:
-		if h.To == "" {
+		if h.proxy == nil {
 			return fmt.Errorf("mode %s needs a backend: set to", h.Mode)
 		}
 		if h.Store != nil {
@@ -227,18 +212,6 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("allow_types: %q is not a media type or type/* pattern", p)
 		}
 	}
-	if h.To != "" && !strings.Contains(h.To, "{") {
-		u, err := url.Parse(h.To)
-		if err != nil {
-			return fmt.Errorf("backend url %q: %w", h.To, err)
-		}
-		if u.Scheme != "http" && u.Scheme != "https" {
-			return fmt.Errorf("backend url %q: scheme must be http or https", h.To)
-		}
-		if u.Host == "" {
-			return fmt.Errorf("backend url %q: no host", h.To)
-		}
-	}
 	for name, v := range map[string]int64{
 		"max_body_size":        h.MaxBodySize,
 		"max_part_size":        h.MaxPartSize,
@@ -253,16 +226,13 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases the backend transport's idle connections and the store.
+// Cleanup releases the store. The proxy, loaded as a module, is cleaned up
+// by Caddy.
 func (h *Handler) Cleanup() error {
-	var errs []error
-	if c, ok := h.transport.(caddy.CleanerUpper); ok {
-		errs = append(errs, c.Cleanup())
-	}
 	if h.store != nil {
-		errs = append(errs, h.store.close())
+		return h.store.close()
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // ServeHTTP streams multipart/form-data uploads and passes everything else on.

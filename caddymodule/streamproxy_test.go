@@ -1,7 +1,8 @@
 package streamproxy
 
 import (
-	"context"
+	"fmt"
+	"os"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -16,17 +17,48 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	// The embedded reverse_proxy provisions in the context of a running
+	// config, as it does in a server.
+	if err := caddy.Load([]byte(`{"admin":{"disabled":true,"config":{"persist":false}}}`), true); err != nil {
+		panic(err)
+	}
+	code := m.Run()
+	if err := caddy.Stop(); err != nil {
+		panic(err)
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// proxyTo is the proxy that `stream_proxy <upstream>` configures.
+func proxyTo(upstream string) json.RawMessage {
+	var h Handler
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("stream_proxy " + upstream)); err != nil {
+		panic(err)
+	}
+	return h.ProxyRaw
+}
+
+// prepared is r as Caddy's server hands it to a handler.
+func prepared(r *http.Request) *http.Request {
+	return caddyhttp.PrepareRequest(r, caddy.NewReplacer(), nil, &caddyhttp.Server{})
 }
 
 // provision returns a provisioned handler whose resources end with the test.
 func provision(t testing.TB, h *Handler) *Handler {
 	t.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	ctx, cancel := caddy.NewContext(caddy.ActiveContext())
 	t.Cleanup(cancel)
 	if err := h.Provision(ctx); err != nil {
 		t.Fatal(err)
@@ -39,30 +71,30 @@ func provision(t testing.TB, h *Handler) *Handler {
 }
 
 func TestProvisionDefaults(t *testing.T) {
-	h := provision(t, &Handler{To: "http://127.0.0.1:1"})
+	h := provision(t, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1")})
 	if h.Mode != ModeForward || h.MaxBodySize != DefaultMaxBodySize || h.MaxPartSize != DefaultMaxBodySize ||
 		h.MaxParts != DefaultMaxParts || h.MaxFieldSize != DefaultMaxFieldSize || h.MaxPartHeaderSize != DefaultMaxPartHeaderSize {
 		t.Fatalf("defaults not set: %+v", h)
 	}
-	if h.transport == nil {
-		t.Fatal("no transport loaded")
+	if h.proxy == nil || h.proxy.Transport == nil {
+		t.Fatal("no proxy loaded")
 	}
 }
 
 func TestValidate(t *testing.T) {
+	backend := &reverseproxy.Handler{}
 	for _, tc := range []struct {
 		h   Handler
 		err string
 	}{
 		{Handler{}, "needs a backend"},
-		{Handler{To: "ftp://x/"}, "scheme must be http or https"},
-		{Handler{To: "http:///path"}, "no host"},
-		{Handler{To: "http://x", Mode: "bulk"}, "unknown mode"},
-		{Handler{To: "http://x", Mode: ModeStore}, "needs a directory"},
-		{Handler{To: "http://x", Store: &StoreConfig{Root: "/tmp"}}, "store is for mode store"},
-		{Handler{To: "http://x", Hash: []string{"sha3"}}, "unknown hash"},
-		{Handler{To: "http://x", AllowTypes: []string{"audio/x*"}}, "not a media type"},
-		{Handler{To: "http://x", MaxParts: -1}, "max_parts must not be negative"},
+		{Handler{Mode: ModePerPart}, "needs a backend"},
+		{Handler{proxy: backend, Mode: "bulk"}, "unknown mode"},
+		{Handler{proxy: backend, Mode: ModeStore}, "needs a directory"},
+		{Handler{proxy: backend, Store: &StoreConfig{Root: "/tmp"}}, "store is for mode store"},
+		{Handler{proxy: backend, Hash: []string{"sha3"}}, "unknown hash"},
+		{Handler{proxy: backend, AllowTypes: []string{"audio/x*"}}, "not a media type"},
+		{Handler{proxy: backend, MaxParts: -1}, "max_parts must not be negative"},
 	} {
 		h := tc.h
 		if h.Mode == "" {
@@ -73,9 +105,9 @@ func TestValidate(t *testing.T) {
 			t.Errorf("%+v: error %v, want %q", tc.h, err, tc.err)
 		}
 	}
-	ok := Handler{To: "http://{http.request.header.X-Backend}:9000", Mode: ModeForward}
+	ok := Handler{Mode: ModeStore, Store: &StoreConfig{Root: "/tmp"}}
 	if err := ok.Validate(); err != nil {
-		t.Errorf("placeholder backend: %v", err)
+		t.Errorf("store without a backend: %v", err)
 	}
 }
 
@@ -98,10 +130,8 @@ func TestBoundaryOf(t *testing.T) {
 	}
 }
 
-// serve runs one request through h with a Caddy replacer in its context.
+// serve runs one prepared request through h.
 func serve(h *Handler, r *http.Request, next caddyhttp.Handler) *httptest.ResponseRecorder {
-	repl := caddy.NewReplacer()
-	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
 	w := httptest.NewRecorder()
 	if err := h.ServeHTTP(w, r, next); err != nil {
 		w.Code = caddyhttp.Error(0, err).StatusCode
@@ -114,10 +144,10 @@ var failNext = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 })
 
 func TestNotFormDataPassesUnread(t *testing.T) {
-	h := provision(t, &Handler{To: "http://127.0.0.1:1"})
+	h := provision(t, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1")})
 	for _, ct := range []string{"application/json", "multipart/mixed; boundary=x", "text/plain", ""} {
 		body := &readCounter{r: strings.NewReader("payload")}
-		r := httptest.NewRequest(http.MethodPost, "/upload", body)
+		r := prepared(httptest.NewRequest(http.MethodPost, "/upload", body))
 		r.Header.Set("Content-Type", ct)
 		called := false
 		serve(h, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
@@ -169,11 +199,11 @@ func echoBackend(t testing.TB) *httptest.Server {
 
 func TestServeForward(t *testing.T) {
 	be := echoBackend(t)
-	h := provision(t, &Handler{To: be.URL})
+	h := provision(t, &Handler{ProxyRaw: proxyTo(be.URL)})
 	body := "preamble\r\n--B\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nsmall\r\n" +
 		"--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nhello world\r\n" +
 		"--B--\r\nepilogue"
-	r := httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader(body))
+	r := prepared(httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader(body)))
 	r.Header.Set("Content-Type", "multipart/form-data; boundary=B")
 	w := serve(h, r, failNext)
 	if w.Code != 200 {
@@ -197,7 +227,7 @@ func TestServeForward(t *testing.T) {
 // the small ones an upload gets while largeUploads others hold large ones.
 func TestServeForwardBufferSizes(t *testing.T) {
 	be := echoBackend(t)
-	h := provision(t, &Handler{To: be.URL})
+	h := provision(t, &Handler{ProxyRaw: proxyTo(be.URL)})
 	data := strings.Repeat("0123456789abcdef\r\n--Bx\r\n-", 100_000)[:3*largeBufs.size+17]
 	sum := sha256.Sum256([]byte(data))
 	want := `["f|a.bin||` + hex.EncodeToString(sum[:])[:16] + "|" + string(rune('0'+len(data)%10)) + `"]`
@@ -218,7 +248,7 @@ func TestServeForwardBufferSizes(t *testing.T) {
 
 func TestServeRefusals(t *testing.T) {
 	be := echoBackend(t)
-	h := provision(t, &Handler{To: be.URL, MaxBodySize: 1000, MaxParts: 2, MaxFieldSize: 10, MaxPartHeaderSize: 200})
+	h := provision(t, &Handler{ProxyRaw: proxyTo(be.URL), MaxBodySize: 1000, MaxParts: 2, MaxFieldSize: 10, MaxPartHeaderSize: 200})
 	part := func(name, value string) string {
 		return "--B\r\nContent-Disposition: form-data; name=\"" + name + "\"\r\n\r\n" + value + "\r\n"
 	}
@@ -239,7 +269,7 @@ func TestServeRefusals(t *testing.T) {
 		{"not form-data disposition", "--B\r\nContent-Disposition: attachment; name=\"a\"\r\n\r\nv\r\n--B--\r\n", 400, CodeMalformed},
 		{"two dispositions", "--B\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\nv\r\n--B--\r\n", 400, CodeMalformed},
 	} {
-		r := httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader(tc.body))
+		r := prepared(httptest.NewRequest(http.MethodPost, "/upload", strings.NewReader(tc.body)))
 		r.Header.Set("Content-Type", "multipart/form-data; boundary=B")
 		w := serve(h, r, failNext)
 		var e struct{ Error uploadError }

@@ -63,9 +63,6 @@ func releaseBufs(s *bufSet) {
 	}
 }
 
-// relayBufs are the buffers backend responses are relayed through.
-var relayBufs = sync.Pool{New: func() any { b := make([]byte, 128<<10); return &b }}
-
 // writerSize is the size of the buffered writers in front of a backend
 // request or a stored file. They gather part headers and small fields into
 // one write; a run of part data larger than them is written past them.
@@ -98,9 +95,8 @@ type upload struct {
 	in       *bufio.Reader // buffered client body
 	bufs     *bufSet       // in's
 
-	stopped atomic.Bool  // the backend stopped taking the body before its end
-	sent    atomic.Int64 // part data bytes delivered to backends or the store
-	parts   atomic.Int64 // parts seen
+	sent  atomic.Int64 // part data bytes delivered to backends or the store
+	parts atomic.Int64 // parts seen
 
 	mu        sync.Mutex // guards current, read by the admin API
 	current   *partRef   // the part being read, nil between parts
@@ -324,7 +320,7 @@ func (u *upload) fail(e *uploadError) error {
 // body. It reports whether the answer should be followed by a lingering close
 // (a client already sending, over HTTP/1.x), and if so, allows it.
 func (u *upload) closeAfter() (linger bool) {
-	unread := u.body == nil || !u.body.eof
+	unread := u.body == nil || !u.body.eof.Load()
 	if !unread || u.r.ProtoMajor != 1 {
 		return false
 	}
@@ -357,7 +353,7 @@ type clientBody struct {
 	r     io.Reader
 	n     atomic.Int64 // read by the admin API while the upload runs
 	max   int64
-	eof   bool         // the body was read to its end
+	eof   atomic.Bool  // the body was read to its end
 	flush func() error // if set, called before each read (see flushBeforeReads)
 }
 
@@ -378,6 +374,6 @@ func (c *clientBody) Read(p []byte) (int, error) {
 	if err != nil && !errors.Is(err, io.EOF) {
 		return n, clientReadError(err)
 	}
-	c.eof = err == io.EOF
+	c.eof.Store(err == io.EOF)
 	return n, err
 }
