@@ -19,7 +19,6 @@ import (
 	"testing"
 
 	"go.uber.org/zap"
-
 )
 
 // The limits of the handler under fuzzing: small, so that inputs of a few
@@ -69,7 +68,7 @@ func FuzzForward(f *testing.F) {
 		Hash:              []string{"sha256"},
 	})
 	h.logger = zap.NewNop() // a log line per input would be most of the work
-	h.proxy.Transport = be // the provisioned one is cleaned up with the context
+	h.proxy.Transport = be  // the provisioned one is cleaned up with the context
 	f.Fuzz(func(t *testing.T, boundary string, body []byte) {
 		checkForward(t, h, be, boundary, body)
 	})
