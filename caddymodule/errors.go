@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // Stable, machine-readable codes of refused or failed uploads. They appear in
@@ -26,6 +28,7 @@ const (
 	CodeBackendFailed    = "backend_failed"
 	CodeBackendTimeout   = "backend_timeout"
 	CodeBackendRejected  = "backend_rejected"
+	CodeNoUpstream       = "no_upstream"
 	CodeDigestMismatch   = "digest_mismatch"
 	CodeStorageFull      = "insufficient_storage"
 	CodeStoreFailed      = "store_failed"
@@ -117,13 +120,18 @@ func clientReadError(err error) *uploadError {
 	return &uploadError{Status: statusClientClosed, Code: CodeClientGone, Message: "client went away", err: err, clientRead: true}
 }
 
-// backendError classifies a failed round trip, as reverse_proxy does.
+// backendError classifies a failed round trip, as reverse_proxy does; 503 is
+// its answer when no upstream is available.
 func backendError(err error, clientGone bool) *uploadError {
 	if clientGone || errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "operation was canceled") {
 		return &uploadError{Status: statusClientClosed, Code: CodeClientGone, Message: "client went away", err: err}
 	}
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode == http.StatusServiceUnavailable {
+		return &uploadError{Status: http.StatusServiceUnavailable, Code: CodeNoUpstream, Message: "no upstream available", err: err}
+	}
 	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	if (errors.As(err, &ne) && ne.Timeout()) || he.StatusCode == http.StatusGatewayTimeout {
 		return &uploadError{Status: http.StatusGatewayTimeout, Code: CodeBackendTimeout, Message: "backend timed out", err: err}
 	}
 	return &uploadError{Status: http.StatusBadGateway, Code: CodeBackendFailed, Message: "backend failed", err: err}
