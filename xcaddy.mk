@@ -1,6 +1,6 @@
 # Build, run, test and benchmark caddy-stream-proxy.
 #
-#   make -f xcaddy.mk run     the example gateway (Caddyfile.example) and its demo backend
+#   make -f xcaddy.mk run     the example gateway (Caddyfile.example) and its demo backends
 #   make -f xcaddy.mk test    vet, every test, and checks of the xcaddy-built binary
 #
 # xcaddy is installed into ./bin at a pinned version; nothing else is needed
@@ -15,7 +15,7 @@ BIN            := $(CURDIR)/bin
 XCADDY         := $(BIN)/xcaddy
 CADDY          := $(BIN)/caddy
 UPLOADBENCH    := $(BIN)/uploadbench
-DEMO_BACKEND   ?= 127.0.0.1:9001
+DEMO_BACKENDS  ?= 127.0.0.1:9001 127.0.0.1:9002
 BENCH_SIZE     ?= 2GiB
 BENCH_RUNS     ?= 5
 FUZZTIME       ?= 10s
@@ -40,10 +40,10 @@ build: $(XCADDY)
 $(UPLOADBENCH): $(shell find cmd/uploadbench -name '*.go' 2>/dev/null) go.mod
 	go build -o $(UPLOADBENCH) ./cmd/uploadbench
 
-## run: the gateway on :8080 with Caddyfile.example, and the demo backend it fronts
+## run: the gateway on :8080 with Caddyfile.example, and the two demo backends it fronts
 run: build $(UPLOADBENCH)
-	$(UPLOADBENCH) backend -listen $(DEMO_BACKEND) & backend=$$!; \
-	trap 'kill $$backend 2>/dev/null' EXIT INT TERM; \
+	backends=; for addr in $(DEMO_BACKENDS); do $(UPLOADBENCH) backend -listen $$addr & backends="$$backends $$!"; done; \
+	trap 'kill $$backends 2>/dev/null' EXIT INT TERM; \
 	$(CADDY) run --config Caddyfile.example --adapter caddyfile
 
 ## test: everything CI runs
