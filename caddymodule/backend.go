@@ -45,8 +45,8 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 // ends cleanly; unless the backend answered first (401, 413), in which case
 // its answer is what the client gets, whole.
 func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w io.Writer) error) *uploadError {
-	pr, pw := io.Pipe()
-	body := &pipeBody{PipeReader: pr, started: make(chan struct{})}
+	pipe := newHandoff()
+	body := &pipeBody{pipe: pipe, started: make(chan struct{})}
 	w.ended = &body.ended
 	w.sent = time.Now()
 
@@ -56,15 +56,15 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 		var err error
 		select {
 		case <-body.started:
-			err = produce(pw)
+			err = produce(pipe)
 		case <-stop:
 			err = errBackendAnswered
 		}
 		body.ended.Store(true)
 		if err != nil {
-			pw.CloseWithError(aborted{err})
+			pipe.CloseWrite(aborted{err})
 		} else {
-			pw.Close()
+			pipe.CloseWrite(nil)
 		}
 		done <- err
 	}()
@@ -78,7 +78,7 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 		_ = http.NewResponseController(w).Flush()
 	}
 	close(stop)
-	pr.CloseWithError(errBackendAnswered)
+	pipe.CloseRead(errBackendAnswered)
 	perr := <-done
 	if w.linger {
 		u.linger()
@@ -128,7 +128,7 @@ func (u *upload) backendRequest(body io.ReadCloser, header http.Header) *http.Re
 // The transport's first Read tells that an upstream is connected and has the
 // request header.
 type pipeBody struct {
-	*io.PipeReader
+	pipe    *handoff
 	once    sync.Once
 	started chan struct{}
 	ended   atomic.Bool // the producer has ended, or will not start
@@ -136,7 +136,13 @@ type pipeBody struct {
 
 func (b *pipeBody) Read(p []byte) (int, error) {
 	b.once.Do(func() { close(b.started) })
-	return b.PipeReader.Read(p)
+	return b.pipe.Read(p)
+}
+
+// Close is the transport's: the producer's writes fail from now on.
+func (b *pipeBody) Close() error {
+	b.pipe.CloseRead(nil)
+	return nil
 }
 
 // backendWriter takes the backend's answer from the proxy: it relays it to the

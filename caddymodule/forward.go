@@ -9,7 +9,7 @@ import (
 )
 
 // serveForward re-encodes the client's form under a fresh boundary and streams
-// it through an io.Pipe into one backend request, then streams the backend's
+// it through a pipe into one backend request, then streams the backend's
 // response back.
 func (h *Handler) serveForward(u *upload) error {
 	form := u.openBody()

@@ -33,6 +33,7 @@ const (
 	DefaultMaxParts          = 1000
 	DefaultMaxFieldSize      = 1 << 20  // 1 MiB
 	DefaultMaxPartHeaderSize = 16 << 10 // 16 KiB
+	DefaultWriteBuffer       = 64 << 10 // the http transport's, unless write_buffer is set
 )
 
 // Handler intercepts multipart/form-data requests and moves every part to
@@ -43,7 +44,7 @@ const (
 // Every backend request goes through a reverse_proxy handler provisioned
 // inside this one, with its pools, health checks and transports. In forward
 // mode (the default) the client's form is re-encoded under a fresh boundary
-// and streamed through an io.Pipe into one backend request, whose response
+// and streamed through a pipe into one backend request, whose response
 // streams back. In per_part mode each file part is streamed as the
 // body of its own backend request, and the client gets JSON listing every part.
 // In store mode file parts are written under generated names in a directory,
@@ -174,6 +175,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		var ok bool
 		if h.proxy, ok = mod.(*reverseproxy.Handler); !ok {
 			return fmt.Errorf("proxy: want reverse_proxy, got %T", mod)
+		}
+		// Bodies go to the backend chunked. With a write buffer larger than
+		// the transport's 32 KiB copy buffer, a chunk's size line, data and
+		// CRLF leave in one write; Go's 4 KiB default splits them into three.
+		if ht, ok := h.proxy.Transport.(*reverseproxy.HTTPTransport); ok && ht.WriteBufferSize == 0 && ht.Transport != nil {
+			ht.Transport.WriteBufferSize = DefaultWriteBuffer
 		}
 	}
 

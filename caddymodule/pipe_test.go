@@ -1,0 +1,95 @@
+package streamproxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+	"time"
+)
+
+func TestHandoffCarriesWritesWhole(t *testing.T) {
+	p := newHandoff()
+	want := bytes.Repeat([]byte("0123456789"), 10000)
+	done := make(chan error, 1)
+	go func() {
+		for _, chunk := range [][]byte{want[:7], want[7:50000], want[50000:]} {
+			if n, err := p.Write(chunk); n != len(chunk) || err != nil {
+				done <- err
+				return
+			}
+		}
+		p.CloseWrite(nil)
+		done <- nil
+	}()
+	var got bytes.Buffer
+	buf := make([]byte, 4096) // smaller than the writes, as a transport's copy buffer
+	for {
+		n, err := p.Read(buf)
+		got.Write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Bytes(), want) {
+		t.Fatalf("read %d bytes, not what was written", got.Len())
+	}
+}
+
+func TestHandoffWriteReturnsOnlyOnceTaken(t *testing.T) {
+	p := newHandoff()
+	wrote := make(chan struct{})
+	go func() {
+		_, _ = p.Write(make([]byte, 100))
+		close(wrote)
+	}()
+	buf := make([]byte, 60)
+	if n, _ := p.Read(buf); n != 60 {
+		t.Fatalf("read %d", n)
+	}
+	select {
+	case <-wrote:
+		t.Fatal("Write returned with 40 bytes not taken")
+	case <-time.After(20 * time.Millisecond):
+	}
+	if n, _ := p.Read(buf); n != 40 {
+		t.Fatalf("read %d", n)
+	}
+	<-wrote
+}
+
+func TestHandoffEnds(t *testing.T) {
+	stop := errors.New("stop")
+
+	// The reader's end fails a blocked write, and later ones.
+	p := newHandoff()
+	failed := make(chan error, 1)
+	go func() { _, err := p.Write([]byte("never read")); failed <- err }()
+	time.Sleep(10 * time.Millisecond)
+	p.CloseRead(stop)
+	if err := <-failed; err != stop {
+		t.Fatalf("blocked write: %v, want %v", err, stop)
+	}
+	if _, err := p.Write([]byte("x")); err != stop {
+		t.Fatalf("later write: %v, want %v", err, stop)
+	}
+	if _, err := p.Read(make([]byte, 1)); err != io.ErrClosedPipe {
+		t.Fatalf("read after CloseRead: %v", err)
+	}
+
+	// The writer's error reaches a waiting reader.
+	p = newHandoff()
+	go func() { time.Sleep(10 * time.Millisecond); p.CloseWrite(stop) }()
+	if _, err := p.Read(make([]byte, 1)); err != stop {
+		t.Fatalf("read: %v, want %v", err, stop)
+	}
+	if _, err := p.Write([]byte("x")); err != io.ErrClosedPipe {
+		t.Fatalf("write after CloseWrite: %v", err)
+	}
+}
