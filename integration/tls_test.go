@@ -2,6 +2,8 @@ package integration
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -10,8 +12,11 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 )
@@ -23,9 +28,10 @@ var httpsPort = envPort("SP_TEST_HTTPS_PORT", httpPort+363)
 // startGatewayTLS loads site into the in-process Caddy twice: on
 // http://localhost:httpPort and on https://localhost:httpsPort with a
 // certificate from Caddy's internal CA, served over HTTP/1.1, HTTP/2 and
-// HTTP/3. The CA lives in a directory of the test's own.
-func startGatewayTLS(t *testing.T, site string) {
+// HTTP/3. The CA lives in a directory of the test's own, returned.
+func startGatewayTLS(t *testing.T, site string) (storage string) {
 	t.Helper()
+	storage = t.TempDir()
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 	tester.InitServer(fmt.Sprintf(`{
 	skip_install_trust
@@ -45,11 +51,40 @@ https://localhost:%d {
 	tls internal
 %s
 }
-`, adminPort, httpPort, httpsPort, t.TempDir(), httpPort, site, httpsPort, site), "caddyfile")
+`, adminPort, httpPort, httpsPort, storage, httpPort, site, httpsPort, site), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}
+	// The certificate is issued in the background: wait until it is served.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := tls.Dial("tcp", fmt.Sprintf("localhost:%d", httpsPort), &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // only waiting for a certificate
+		if err == nil {
+			conn.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no certificate served on :%d: %v", httpsPort, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	checkLeaks(t)
+	return storage
+}
+
+// internalRoots is a pool holding the root certificate of the internal CA
+// whose storage startGatewayTLS returned.
+func internalRoots(t *testing.T, storage string) *x509.CertPool {
+	t.Helper()
+	pem, err := os.ReadFile(filepath.Join(storage, "pki", "authorities", "local", "root.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		t.Fatal("no certificate in the internal CA's root.crt")
+	}
+	return pool
 }
 
 // checkedPart is one part as a checking backend received it.
