@@ -86,7 +86,9 @@ func TestEdgeNodeParsersReadTheSame(t *testing.T) {
 					t.Fatalf("%s read\n%s\nthrough the gateway, and\n%s\ndirectly", parser, outG, outD)
 				}
 				if parser == "busboy" && tc.busboyReads != "" {
-					var a struct{ Seen []struct{ Kind, Filename string } }
+					var a struct {
+						Seen []struct{ Kind, Filename string }
+					}
 					_ = json.Unmarshal(outG, &a)
 					found := false
 					for _, s := range a.Seen {
