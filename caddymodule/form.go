@@ -162,11 +162,15 @@ func (f *formReader) next() (*formPart, error) {
 		return nil, &uploadError{Status: http.StatusUnsupportedMediaType, Code: CodeTypeNotAllowed,
 			Message: fmt.Sprintf("content type %q is not in allow_types", p.ContentType), Limit: "allow_types", Part: p.ref()}
 	}
-	if p.IsFile {
+	// A part with a filename parameter, even an empty one, is bounded as a
+	// file: an empty file input may still carry data.
+	p.limit, p.lname = f.maxFieldSize, "max_field_size"
+	if slices.ContainsFunc(p.params, func(kv string) bool { key, _ := splitParam(kv); return isFilenameParam(key) }) {
 		p.limit, p.lname = f.maxPartSize, "max_part_size"
+	}
+	if p.IsFile {
 		p.digests, err = newPartDigests(f.hashNames, http.Header(p.Header))
 	} else {
-		p.limit, p.lname = f.maxFieldSize, "max_field_size"
 		p.digests, err = newPartDigests(nil, http.Header(p.Header))
 	}
 	if err != nil {
@@ -278,7 +282,7 @@ func (p *formPart) next() ([]byte, error) {
 	p.Size += int64(len(b))
 	if p.Size > p.limit {
 		code := CodePartTooLarge
-		if !p.IsFile {
+		if p.lname == "max_field_size" {
 			code = CodeFieldTooLarge
 		}
 		e := limitError(http.StatusRequestEntityTooLarge, code, p.lname, p.limit, "part")

@@ -244,13 +244,14 @@ type refPart struct {
 	filename    string
 	isFile      bool // has a filename parameter, as mime/multipart sees it
 	sentFile    bool // a filename parameter is not empty: a file, as the gateway sees it
+	fileLimit   bool // has a filename parameter, even empty or undecodable: max_part_size bounds it
 	contentType string
 	data        []byte
 }
 
 // filenameParam matches a filename parameter (filename, filename*,
 // filename*0*…) and its value, token or quoted string.
-var filenameParam = regexp.MustCompile(`(?i);\s*filename(\*[0-9]*\*?)?\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)`)
+var filenameParam = regexp.MustCompile(`(?i);\s*filename(\*[^=;\s]*)?\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)`)
 
 // sentFile reports whether a Content-Disposition names a non-empty filename
 // (an extended value counts without its charset and language).
@@ -289,6 +290,7 @@ func parseParts(r io.Reader, boundary string) ([]refPart, error) {
 			rp.field = params["name"]
 			rp.filename, rp.isFile = params["filename"]
 			rp.sentFile = sentFile(p.Header.Get("Content-Disposition"))
+			rp.fileLimit = filenameParam.MatchString(p.Header.Get("Content-Disposition"))
 		}
 		parts = append(parts, rp)
 	}
@@ -437,10 +439,10 @@ func reference(boundary string, body []byte) refResult {
 		if breaksHeader(params["name"]) {
 			return refuse(400, CodeMalformed, "a control character in a name cannot be forwarded")
 		}
-		if p.sentFile && len(p.data) > fuzzMaxPart {
+		if p.fileLimit && len(p.data) > fuzzMaxPart {
 			return refuse(413, CodePartTooLarge, "file part too large")
 		}
-		if !p.sentFile && len(p.data) > fuzzMaxField {
+		if !p.fileLimit && len(p.data) > fuzzMaxField {
 			return refuse(413, CodeFieldTooLarge, "field too large")
 		}
 	}
@@ -492,7 +494,8 @@ func TestForwardReference(t *testing.T) {
 		{"binary encoding", b, "--B\r\nContent-Disposition: form-data; name=\"a\"; filename=\"a.bin\"\r\nContent-Transfer-Encoding: Binary\r\n\r\nv\r\n--B--\r\n", mustAccept, ""},
 		{"base64 encoding", b, "--B\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Transfer-Encoding: base64\r\n\r\nv\r\n--B--\r\n", mustRefuse, CodeTransferEncoding},
 		{"two encodings", b, "--B\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Transfer-Encoding: 8bit\r\nContent-Transfer-Encoding: 8bit\r\n\r\nv\r\n--B--\r\n", mustRefuse, CodeTransferEncoding},
-		{"empty file input with data is a field", b, "--B\r\nContent-Disposition: form-data; name=\"a\"; filename=\"\"\r\n\r\n" + strings.Repeat("v", fuzzMaxField+1) + "\r\n--B--\r\n", mustRefuse, CodeFieldTooLarge},
+		{"empty file input with data is bounded as a file", b, "--B\r\nContent-Disposition: form-data; name=\"a\"; filename=\"\"\r\n\r\n" + strings.Repeat("v", fuzzMaxField+1) + "\r\n--B--\r\n", mustAccept, ""},
+		{"empty file input over max_part_size", b, "--B\r\nContent-Disposition: form-data; name=\"a\"; filename=\"\"\r\n\r\n" + strings.Repeat("v", fuzzMaxPart+1) + "\r\n--B--\r\n", mustRefuse, CodePartTooLarge},
 		{"control byte from filename*", b, "--B\r\nContent-Disposition: form-data; name=\"a\"; filename*=UTF-8''%0D%0Ax\r\n\r\nv\r\n--B--\r\n", mustAccept, ""},
 		{"declared digest", b, "--B\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-MD5: x\r\n\r\nv\r\n--B--\r\n", either, ""},
 	} {

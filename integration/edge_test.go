@@ -438,8 +438,8 @@ func TestEdgePartAndFieldLimitsExact(t *testing.T) {
 		})
 	}
 
-	// A part with filename="" is a file: max_part_size applies to it, not
-	// max_field_size.
+	// A part with filename="" is no file (row 31), but it is bounded as one:
+	// max_part_size applies to it, not max_field_size.
 	const b = "EmptyFilename"
 	raw := "--" + b + "\r\nContent-Disposition: form-data; name=\"f\"; filename=\"\"\r\n\r\n" +
 		strings.Repeat("z", 4000) + "\r\n--" + b + "--\r\n"
