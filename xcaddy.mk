@@ -3,8 +3,10 @@
 #   make -f xcaddy.mk run     the example gateway (Caddyfile.example) and its demo backends
 #   make -f xcaddy.mk test    vet, every test, and checks of the xcaddy-built binary
 #
-# xcaddy is installed into ./bin at a pinned version; nothing else is needed
-# but Go, make and access to the Go module proxy.
+# xcaddy is installed into ./bin at a pinned version. The browser test needs
+# Debian's chromium and Node.js: `test` installs them with apt-get where they
+# are missing (as root, as CI runs), and playwright-core (pinned in
+# integration/browser/package-lock.json) with npm ci.
 
 SHELL          := /bin/bash
 .SHELLFLAGS    := -eu -o pipefail -c
@@ -20,7 +22,7 @@ BENCH_SIZE     ?= 2GiB
 BENCH_RUNS     ?= 5
 FUZZTIME       ?= 10s
 
-.PHONY: build run test unit integration check-binary bench rss concurrent gobench fuzz adapt list-modules clean
+.PHONY: build run test browser-deps unit integration check-binary bench rss concurrent gobench fuzz adapt list-modules clean
 
 $(XCADDY):
 	GOBIN=$(BIN) go install github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION)
@@ -47,7 +49,16 @@ run: build $(UPLOADBENCH)
 	$(CADDY) run --config Caddyfile.example --adapter caddyfile
 
 ## test: everything CI runs
-test: unit check-binary
+test: browser-deps unit check-binary
+
+## browser-deps: chromium and node from Debian's packages where missing, playwright-core from npm
+BROWSER_DIR := integration/browser
+browser-deps:
+	if [ ! -x /usr/bin/chromium ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
+	if ! command -v node >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; fi
+	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
 unit:
 	test -z "$$(gofmt -l caddymodule cmd integration)" || { gofmt -l caddymodule cmd integration; exit 1; }

@@ -15,9 +15,10 @@ import (
 // formReader reads a multipart/form-data body strictly and with limits, one
 // part at a time. It parses as mime/multipart's NextRawPart and Part.Read do
 // (scan.go), and adds what mime/multipart leaves to its caller: a part-count
-// limit, bounded part headers, no Content-Transfer-Encoding (mime/multipart
-// decodes quoted-printable silently), a name on every part, and a closing
-// delimiter (mime/multipart ends cleanly on a body cut inside a part header).
+// limit, bounded part headers, no Content-Transfer-Encoding that changes the
+// bytes (mime/multipart decodes quoted-printable silently), a name on every
+// part, and a closing delimiter (mime/multipart ends cleanly on a body cut
+// inside a part header).
 type formReader struct {
 	in  *bufio.Reader // the client's body, buffered; part data is handed out from it
 	src *budgetReader // under in: caps what header reads take from the client
@@ -58,11 +59,15 @@ type partObserver interface {
 type formPart struct {
 	Index       int // from 0
 	Field       string
-	Filename    string // as the client sent it; never a path
-	IsFile      bool   // the part has a filename parameter
+	Filename    string // as mime.ParseMediaType reads it (filename* decoded); never a path
+	IsFile      bool   // the part has a non-empty filename parameter (see parseHeader)
 	ContentType string
 	Header      textproto.MIMEHeader
 	Size        int64 // data bytes read so far
+
+	// params are the client's Content-Disposition parameters other than the
+	// name, as sent ("filename*=utf-8''n%C3%A4me.txt"), in order.
+	params []string
 
 	f       *formReader
 	done    bool   // the part's data has been read to its end
@@ -157,11 +162,15 @@ func (f *formReader) next() (*formPart, error) {
 		return nil, &uploadError{Status: http.StatusUnsupportedMediaType, Code: CodeTypeNotAllowed,
 			Message: fmt.Sprintf("content type %q is not in allow_types", p.ContentType), Limit: "allow_types", Part: p.ref()}
 	}
-	if p.IsFile {
+	// A part with a filename parameter, even an empty one, is bounded as a
+	// file: an empty file input may still carry data.
+	p.limit, p.lname = f.maxFieldSize, "max_field_size"
+	if slices.ContainsFunc(p.params, func(kv string) bool { key, _ := splitParam(kv); return isFilenameParam(key) }) {
 		p.limit, p.lname = f.maxPartSize, "max_part_size"
+	}
+	if p.IsFile {
 		p.digests, err = newPartDigests(f.hashNames, http.Header(p.Header))
 	} else {
-		p.limit, p.lname = f.maxFieldSize, "max_field_size"
 		p.digests, err = newPartDigests(nil, http.Header(p.Header))
 	}
 	if err != nil {
@@ -210,6 +219,9 @@ func (p *formPart) parseHeader() *uploadError {
 	}
 	disposition, params, err := mime.ParseMediaType(cds[0])
 	if err != nil {
+		disposition, params, err = mime.ParseMediaType(quoteUTF8Tokens(cds[0]))
+	}
+	if err != nil {
 		return bad("part %d Content-Disposition: %v", p.Index, err)
 	}
 	if disposition != "form-data" {
@@ -219,12 +231,19 @@ func (p *formPart) parseHeader() *uploadError {
 	if p.Field == "" {
 		return bad("part %d has no name", p.Index)
 	}
-	p.Filename, p.IsFile = params["filename"]
-	if _, ok := p.Header["Content-Transfer-Encoding"]; ok {
+	p.Filename = params["filename"]
+	p.params = dispositionParams(cds[0])
+	// A file input left empty comes as filename="" with no data: like Go's
+	// ReadForm, busboy and multer, the gateway takes it for a field, not a file.
+	p.IsFile = slices.ContainsFunc(p.params, func(kv string) bool {
+		key, value := splitParam(kv)
+		return isFilenameParam(key) && value != ""
+	})
+	if ctes := p.Header["Content-Transfer-Encoding"]; len(ctes) > 1 || len(ctes) == 1 && !identityEncoding(ctes[0]) {
 		return &uploadError{
 			Status:  http.StatusBadRequest,
 			Code:    CodeTransferEncoding,
-			Message: "parts must not have a Content-Transfer-Encoding (RFC 7578)",
+			Message: "parts must not have a Content-Transfer-Encoding other than binary, 8bit or 7bit (RFC 7578)",
 			Part:    p.ref(),
 		}
 	}
@@ -263,7 +282,7 @@ func (p *formPart) next() ([]byte, error) {
 	p.Size += int64(len(b))
 	if p.Size > p.limit {
 		code := CodePartTooLarge
-		if !p.IsFile {
+		if p.lname == "max_field_size" {
 			code = CodeFieldTooLarge
 		}
 		e := limitError(http.StatusRequestEntityTooLarge, code, p.lname, p.limit, "part")
@@ -293,38 +312,148 @@ func (p *formPart) ref() *partRef {
 	return &partRef{Index: p.Index, Field: p.Field, Filename: p.Filename}
 }
 
-// formHeader is the part's header as the backend gets it: the disposition
-// written anew from what was parsed, so that the backend cannot read another
-// name or filename than the gateway checked, and the other fields as they came.
+// formHeader is the part's header as the backend gets it: the disposition of
+// disposition(), and the other fields as they came.
 func (p *formPart) formHeader() textproto.MIMEHeader {
 	h := make(textproto.MIMEHeader, len(p.Header))
 	for k, v := range p.Header {
 		h[k] = v
 	}
-	cd := `form-data; name="` + quoteParam(p.Field) + `"`
-	if p.IsFile {
-		cd += `; filename="` + quoteParam(p.Filename) + `"`
-	}
-	h.Set("Content-Disposition", cd)
+	h.Set("Content-Disposition", p.disposition())
 	return h
+}
+
+// disposition is the part's Content-Disposition as backends get it. The name
+// is written anew from what was parsed, so that the backend cannot read
+// another name than the one allow_fields checked. The other parameters go as
+// the client sent them (filename and filename* both, when both came), so that
+// every parser reads the filename it would read without the gateway; they
+// came through net/textproto, so they hold no CR, LF or other control byte.
+func (p *formPart) disposition() string {
+	var sb strings.Builder
+	sb.WriteString(`form-data; name="`)
+	sb.WriteString(quoteParam(p.Field))
+	sb.WriteByte('"')
+	for _, kv := range p.params {
+		sb.WriteString("; ")
+		sb.WriteString(kv)
+	}
+	return sb.String()
 }
 
 // quoteParam escapes a parameter value for a quoted string as mime/multipart
 // does (a backslash before each \ and "), so that parsers read back the same
-// bytes. RFC 7578 forbids filename*, so UTF-8 names are written as they are.
+// bytes. UTF-8 names are written as they are, as browsers send them.
 var quoteParam = strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace
 
-// forwardable refuses a part whose name or filename cannot be written into a
-// part header: one with a control character, which only RFC 2231's name*= or
-// filename*= can carry, and which would end the header line (CR, LF) or make
-// the backend's parser refuse the header.
-func (p *formPart) forwardable() error {
-	for _, s := range []string{p.Field, p.Filename} {
-		if strings.ContainsFunc(s, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) {
-			e := malformed(fmt.Errorf("part %d: a name or filename with a control character cannot be forwarded", p.Index))
-			e.Part = p.ref()
-			return e
+// dispositionParams returns the parameters of a Content-Disposition that
+// parseHeader accepted, each as sent (filename* with its charset), without
+// the name parameters (name, name*, name*0…).
+func dispositionParams(cd string) []string {
+	var out []string
+	for _, kv := range splitParams(cd) {
+		kv = strings.TrimSpace(kv)
+		if key, _ := splitParam(kv); kv != "" && key != "name" && !strings.HasPrefix(key, "name*") {
+			out = append(out, kv)
 		}
+	}
+	return out
+}
+
+// splitParams splits a header value at the semicolons outside quoted strings
+// and returns what follows the first, the parameters. Quoted strings are
+// skipped as mime's consumeValue reads them.
+func splitParams(cd string) []string {
+	var out []string
+	start := -1 // where the current parameter starts; -1 inside the type
+	quoted, escaped := false, false
+	for i := 0; i < len(cd); i++ {
+		switch c := cd[i]; {
+		case escaped:
+			escaped = false
+		case quoted && c == '\\':
+			escaped = true
+		case c == '"':
+			quoted = !quoted
+		case !quoted && c == ';':
+			if start >= 0 {
+				out = append(out, cd[start:i])
+			}
+			start = i + 1
+		}
+	}
+	if start >= 0 {
+		out = append(out, cd[start:])
+	}
+	return out
+}
+
+// quoteUTF8Tokens puts quotes around unquoted parameter values with bytes
+// over 0x7f (filename=näme.txt, as some clients send it), which
+// mime.ParseMediaType refuses as tokens but reads as quoted strings.
+func quoteUTF8Tokens(cd string) string {
+	typ, _, _ := strings.Cut(cd, ";")
+	var sb strings.Builder
+	sb.WriteString(typ)
+	for _, kv := range splitParams(cd) {
+		sb.WriteString(";")
+		key, value, ok := strings.Cut(kv, "=")
+		v := strings.TrimSpace(value)
+		if ok && v != "" && v[0] != '"' && !strings.ContainsAny(v, "\" \t\\") &&
+			strings.ContainsFunc(v, func(r rune) bool { return r > 0x7f }) {
+			kv = key + `="` + v + `"`
+		}
+		sb.WriteString(kv)
+	}
+	return sb.String()
+}
+
+// splitParam returns a parameter's key, lowercased, and its value without
+// quotes and, for an RFC 2231 extended value (key*), without its charset and
+// language: what tells an empty filename.
+func splitParam(kv string) (key, value string) {
+	key, value, _ = strings.Cut(kv, "=")
+	key = strings.ToLower(strings.TrimSpace(key))
+	value = strings.TrimSpace(value)
+	if len(value) >= 2 && value[0] == '"' {
+		value = value[1 : len(value)-1]
+	}
+	if strings.HasSuffix(key, "*") {
+		if _, rest, ok := strings.Cut(value, "'"); ok {
+			if _, rest, ok = strings.Cut(rest, "'"); ok {
+				value = rest
+			}
+		}
+	}
+	return key, value
+}
+
+// isFilenameParam reports whether key is filename, filename* or one of its
+// RFC 2231 continuations (filename*0, filename*1*…).
+func isFilenameParam(key string) bool {
+	return key == "filename" || strings.HasPrefix(key, "filename*")
+}
+
+// identityEncoding reports whether a part's Content-Transfer-Encoding names
+// no encoding (RFC 2045: the data is as it is). Apache HttpClient 4 sends
+// binary on every part; the header is forwarded as it came.
+func identityEncoding(cte string) bool {
+	switch strings.ToLower(strings.TrimSpace(cte)) {
+	case "binary", "8bit", "7bit":
+		return true
+	}
+	return false
+}
+
+// forwardable refuses a part whose name cannot be written into a part header:
+// one with a control character, which only RFC 2231's name*= can carry, and
+// which would end the header line (CR, LF) or make the backend's parser
+// refuse the header. Other parameters go as they came (disposition).
+func (p *formPart) forwardable() error {
+	if strings.ContainsFunc(p.Field, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) {
+		e := malformed(fmt.Errorf("part %d: a name with a control character cannot be forwarded", p.Index))
+		e.Part = p.ref()
+		return e
 	}
 	return nil
 }

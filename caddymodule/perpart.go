@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -103,8 +102,9 @@ func (h *Handler) servePerPart(u *upload) error {
 }
 
 // partHeader is what a per_part request says of its part: the part's own
-// Content-Type, a Content-Disposition naming field and file, and the same
-// again in X-Stream-Proxy-* fields (the filename percent-encoded).
+// Content-Type, its Content-Disposition with the filename parameters the
+// client sent (formPart.disposition), and field and filename again in
+// X-Stream-Proxy-* fields (the filename percent-encoded).
 func partHeader(p *formPart) http.Header {
 	ct := p.ContentType
 	if ct == "" {
@@ -112,7 +112,7 @@ func partHeader(p *formPart) http.Header {
 	}
 	return http.Header{
 		"Content-Type":        {ct},
-		"Content-Disposition": {mime.FormatMediaType("form-data", map[string]string{"name": p.Field, "filename": p.Filename})},
+		"Content-Disposition": {p.disposition()},
 		headerPartField:       {p.Field},
 		headerPartName:        {url.PathEscape(p.Filename)},
 		headerPartIndex:       {strconv.Itoa(p.Index)},
