@@ -51,6 +51,7 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 	w.sent = time.Now()
 
 	stop := make(chan struct{})
+	u.body.stop = stop
 	done := make(chan error, 1)
 	go func() {
 		var err error
@@ -73,13 +74,13 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 
 	if w.status != 0 && !body.ended.Load() {
 		// The backend answered before it took the whole body. The client
-		// gets the answer now; the producer's next write fails, which is
-		// when the client's next bytes arrive.
+		// gets the answer now; the producer's next read or write fails.
 		_ = http.NewResponseController(w).Flush()
 	}
 	close(stop)
 	pipe.CloseRead(errBackendAnswered)
 	perr := <-done
+	u.body.stop = nil // the next part's header is read on this goroutine
 	if w.linger {
 		u.linger()
 	}

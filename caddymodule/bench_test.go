@@ -25,15 +25,16 @@ func forwardTo(u *upload, w io.Writer) error {
 	out := getWriter()
 	defer putWriter(out)
 	out.Reset(w)
-	defer u.flushBeforeReads(out)()
-	mw := multipart.NewWriter(out)
+	bw := newIdleFlusher(out)
+	defer u.flushWhenIdle(bw)()
+	mw := multipart.NewWriter(bw)
 	if err := u.forward(form, mw); err != nil {
 		return err
 	}
 	if err := mw.Close(); err != nil {
 		return err
 	}
-	return out.Flush()
+	return bw.Flush()
 }
 
 // BenchmarkForwardPath measures the forward data path without a network: the

@@ -1,7 +1,6 @@
 package streamproxy
 
 import (
-	"bufio"
 	"encoding/hex"
 	"io"
 	"mime/multipart"
@@ -26,18 +25,19 @@ func (h *Handler) serveForward(u *upload) error {
 func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer) error) *uploadError {
 	out := getWriter()
 	defer putWriter(out)
-	mw := multipart.NewWriter(out)
+	bw := newIdleFlusher(out)
+	mw := multipart.NewWriter(bw)
 	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
 	return u.roundTrip(w, header, func(body io.Writer) error {
 		out.Reset(body)
-		defer u.flushBeforeReads(out)()
+		defer u.flushWhenIdle(bw)()
 		if err := write(mw); err != nil {
 			return err
 		}
 		if err := mw.Close(); err != nil {
 			return err
 		}
-		return out.Flush()
+		return bw.Flush()
 	})
 }
 
@@ -101,19 +101,13 @@ func writeDigestFields(mw *multipart.Writer, p *formPart) error {
 	return nil
 }
 
-// flushBeforeReads makes every read from the client's connection first send
-// what is buffered for the backend: the backend gets each byte as soon as the
-// client has sent it, in writes as large as the client's reads allow. It
-// returns the function that ends this.
-func (u *upload) flushBeforeReads(out *bufio.Writer) (stop func()) {
-	u.body.flush = func() error {
-		if out.Buffered() == 0 {
-			return nil
-		}
-		if err := out.Flush(); err != nil {
-			return writeError{err}
-		}
-		return nil
+// flushWhenIdle hands f the client's reads, so that it sends what it holds
+// for the backend once the client pauses. It returns the function that ends
+// this, which returns once f's timer can no longer flush.
+func (u *upload) flushWhenIdle(f *idleFlusher) (stop func()) {
+	u.body.idle = f
+	return func() {
+		u.body.idle = nil
+		f.end()
 	}
-	return func() { u.body.flush = nil }
 }

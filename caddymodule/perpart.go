@@ -74,11 +74,12 @@ func (h *Handler) servePerPart(u *upload) error {
 		answer := u.keepAnswer()
 		uerr := u.roundTrip(answer, partHeader(p), func(w io.Writer) error {
 			out.Reset(w)
-			defer u.flushBeforeReads(out)()
-			if err := u.copyPart(out, p); err != nil {
+			bw := newIdleFlusher(out)
+			defer u.flushWhenIdle(bw)()
+			if err := u.copyPart(bw, p); err != nil {
 				return err
 			}
-			return out.Flush()
+			return bw.Flush()
 		})
 		if uerr != nil {
 			results = append(results, newPartResult(p))

@@ -1,8 +1,10 @@
 package streamproxy
 
 import (
+	"bufio"
 	"io"
 	"sync"
+	"time"
 )
 
 // handoff is a synchronous in-memory pipe, like io.Pipe, for a writer whose
@@ -95,4 +97,90 @@ func (p *handoff) CloseRead(err error) {
 	}
 	p.cond.Broadcast()
 	p.mu.Unlock()
+}
+
+// flushDelay is how long the client may pause before what is buffered for the
+// backend is sent on without waiting for more.
+const flushDelay = 2 * time.Millisecond
+
+// idleFlusher buffers what goes to the backend in out, and sends it on when
+// out is full, when flushed, or once the client has sent nothing for
+// flushDelay: while the client keeps sending, part data leaves in writes as
+// large as out, whatever the size of the client's reads (a TLS record each);
+// when it pauses, the backend still has every byte within milliseconds.
+// The producer writes; the timer's flush runs on a goroutine of its own, and
+// always has ended once end has returned.
+type idleFlusher struct {
+	mu    sync.Mutex // held while out is written or flushed
+	out   *bufio.Writer
+	err   error // a flush on the timer failed; the producer's next write returns it
+	timer *time.Timer
+	delay time.Duration
+	armed bool           // the producer's: the timer is set
+	runs  sync.WaitGroup // a set timer not yet stopped, or its flush
+}
+
+func newIdleFlusher(out *bufio.Writer) *idleFlusher {
+	f := &idleFlusher{out: out, delay: flushDelay}
+	f.timer = time.AfterFunc(time.Hour, f.fire)
+	f.timer.Stop()
+	return f
+}
+
+func (f *idleFlusher) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return 0, f.err
+	}
+	return f.out.Write(p)
+}
+
+// Flush sends what is buffered now.
+func (f *idleFlusher) Flush() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return f.err
+	}
+	return f.out.Flush()
+}
+
+// beforeRead sets the timer, when something waits in out, before a read from
+// the client that may block; afterRead stops it.
+func (f *idleFlusher) beforeRead() {
+	f.mu.Lock()
+	pending := f.out.Buffered() > 0
+	f.mu.Unlock()
+	if pending {
+		f.runs.Add(1)
+		f.armed = true
+		f.timer.Reset(f.delay)
+	}
+}
+
+func (f *idleFlusher) afterRead() {
+	if f.armed {
+		f.armed = false
+		if f.timer.Stop() {
+			f.runs.Done() // it will not run
+		}
+	}
+}
+
+func (f *idleFlusher) fire() {
+	defer f.runs.Done()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err == nil && f.out.Buffered() > 0 {
+		if err := f.out.Flush(); err != nil {
+			f.err = writeError{err}
+		}
+	}
+}
+
+// end stops the timer and waits for a flush under way.
+func (f *idleFlusher) end() {
+	f.afterRead()
+	f.runs.Wait()
 }

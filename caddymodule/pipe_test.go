@@ -1,6 +1,7 @@
 package streamproxy
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -91,5 +92,57 @@ func TestHandoffEnds(t *testing.T) {
 	}
 	if _, err := p.Write([]byte("x")); err != io.ErrClosedPipe {
 		t.Fatalf("write after CloseWrite: %v", err)
+	}
+}
+
+// chanWriter reports each write.
+type chanWriter chan []byte
+
+func (c chanWriter) Write(p []byte) (int, error) { c <- append([]byte(nil), p...); return len(p), nil }
+
+func TestIdleFlusherSendsWhenTheClientPauses(t *testing.T) {
+	dst := make(chanWriter, 4)
+	f := newIdleFlusher(bufio.NewWriterSize(dst, writerSize))
+	defer f.end()
+	if _, err := f.Write(bytes.Repeat([]byte("x"), 1000)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	f.beforeRead()
+	select {
+	case p := <-dst:
+		if len(p) != 1000 {
+			t.Fatalf("sent %d bytes, want 1000", len(p))
+		}
+		t.Logf("sent %v after the read began", time.Since(start))
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing sent while the client paused")
+	}
+	f.afterRead()
+}
+
+func TestIdleFlusherFillsWrites(t *testing.T) {
+	dst := make(chanWriter, 8)
+	f := newIdleFlusher(bufio.NewWriterSize(dst, writerSize))
+	f.delay = time.Hour                         // a client that never pauses
+	record := bytes.Repeat([]byte("r"), 16<<10) // a TLS record's worth per client read
+	for range 4 {
+		f.beforeRead()
+		f.afterRead()
+		if _, err := f.Write(record); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f.end()
+	close(dst)
+	var sizes []int
+	for p := range dst {
+		sizes = append(sizes, len(p))
+	}
+	if len(sizes) != 2 || sizes[0] != 32<<10 || sizes[1] != 32<<10 {
+		t.Fatalf("writes of %v bytes, want two of 32 KiB", sizes)
 	}
 }

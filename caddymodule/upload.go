@@ -64,9 +64,11 @@ func releaseBufs(s *bufSet) {
 }
 
 // writerSize is the size of the buffered writers in front of a backend
-// request or a stored file. They gather part headers and small fields into
-// one write; a run of part data larger than them is written past them.
-const writerSize = 16 << 10
+// request or a stored file: that of the HTTP transport's copy buffer, so that
+// each of its reads takes a whole write. They gather part headers, small
+// fields and small client reads into one write; a run of part data larger
+// than them is written past them.
+const writerSize = 32 << 10
 
 var (
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writerSize) }}
@@ -350,18 +352,25 @@ func (u *upload) linger() {
 // clientBody counts the client's body and enforces max_body_size while it
 // streams. A failure to read is marked as the client's.
 type clientBody struct {
-	r     io.Reader
-	n     atomic.Int64 // read by the admin API while the upload runs
-	max   int64
-	eof   atomic.Bool  // the body was read to its end
-	flush func() error // if set, called before each read (see flushBeforeReads)
+	r    io.Reader
+	n    atomic.Int64 // read by the admin API while the upload runs
+	max  int64
+	eof  atomic.Bool  // the body was read to its end
+	idle *idleFlusher // if set, told of each read (see flushWhenIdle)
+	// stop, once closed, fails reads: the backend request the body goes to
+	// has ended (answered early or failed), so nothing read would go anywhere.
+	stop <-chan struct{}
 }
 
 func (c *clientBody) Read(p []byte) (int, error) {
-	if c.flush != nil {
-		if err := c.flush(); err != nil {
-			return 0, err
-		}
+	select {
+	case <-c.stop:
+		return 0, writeError{errBackendAnswered}
+	default:
+	}
+	if c.idle != nil {
+		c.idle.beforeRead()
+		defer c.idle.afterRead()
 	}
 	if c.n.Load() >= c.max {
 		// Allow one more byte through to tell "exactly max" from "over".
