@@ -63,7 +63,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				allow_types audio/* application/json
 				hash sha256 crc32c
 			}`,
-			want: `{"mode":"store","store":{"root":"/var/uploads","file_mode":"0600","layout":"flat"},` +
+			want: `{"mode":"store","store":{"file_mode":"0600","layout":"flat","module":"file","root":"/var/uploads"},` +
 				`"allow_fields":["audio","meta"],"allow_types":["audio/*","application/json"],"hash":["sha256","crc32c"]}`,
 		},
 		{name: "unknown store option", input: "stream_proxy {\n store /x {\n owner me\n }\n}", err: "unrecognized store option owner"},

@@ -83,9 +83,11 @@ type Handler struct {
 	// Mode is one of `forward`, `per_part` or `store`. Default: `forward`.
 	Mode string `json:"mode,omitempty"`
 
-	// Store configures where store mode writes file parts. Required in store
-	// mode, refused in the others.
-	Store *StoreConfig `json:"store,omitempty"`
+	// StoreRaw is where store mode writes file parts: a module of the
+	// `http.handlers.stream_proxy.stores` namespace, `file` (a directory) or
+	// `s3` (S3-compatible object storage). Required in store mode, refused
+	// in the others.
+	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.stream_proxy.stores inline_key=module"`
 
 	// TransportRaw configures the round trip to the backend. It takes the same
 	// modules as reverse_proxy's transport; default: the `http` transport with
@@ -133,7 +135,7 @@ type Handler struct {
 	Hash []string `json:"hash,omitempty"`
 
 	transport http.RoundTripper
-	store     *store
+	store     Store
 	logger    *zap.Logger
 }
 
@@ -193,11 +195,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.transport = mod.(http.RoundTripper)
 
-	if h.Store != nil {
-		h.store, err = openStore(h.Store)
+	if h.StoreRaw != nil && h.Mode == ModeStore { // in other modes Validate refuses it: nothing to open
+		mod, err := ctx.LoadModule(h, "StoreRaw")
 		if err != nil {
-			return fmt.Errorf("store: %w", err)
+			return fmt.Errorf("loading store: %w", err)
 		}
+		h.store = mod.(Store)
 	}
 	return nil
 }
@@ -209,12 +212,15 @@ func (h *Handler) Validate() error {
 		if h.To == "" {
 			return fmt.Errorf("mode %s needs a backend: set to", h.Mode)
 		}
-		if h.Store != nil {
+		if h.StoreRaw != nil {
 			return fmt.Errorf("store is for mode store, not %s", h.Mode)
 		}
 	case ModeStore:
-		if h.Store == nil || h.Store.Root == "" {
-			return fmt.Errorf("mode store needs a directory: set store")
+		if h.store == nil {
+			return fmt.Errorf("mode store needs a store: set store")
+		}
+		if l, ok := h.store.(partLimiter); ok && h.MaxPartSize > l.maxFileSize() {
+			return fmt.Errorf("max_part_size %d is larger than the store can take (%d): lower it or raise the store's part_size", h.MaxPartSize, l.maxFileSize())
 		}
 	default:
 		return fmt.Errorf("unknown mode %q (want forward, per_part or store)", h.Mode)
@@ -253,14 +259,12 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases the backend transport's idle connections and the store.
+// Cleanup releases the backend transport's idle connections; the store, a
+// module, is cleaned up by Caddy.
 func (h *Handler) Cleanup() error {
 	var errs []error
 	if c, ok := h.transport.(caddy.CleanerUpper); ok {
 		errs = append(errs, c.Cleanup())
-	}
-	if h.store != nil {
-		errs = append(errs, h.store.close())
 	}
 	return errors.Join(errs...)
 }
