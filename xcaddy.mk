@@ -3,7 +3,8 @@
 #   make -f xcaddy.mk run     the example gateway (Caddyfile.example) and its demo backend
 #   make -f xcaddy.mk test    vet, every test, and checks of the xcaddy-built binary
 #
-# xcaddy is installed into ./bin at a pinned version; nothing else is needed
+# xcaddy and versitygw (the S3 server of the tests) are installed into ./bin at
+# pinned versions; nothing else is needed
 # but Go, make and access to the Go module proxy.
 
 SHELL          := /bin/bash
@@ -11,19 +12,28 @@ SHELL          := /bin/bash
 MODULE         := github.com/streamproxy/caddy-stream-proxy
 CADDY_VERSION  ?= v2.11.9
 XCADDY_VERSION ?= v0.4.5
+VERSITYGW_VERSION ?= v1.8.0
 BIN            := $(CURDIR)/bin
 XCADDY         := $(BIN)/xcaddy
 CADDY          := $(BIN)/caddy
 UPLOADBENCH    := $(BIN)/uploadbench
+VERSITYGW      := $(BIN)/versitygw
 DEMO_BACKEND   ?= 127.0.0.1:9001
 BENCH_SIZE     ?= 2GiB
 BENCH_RUNS     ?= 5
 FUZZTIME       ?= 10s
 
-.PHONY: build run test unit integration check-binary bench rss concurrent gobench fuzz adapt list-modules clean
+.PHONY: build run test unit integration check-binary bench rss concurrent gobench fuzz adapt list-modules clean versitygw
 
 $(XCADDY):
 	GOBIN=$(BIN) go install github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION)
+
+# versitygw, a real S3 server, for the S3 store's tests and benchmark.
+$(VERSITYGW):
+	GOBIN=$(BIN) go install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+
+## versitygw: the S3 server the tests run, at bin/versitygw
+versitygw: $(VERSITYGW)
 
 # The module is not published, so the lookup of its package path that xcaddy's
 # `go get` makes must end in "not found"; some module proxies refuse (403)
@@ -49,10 +59,10 @@ run: build $(UPLOADBENCH)
 ## test: everything CI runs
 test: unit check-binary
 
-unit:
+unit: $(VERSITYGW)
 	test -z "$$(gofmt -l caddymodule cmd integration)" || { gofmt -l caddymodule cmd integration; exit 1; }
 	go vet ./...
-	go test -count=1 -timeout 20m ./...
+	SP_VERSITYGW=$(VERSITYGW) go test -count=1 -timeout 20m ./...
 
 ## check-binary: the xcaddy build lists the module and adapts the example
 check-binary: build
