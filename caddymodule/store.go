@@ -6,6 +6,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strconv"
+	"time"
 )
 
 // storing is one upload's files in store mode.
@@ -67,7 +68,10 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 			return asStoreError(err)
 		}
 		fw.Reset(sf)
-		if err := u.copyPart(fw, p); err != nil {
+		stop := st.boundIdle()
+		err = u.copyPart(fw, p)
+		stop()
+		if err != nil {
 			return asStoreError(err)
 		}
 		if err := fw.Flush(); err != nil {
@@ -87,6 +91,32 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 				return err
 			}
 		}
+	}
+}
+
+// boundIdle, for a store that holds a scarce buffer while a file arrives,
+// gives each read from the client the store's idle bound, so that a client
+// that stalls mid-file lets the buffer go (408, client_timeout). It returns
+// the function that ends this.
+func (st *storing) boundIdle() (stop func()) {
+	ib, ok := st.u.h.store.(idleBounder)
+	if !ok {
+		return func() {}
+	}
+	d := ib.idleBound()
+	rc := http.NewResponseController(st.u.w)
+	body := st.u.body
+	prev := body.flush
+	body.flush = func() error {
+		_ = rc.SetReadDeadline(time.Now().Add(d)) // where unsupported, the server's own timeouts bound it
+		if prev != nil {
+			return prev()
+		}
+		return nil
+	}
+	return func() {
+		body.flush = prev
+		_ = rc.SetReadDeadline(time.Time{})
 	}
 }
 

@@ -46,6 +46,9 @@ const (
 	// s3OpTimeout bounds each call to S3, so that a stalled server fails the
 	// upload instead of holding it.
 	s3OpTimeout = 2 * time.Minute
+	// s3ClientIdle bounds how long a client that holds a part buffer may
+	// send nothing.
+	s3ClientIdle = time.Minute
 	// s3CleanupTimeout bounds the aborts and deletes after a failure.
 	s3CleanupTimeout = 30 * time.Second
 )
@@ -274,6 +277,8 @@ func (s *S3Store) Cleanup() error {
 }
 
 func (s *S3Store) maxFileSize() int64 { return s.PartSize * maxS3Parts }
+
+func (s *S3Store) idleBound() time.Duration { return s3ClientIdle }
 
 // bufferPool is a fixed number of part buffers, allocated on first use.
 type bufferPool struct {
@@ -592,6 +597,7 @@ func (b *s3Batch) failure(err error) *uploadError {
 var (
 	_ Store                 = (*S3Store)(nil)
 	_ partLimiter           = (*S3Store)(nil)
+	_ idleBounder           = (*S3Store)(nil)
 	_ caddy.Provisioner     = (*S3Store)(nil)
 	_ caddy.Validator       = (*S3Store)(nil)
 	_ caddy.CleanerUpper    = (*S3Store)(nil)

@@ -3,6 +3,7 @@ package streamproxy
 import (
 	"context"
 	"io"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -70,4 +71,10 @@ type Location struct {
 // some size, so that Validate can refuse a max_part_size they can't reach.
 type partLimiter interface {
 	maxFileSize() int64
+}
+
+// idleBounder is implemented by stores that hold a scarce buffer while a
+// file arrives: each read from the client then gets idleBound to return.
+type idleBounder interface {
+	idleBound() time.Duration
 }
