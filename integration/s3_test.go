@@ -657,3 +657,59 @@ func inFlight(t *testing.T, n int) []struct {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Row 37: the part buffers are one pool per handler. While S3 takes no part,
+// uploads read no more from their clients than the pool holds, and go on
+// once S3 does.
+func TestS3StoreBackpressure(t *testing.T) {
+	s := startS3(t)
+	release := make(chan struct{})
+	var held atomic.Int32
+	target, _ := url.Parse(s.endpoint)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && r.URL.Query().Has("partNumber") {
+			held.Add(1)
+			<-release
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(proxy.Close)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
+	mode store
+	%s
+}`, strings.Replace(s.site(t, proxy.URL, ""), "max_buffers 8", "max_buffers 2", 1)))
+
+	c := newClient(t)
+	const uploads, size = 3, 24 << 20
+	var wg sync.WaitGroup
+	for i := range uploads {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, body := postForm(t, c, gatewayURL+"/upload", []formPart{{field: "f", filename: "f.bin", size: size, seed: uint64(i)}}, false)
+			if res.StatusCode != http.StatusCreated {
+				t.Errorf("upload %d: status %d: %s", i, res.StatusCode, body)
+			}
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for held.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // time enough to read on, if the gateway did
+	list := inFlight(t, uploads)
+	var read int64
+	for _, u := range list {
+		read += u.Bytes
+	}
+	// Two buffers' worth, plus each upload's read buffer (512 KiB) and header.
+	if limit := int64(2*s3PartSize + uploads*(1<<20)); read > limit || held.Load() != 2 {
+		t.Errorf("read %d bytes from the clients with parts held (%d), want at most %d", read, held.Load(), limit)
+	}
+	close(release)
+	wg.Wait()
+	if objs := s.objects(t); len(objs) != uploads {
+		t.Errorf("objects %v", objs)
+	}
+}
