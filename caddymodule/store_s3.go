@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -100,7 +101,8 @@ type S3Store struct {
 
 	// MaxBuffers is the number of part buffers shared by every upload of
 	// this handler: the store never holds more than MaxBuffers × PartSize of
-	// part data. Buffers are allocated on first use and kept. Default: 32.
+	// part data. Buffers are allocated when needed and kept, as many as were
+	// ever in use at once. Default: 32.
 	MaxBuffers int `json:"max_buffers,omitempty"`
 
 	client    *s3.Client
@@ -280,34 +282,42 @@ func (s *S3Store) maxFileSize() int64 { return s.PartSize * maxS3Parts }
 
 func (s *S3Store) idleBound() time.Duration { return s3ClientIdle }
 
-// bufferPool is a fixed number of part buffers, allocated on first use.
+// bufferPool is at most n part buffers, allocated when first needed: as
+// many as were ever in use at once.
 type bufferPool struct {
-	size int
-	free chan []byte // one entry per buffer; nil until allocated
+	size  int
+	slots chan struct{} // one token per buffer in use
+	mu    sync.Mutex
+	free  [][]byte // allocated, not in use; reused last in, first out
 }
 
 func newBufferPool(n, size int) *bufferPool {
-	p := &bufferPool{size: size, free: make(chan []byte, n)}
-	for range n {
-		p.free <- nil
-	}
-	return p
+	return &bufferPool{size: size, slots: make(chan struct{}, n)}
 }
 
 // get waits for a free buffer, or for ctx to end.
 func (p *bufferPool) get(ctx context.Context) ([]byte, error) {
 	select {
-	case b := <-p.free:
-		if b == nil {
-			b = make([]byte, 0, p.size)
-		}
-		return b[:0], nil
+	case p.slots <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.free); n > 0 {
+		b := p.free[n-1]
+		p.free = p.free[:n-1]
+		return b, nil
+	}
+	return make([]byte, 0, p.size), nil
 }
 
-func (p *bufferPool) put(b []byte) { p.free <- b[:0] }
+func (p *bufferPool) put(b []byte) {
+	p.mu.Lock()
+	p.free = append(p.free, b[:0])
+	p.mu.Unlock()
+	<-p.slots
+}
 
 // Begin starts one request's files.
 func (s *S3Store) Begin(ctx context.Context, logger *zap.Logger) Batch {
@@ -458,7 +468,7 @@ func (f *s3File) send() error {
 			Body:              bytes.NewReader(buf),
 			ContentLength:     aws.Int64(int64(len(buf))),
 			ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
-		})
+		}, unsignedPayload)
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		if err != nil {
@@ -502,6 +512,13 @@ func (f *s3File) create() error {
 	}
 	f.uploadID = aws.ToString(out.UploadId)
 	return nil
+}
+
+// unsignedPayload leaves a part's SHA-256 out of its signature: the part's
+// CRC32C, which the server checks, already covers its bytes, and hashing
+// every byte once more costs more CPU than all the rest of the way.
+func unsignedPayload(o *s3.Options) {
+	o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
 }
 
 func (f *s3File) failed() error {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
@@ -179,6 +180,8 @@ func (t *s3Target) putMultipart(ctx context.Context, key string, r io.Reader, bu
 			out, err := t.client.UploadPart(ctx, &s3.UploadPartInput{
 				Bucket: aws.String(s3Bucket), Key: aws.String(key), UploadId: up.UploadId, PartNumber: aws.Int32(num),
 				Body: bytes.NewReader(buf[:n]), ContentLength: aws.Int64(int64(n)), ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
+			}, func(o *s3.Options) { // as the gateway: the part's CRC32C, no SHA-256 in the signature
+				o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
 			})
 			mu.Lock()
 			defer mu.Unlock()
