@@ -23,7 +23,7 @@ BENCH_SIZE     ?= 2GiB
 BENCH_RUNS     ?= 5
 FUZZTIME       ?= 10s
 
-.PHONY: build run test unit integration check-binary bench rss concurrent gobench fuzz adapt list-modules clean versitygw
+.PHONY: build run test unit integration check-binary bench rss concurrent s3-concurrent gobench fuzz adapt list-modules clean versitygw
 
 $(XCADDY):
 	GOBIN=$(BIN) go install github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION)
@@ -90,6 +90,23 @@ concurrent: build $(UPLOADBENCH)
 	sleep 2; \
 	$(UPLOADBENCH) upload -url http://127.0.0.1:18080/up -size $(CONCURRENT_SIZE) -files 1 -concurrency $(CONCURRENCY) -verify | grep -E "^(aggregate|uploadbench)"; \
 	grep VmHWM /proc/$$gateway/status
+
+## s3-concurrent: S3_CONCURRENCY uploads of S3_CONCURRENT_SIZE at once through stream_proxy
+## (store s3, part_size 8MiB, max_buffers S3_BUFFERS) into versitygw, then the gateway's peak
+## RSS (VmHWM) beside max_buffers x part_size + 100MiB; loopback only, ports 18081 and 19070
+S3_CONCURRENCY     ?= 64
+S3_CONCURRENT_SIZE ?= 256MiB
+S3_BUFFERS         ?= 32
+s3-concurrent: build $(UPLOADBENCH) $(VERSITYGW)
+	rm -rf $(BIN)/s3-root && mkdir -p $(BIN)/s3-root/bench
+	printf '{\n\tadmin off\n}\nhttp://127.0.0.1:18081 {\n\tstream_proxy {\n\t\tmode store\n\t\tstore s3 {\n\t\t\tbucket bench\n\t\t\tendpoint http://127.0.0.1:19070\n\t\t\tuse_path_style\n\t\t\taccess_key_id bench\n\t\t\tsecret_access_key bench-secret\n\t\t\tpart_size 8MiB\n\t\t\tmax_buffers $(S3_BUFFERS)\n\t\t}\n\t}\n}\n' > $(BIN)/s3.Caddyfile
+	ROOT_ACCESS_KEY=bench ROOT_SECRET_KEY=bench-secret $(VERSITYGW) --port 127.0.0.1:19070 posix $(BIN)/s3-root >/dev/null 2>&1 & s3=$$!; \
+	$(CADDY) run --config $(BIN)/s3.Caddyfile --adapter caddyfile >/dev/null 2>&1 & gateway=$$!; \
+	trap 'kill $$s3 $$gateway 2>/dev/null; rm -rf $(BIN)/s3-root' EXIT INT TERM; \
+	sleep 2; \
+	$(UPLOADBENCH) upload -url http://127.0.0.1:18081/up -size $(S3_CONCURRENT_SIZE) -files 1 -concurrency $(S3_CONCURRENCY) | grep -E "^(aggregate|uploadbench)"; \
+	grep VmHWM /proc/$$gateway/status; \
+	echo "bound: $(S3_BUFFERS) x 8MiB + 100MiB = $$(( $(S3_BUFFERS) * 8 + 100 )) MiB"
 
 ## gobench: Go benchmarks of the hot path
 gobench:

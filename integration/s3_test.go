@@ -1,5 +1,8 @@
 package integration
 
+// Store mode into S3-compatible object storage, against a real S3 server
+// (versitygw): the rows of EDGE_CASES.md about S3 (21 in S3, 34 to 37).
+
 import (
 	"context"
 	"crypto/sha256"
