@@ -354,7 +354,8 @@ type s3File struct {
 	parts []types.CompletedPart
 	err   error
 
-	completed bool
+	completing bool // CompleteMultipartUpload was called
+	completed  bool // and succeeded
 }
 
 // Create checks, for the request's first file, that the bucket answers, so
@@ -535,7 +536,10 @@ func (b *s3Batch) Commit() error {
 			continue
 		}
 		slices.SortFunc(f.parts, func(x, y types.CompletedPart) int { return int(*x.PartNumber - *y.PartNumber) })
-		ctx, cancel := context.WithTimeout(b.ctx, s3OpTimeout)
+		// Not cancelled with the request: a completion must be known, to
+		// be undone; one whose answer was lost is deleted on Discard.
+		f.completing = true
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(b.ctx), s3OpTimeout)
 		_, err := b.s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
 			Bucket:          aws.String(b.s.Bucket),
 			Key:             aws.String(f.key),
@@ -565,12 +569,16 @@ func (b *s3Batch) Discard() {
 			f.buf = nil
 		}
 		var err error
-		switch {
-		case f.completed:
-			_, err = b.s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(b.s.Bucket), Key: aws.String(f.key)})
-		case f.uploadID != "":
+		if f.uploadID != "" && !f.completed {
 			_, err = b.s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{
 				Bucket: aws.String(b.s.Bucket), Key: aws.String(f.key), UploadId: aws.String(f.uploadID)})
+			if f.completing && errors.As(err, new(*types.NoSuchUpload)) {
+				err = nil // completed after all: deleted below
+			}
+		}
+		if f.completing {
+			_, derr := b.s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(b.s.Bucket), Key: aws.String(f.key)})
+			err = errors.Join(err, derr)
 		}
 		if err != nil {
 			b.logger.Error("removing from s3", zap.String("bucket", b.s.Bucket), zap.String("key", f.key), zap.Error(err))
