@@ -304,8 +304,18 @@ func newBufferPool(n, size int) *bufferPool {
 func (p *bufferPool) get(ctx context.Context) ([]byte, error) {
 	select {
 	case p.slots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	default:
+		if metrics.bufWaits != nil {
+			metrics.bufWaits.Inc()
+		}
+		select {
+		case p.slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if metrics.bufInUse != nil {
+		metrics.bufInUse.Inc()
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -326,6 +336,9 @@ func (p *bufferPool) put(b []byte) {
 	}
 	p.mu.Unlock()
 	<-p.slots
+	if metrics.bufInUse != nil {
+		metrics.bufInUse.Dec()
+	}
 }
 
 // close hands the pool's idle buffers, and those still in use when they come

@@ -710,8 +710,14 @@ func TestS3StoreBackpressure(t *testing.T) {
 	if limit := int64(2*s3PartSize + uploads*(1<<20)); read > limit || held.Load() != 2 {
 		t.Errorf("read %d bytes from the clients with parts held (%d), want at most %d", read, held.Load(), limit)
 	}
+	if in, waits := metricValue(t, "caddy_stream_proxy_store_buffers_in_use"), metricValue(t, "caddy_stream_proxy_store_buffer_waits_total"); in != 2 || waits < 1 {
+		t.Errorf("metrics: %v buffers in use, %v waits; want 2 and at least 1", in, waits)
+	}
 	close(release)
 	wg.Wait()
+	if in := metricValue(t, "caddy_stream_proxy_store_buffers_in_use"); in != 0 {
+		t.Errorf("metrics: %v buffers in use once done", in)
+	}
 	if objs := s.objects(t); len(objs) != uploads {
 		t.Errorf("objects %v", objs)
 	}
