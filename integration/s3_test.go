@@ -591,17 +591,25 @@ func TestS3StoreHostileFilenames(t *testing.T) {
 }
 
 // Two handlers, each with its own buffer pool, as two gateway instances
-// would be, write into one bucket at once.
+// would be, write into one bucket at once; the second one takes its
+// credentials from the AWS SDK's default chain (the environment).
 func TestS3StoreTwoGateways(t *testing.T) {
 	s := startS3(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", s3Key)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", s3Secret)
 	startGateway(t, fmt.Sprintf(`stream_proxy /one* {
 	mode store
 	%s
 }
 stream_proxy /two* {
 	mode store
-	%s
-}`, s.site(t, s.endpoint, ""), s.site(t, s.endpoint, "")))
+	store s3 {
+		bucket %s
+		endpoint %s
+		use_path_style
+		part_size 5MiB
+	}
+}`, s.site(t, s.endpoint, ""), s3Bucket, s.endpoint))
 	c := newClient(t)
 	var wg sync.WaitGroup
 	keys := make([][]string, 4)
