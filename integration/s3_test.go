@@ -585,7 +585,27 @@ func TestS3StoreHostileFilenames(t *testing.T) {
 			t.Errorf("part %d: filename metadata %q, want %q", i, meta["filename"], names[i])
 		}
 	}
-	if objs := s.objects(t); len(objs) != len(names) {
+	// filename* (RFC 2231) is the only way a NUL reaches a filename.
+	for raw, want := range map[string]string{"%2e%2e%2fescape": "../escape", "a%00b": "a\x00b"} {
+		req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/upload", strings.NewReader(
+			"--b\r\nContent-Disposition: form-data; name=\"f\"; filename*=UTF-8''"+raw+"\r\n\r\ndata\r\n--b--\r\n"))
+		req.Header.Set("Content-Type", "multipart/form-data; boundary=b")
+		res, err := newClient(t).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		var a s3Answer
+		if res.StatusCode != http.StatusCreated || json.Unmarshal(body, &a) != nil || len(a.Parts) != 1 || !keyPattern.MatchString(a.Parts[0].Key) {
+			t.Fatalf("filename*=UTF-8''%s: %d %s", raw, res.StatusCode, body)
+		}
+		_, _, meta := s.object(t, a.Parts[0].Key)
+		if name, _ := url.PathUnescape(meta["filename"]); name != want {
+			t.Errorf("filename*=UTF-8''%s: metadata %q", raw, meta["filename"])
+		}
+	}
+	if objs := s.objects(t); len(objs) != len(names)+2 {
 		t.Errorf("objects %v", objs)
 	}
 }
