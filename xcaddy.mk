@@ -3,29 +3,38 @@
 #   make -f xcaddy.mk run     the example gateway (Caddyfile.example) and its demo backends
 #   make -f xcaddy.mk test    vet, every test, and checks of the xcaddy-built binary
 #
-# xcaddy is installed into ./bin at a pinned version. The browser test needs
-# Debian's chromium and Node.js: `test` installs them with apt-get where they
-# are missing (as root, as CI runs), and playwright-core (pinned in
-# integration/browser/package-lock.json) with npm ci.
+# xcaddy and versitygw (the S3 server of the tests) are installed into ./bin at
+# pinned versions. The browser test needs Debian's chromium and Node.js: `test`
+# installs them with apt-get where they are missing (as root, as CI runs), and
+# playwright-core (pinned in integration/browser/package-lock.json) with npm ci.
 
 SHELL          := /bin/bash
 .SHELLFLAGS    := -eu -o pipefail -c
 MODULE         := github.com/streamproxy/caddy-stream-proxy
 CADDY_VERSION  ?= v2.11.9
 XCADDY_VERSION ?= v0.4.5
+VERSITYGW_VERSION ?= v1.8.0
 BIN            := $(CURDIR)/bin
 XCADDY         := $(BIN)/xcaddy
 CADDY          := $(BIN)/caddy
 UPLOADBENCH    := $(BIN)/uploadbench
+VERSITYGW      := $(BIN)/versitygw
 DEMO_BACKENDS  ?= 127.0.0.1:9001 127.0.0.1:9002
 BENCH_SIZE     ?= 2GiB
 BENCH_RUNS     ?= 5
 FUZZTIME       ?= 10s
 
-.PHONY: build run test browser-deps unit integration check-binary bench rss concurrent gobench fuzz adapt list-modules clean
+.PHONY: build run test browser-deps unit integration check-binary bench rss concurrent s3-concurrent gobench fuzz adapt list-modules clean versitygw
 
 $(XCADDY):
 	GOBIN=$(BIN) go install github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION)
+
+# versitygw, a real S3 server, for the S3 store's tests and benchmark.
+$(VERSITYGW):
+	GOBIN=$(BIN) go install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+
+## versitygw: the S3 server the tests run, at bin/versitygw
+versitygw: $(VERSITYGW)
 
 # The module is not published, so the lookup of its package path that xcaddy's
 # `go get` makes must end in "not found"; some module proxies refuse (403)
@@ -60,10 +69,10 @@ browser-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; fi
 	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
-unit:
+unit: $(VERSITYGW)
 	test -z "$$(gofmt -l caddymodule cmd integration)" || { gofmt -l caddymodule cmd integration; exit 1; }
 	go vet ./...
-	go test -count=1 -timeout 20m ./...
+	SP_VERSITYGW=$(VERSITYGW) go test -count=1 -timeout 20m ./...
 
 ## check-binary: the xcaddy build lists the module and adapts the example
 check-binary: build
@@ -91,6 +100,23 @@ concurrent: build $(UPLOADBENCH)
 	sleep 2; \
 	$(UPLOADBENCH) upload -url http://127.0.0.1:18080/up -size $(CONCURRENT_SIZE) -files 1 -concurrency $(CONCURRENCY) -verify | grep -E "^(aggregate|uploadbench)"; \
 	grep VmHWM /proc/$$gateway/status
+
+## s3-concurrent: S3_CONCURRENCY uploads of S3_CONCURRENT_SIZE at once through stream_proxy
+## (store s3, part_size 8MiB, max_buffers S3_BUFFERS) into versitygw, then the gateway's peak
+## RSS (VmHWM) beside max_buffers x part_size + 100MiB; loopback only, ports 18081 and 19070
+S3_CONCURRENCY     ?= 64
+S3_CONCURRENT_SIZE ?= 256MiB
+S3_BUFFERS         ?= 32
+s3-concurrent: build $(UPLOADBENCH) $(VERSITYGW)
+	rm -rf $(BIN)/s3-root && mkdir -p $(BIN)/s3-root/bench
+	printf '{\n\tadmin off\n}\nhttp://127.0.0.1:18081 {\n\tstream_proxy {\n\t\tmode store\n\t\tstore s3 {\n\t\t\tbucket bench\n\t\t\tendpoint http://127.0.0.1:19070\n\t\t\tuse_path_style\n\t\t\taccess_key_id bench\n\t\t\tsecret_access_key bench-secret\n\t\t\tpart_size 8MiB\n\t\t\tmax_buffers $(S3_BUFFERS)\n\t\t}\n\t}\n}\n' > $(BIN)/s3.Caddyfile
+	ROOT_ACCESS_KEY=bench ROOT_SECRET_KEY=bench-secret $(VERSITYGW) --port 127.0.0.1:19070 posix $(BIN)/s3-root >/dev/null 2>&1 & s3=$$!; \
+	$(CADDY) run --config $(BIN)/s3.Caddyfile --adapter caddyfile >/dev/null 2>&1 & gateway=$$!; \
+	trap 'kill $$s3 $$gateway 2>/dev/null; rm -rf $(BIN)/s3-root' EXIT INT TERM; \
+	sleep 2; \
+	$(UPLOADBENCH) upload -url http://127.0.0.1:18081/up -size $(S3_CONCURRENT_SIZE) -files 1 -concurrency $(S3_CONCURRENCY) | grep -E "^(aggregate|uploadbench)"; \
+	grep VmHWM /proc/$$gateway/status; \
+	echo "bound: $(S3_BUFFERS) x 8MiB + 100MiB = $$(( $(S3_BUFFERS) * 8 + 100 )) MiB"
 
 ## gobench: Go benchmarks of the hot path
 gobench:

@@ -1,6 +1,7 @@
 package streamproxy
 
 import (
+	"encoding/json"
 	"math"
 	"strconv"
 	"strings"
@@ -31,10 +32,21 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	stream_proxy [<matcher>] [<upstreams...>] {
 //		to <upstreams...>
 //		mode forward|per_part|store
-//		store <dir> {
+//		store [file] <dir> {
 //			file_mode <octal>
 //			dir_mode <octal>
 //			layout date|flat
+//		}
+//		store s3 {
+//			bucket <name>
+//			prefix <key-prefix>
+//			endpoint <url>
+//			region <region>
+//			use_path_style
+//			access_key_id <id>
+//			secret_access_key <secret>
+//			part_size <size>
+//			max_buffers <n>
 //		}
 //		max_body_size <size>
 //		max_part_size <size>
@@ -96,36 +108,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 
 		case "store":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			if h.Store != nil {
+			if h.StoreRaw != nil {
 				return d.Err("store already specified")
 			}
-			h.Store = &StoreConfig{Root: d.Val()}
-			if d.NextArg() {
-				return d.ArgErr()
+			raw, err := unmarshalStore(d)
+			if err != nil {
+				return err
 			}
-			for d.NextBlock(1) {
-				var dst *string
-				switch d.Val() {
-				case "file_mode":
-					dst = &h.Store.FileMode
-				case "dir_mode":
-					dst = &h.Store.DirMode
-				case "layout":
-					dst = &h.Store.Layout
-				default:
-					return d.Errf("unrecognized store option %s", d.Val())
-				}
-				if !d.NextArg() {
-					return d.ArgErr()
-				}
-				*dst = d.Val()
-				if d.NextArg() {
-					return d.ArgErr()
-				}
-			}
+			h.StoreRaw = raw
 
 		case "allow_fields":
 			h.AllowFields = append(h.AllowFields, d.RemainingArgs()...)
@@ -275,6 +265,25 @@ func (p *proxyTokens) handler() (*reverseproxy.Handler, error) {
 		rp.Rewrite = &rewrite.Rewrite{URI: p.uri}
 	}
 	return rp, nil
+}
+
+// unmarshalStore reads `store <dir>`, `store file <dir> {...}` or
+// `store s3 {...}` into a store module's JSON. A bare directory is the file
+// store's, unless it names a store module; `store ./s3` is a directory.
+func unmarshalStore(d *caddyfile.Dispenser) (json.RawMessage, error) {
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	name := d.Val()
+	if name != "file" && name != "s3" {
+		name = "file"
+		d.Prev() // the module's segment starts at "store", then the directory
+	}
+	unm, err := caddyfile.UnmarshalModule(d, "http.handlers.stream_proxy.stores."+name)
+	if err != nil {
+		return nil, err
+	}
+	return caddyconfig.JSONModuleObject(unm, "module", name, nil), nil
 }
 
 // parseSize reads one size argument such as 10GiB or 512KB.

@@ -114,11 +114,46 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				allow_types audio/* application/json
 				hash sha256 crc32c
 			}`,
-			want: `{"mode":"store","store":{"root":"/var/uploads","file_mode":"0600","layout":"flat"},` +
+			want: `{"mode":"store","store":{"file_mode":"0600","layout":"flat","module":"file","root":"/var/uploads"},` +
 				`"allow_fields":["audio","meta"],"allow_types":["audio/*","application/json"],"hash":["sha256","crc32c"]}`,
 		},
 		{name: "unknown store option", input: "stream_proxy {\n store /x {\n owner me\n }\n}", err: "unrecognized store option owner"},
 		{name: "store twice", input: "stream_proxy {\n store /x\n store /y\n}", err: "store already specified"},
+		{
+			name:  "store file",
+			input: "stream_proxy {\n mode store\n store file /var/up {\n layout flat\n }\n}",
+			want:  `{"mode":"store","store":{"layout":"flat","module":"file","root":"/var/up"}}`,
+		},
+		{
+			name:  "a directory named like nothing else",
+			input: "stream_proxy {\n mode store\n store ./s3\n}",
+			want:  `{"mode":"store","store":{"module":"file","root":"./s3"}}`,
+		},
+		{
+			name: "store s3",
+			input: `stream_proxy {
+				mode store
+				store s3 {
+					bucket uploads
+					prefix in/
+					endpoint http://127.0.0.1:7070
+					region eu-west-3
+					use_path_style
+					access_key_id {env.S3_KEY}
+					secret_access_key {env.S3_SECRET}
+					part_size 16MiB
+					max_buffers 64
+				}
+			}`,
+			want: `{"mode":"store","store":{"access_key_id":"{env.S3_KEY}","bucket":"uploads","endpoint":"http://127.0.0.1:7070",` +
+				`"max_buffers":64,"module":"s3","part_size":16777216,"prefix":"in/","region":"eu-west-3",` +
+				`"secret_access_key":"{env.S3_SECRET}","use_path_style":true}}`,
+		},
+		{name: "store file without dir", input: "stream_proxy {\n store file\n}", err: "wrong argument count"},
+		{name: "store s3 with an argument", input: "stream_proxy {\n store s3 bucket\n}", err: "wrong argument count"},
+		{name: "unknown s3 option", input: "stream_proxy {\n store s3 {\n acl public\n }\n}", err: "unrecognized s3 store option acl"},
+		{name: "bad max_buffers", input: "stream_proxy {\n store s3 {\n max_buffers none\n }\n}", err: "positive whole number"},
+		{name: "use_path_style with a value", input: "stream_proxy {\n store s3 {\n use_path_style yes\n }\n}", err: "wrong argument count"},
 		{name: "unknown hash", input: "stream_proxy http://a:1 {\n hash sha3\n}", err: `unknown hash "sha3"`},
 		{name: "hash twice", input: "stream_proxy http://a:1 {\n hash md5 md5\n}", err: "listed twice"},
 		{name: "hash without names", input: "stream_proxy http://a:1 {\n hash\n}", err: "wrong argument count"},

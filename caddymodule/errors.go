@@ -32,6 +32,9 @@ const (
 	CodeDigestMismatch   = "digest_mismatch"
 	CodeStorageFull      = "insufficient_storage"
 	CodeStoreFailed      = "store_failed"
+	CodeStoreUnavailable = "store_unavailable" // S3 unreachable, failing (5xx) or stalled
+	CodeStoreDenied      = "store_denied"      // S3 refused the gateway's credentials
+	CodeStoreNoBucket    = "store_no_bucket"   // the S3 bucket does not exist
 )
 
 // statusClientClosed is logged when the client went away; nobody reads it.

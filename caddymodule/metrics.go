@@ -20,6 +20,8 @@ var metrics = struct {
 	inFlight    *prometheus.GaugeVec
 	partSeconds *prometheus.HistogramVec
 	backendTTFB *prometheus.HistogramVec
+	bufInUse    prometheus.Gauge   // store s3: part buffers in use
+	bufWaits    prometheus.Counter // store s3: uploads that waited for one
 }{}
 
 // Outcomes of an upload, the `outcome` label.
@@ -70,10 +72,18 @@ func initMetrics(registry *prometheus.Registry) error {
 			Help:    "Time from the start of a backend request to its response header.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}, mode)
+		metrics.bufInUse = prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "store_buffers_in_use",
+			Help: "S3 part buffers in use, all handlers together.",
+		})
+		metrics.bufWaits = prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "store_buffer_waits_total",
+			Help: "Times an S3 upload found no free part buffer and stopped reading from its client until one was.",
+		})
 	})
 	for _, c := range []prometheus.Collector{
 		metrics.uploads, metrics.parts, metrics.received, metrics.sent, metrics.rejections,
-		metrics.inFlight, metrics.partSeconds, metrics.backendTTFB,
+		metrics.inFlight, metrics.partSeconds, metrics.backendTTFB, metrics.bufInUse, metrics.bufWaits,
 	} {
 		if err := registry.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

@@ -1,131 +1,33 @@
 package streamproxy
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"mime/multipart"
 	"net/http"
-	"os"
-	"path"
-	"path/filepath"
 	"strconv"
-	"syscall"
 	"time"
-
-	"go.uber.org/zap"
 )
-
-// StoreConfig says where and how store mode writes file parts.
-type StoreConfig struct {
-	// Root is the directory files are stored under; created if missing. No
-	// file is ever written outside it (os.Root), and no client filename is
-	// ever part of a path.
-	Root string `json:"root,omitempty"`
-
-	// FileMode is the permission of stored files, in octal. Default: 0640.
-	FileMode string `json:"file_mode,omitempty"`
-
-	// DirMode is the permission of directories created in Root, in octal.
-	// Default: 0750.
-	DirMode string `json:"dir_mode,omitempty"`
-
-	// Layout is `date` (files under Root/YYYY/MM/DD/, UTC) or `flat` (files
-	// directly in Root). Default: date.
-	Layout string `json:"layout,omitempty"`
-}
-
-// store is an open StoreConfig.
-type store struct {
-	root     *os.Root
-	dir      string // Root, absolute
-	fileMode os.FileMode
-	dirMode  os.FileMode
-	layout   string
-}
-
-func openStore(c *StoreConfig) (*store, error) {
-	s := &store{fileMode: 0o640, dirMode: 0o750, layout: "date"}
-	for _, m := range []struct {
-		val string
-		dst *os.FileMode
-	}{{c.FileMode, &s.fileMode}, {c.DirMode, &s.dirMode}} {
-		if m.val == "" {
-			continue
-		}
-		n, err := strconv.ParseUint(m.val, 8, 32)
-		if err != nil || n > 0o777 {
-			return nil, fmt.Errorf("mode %q is not an octal permission such as 0640", m.val)
-		}
-		*m.dst = os.FileMode(n)
-	}
-	switch c.Layout {
-	case "", "date":
-	case "flat":
-		s.layout = "flat"
-	default:
-		return nil, fmt.Errorf("unknown layout %q (want date or flat)", c.Layout)
-	}
-	dir, err := filepath.Abs(c.Root)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(dir, s.dirMode); err != nil {
-		return nil, err
-	}
-	s.dir = dir
-	s.root, err = os.OpenRoot(dir)
-	return s, err
-}
-
-func (s *store) close() error { return s.root.Close() }
-
-// storedFile is a file part being written, or written, to the store.
-type storedFile struct {
-	rel       string // final path, relative to the store
-	tmp       string // where it is written until committed
-	f         *os.File
-	committed bool
-}
-
-// create opens a new temporary file under a generated name.
-func (s *store) create() (*storedFile, error) {
-	dir := "."
-	if s.layout == "date" {
-		dir = time.Now().UTC().Format("2006/01/02")
-		if err := s.root.MkdirAll(dir, s.dirMode); err != nil {
-			return nil, err
-		}
-	}
-	var id [16]byte
-	_, _ = rand.Read(id[:]) // never fails (crypto/rand)
-	name := hex.EncodeToString(id[:])
-	sf := &storedFile{rel: path.Join(dir, name), tmp: path.Join(dir, "."+name+".partial")}
-	f, err := s.root.OpenFile(sf.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, s.fileMode)
-	if err != nil {
-		return nil, err
-	}
-	if err := f.Chmod(s.fileMode); err != nil { // whatever the umask
-		f.Close()
-		_ = s.root.Remove(sf.tmp)
-		return nil, err
-	}
-	sf.f = f
-	return sf, nil
-}
 
 // storing is one upload's files in store mode.
 type storing struct {
 	u      *upload
-	s      *store
-	files  []*storedFile
+	batch  Batch
 	parts  []partResult
+	stored []storedPart      // the file parts, for the answer
 	fields map[string]string // kept text fields, without a backend
 }
 
-// receive reads the whole form: file parts go to disk; text fields go to mw
+// storedPart is a stored file part in the JSON answer: the part and where it
+// is. Its fields hide partResult's Path.
+type storedPart struct {
+	partResult
+	Path   string `json:"path,omitempty"`
+	Bucket string `json:"bucket,omitempty"`
+	Key    string `json:"key,omitempty"`
+}
+
+// receive reads the whole form: file parts go to the store; text fields go to mw
 // when there is a backend (with each file's metadata after it), or are kept
 // for the JSON answer when there is none.
 func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
@@ -161,29 +63,55 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 			continue
 		}
 
-		sf, err := st.s.create()
+		sf, err := st.batch.Create(FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType})
 		if err != nil {
-			return storeError(err)
+			return asStoreError(err)
 		}
-		st.files = append(st.files, sf)
-		fw.Reset(fileWriter{sf.f})
-		if err := u.copyPart(fw, p); err != nil {
-			return err
+		fw.Reset(sf)
+		stop := st.boundIdle()
+		err = u.copyPart(fw, p)
+		stop()
+		if err != nil {
+			return asStoreError(err)
 		}
 		if err := fw.Flush(); err != nil {
-			return err
-		}
-		if err := sf.f.Sync(); err != nil {
-			return storeError(err)
+			return asStoreError(err)
 		}
 		r := newPartResult(p)
-		r.Path = sf.rel
+		if err := sf.Finish(FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType,
+			Size: r.Size, Digests: r.Digests}); err != nil {
+			return asStoreError(err)
+		}
+		loc := sf.Location()
+		r.Path = loc.Path
 		st.parts = append(st.parts, r)
+		st.stored = append(st.stored, storedPart{partResult: r, Path: loc.Path, Bucket: loc.Bucket, Key: loc.Key})
 		if mw != nil {
-			if err := st.writeMetadata(mw, r); err != nil {
+			if err := st.writeMetadata(mw, r, loc); err != nil {
 				return err
 			}
 		}
+	}
+}
+
+// boundIdle, for a store that holds a scarce buffer while a file arrives,
+// gives each read from the client the store's idle bound, so that a client
+// that stalls mid-file lets the buffer go (408, client_timeout). It returns
+// the function that ends this.
+func (st *storing) boundIdle() (stop func()) {
+	ib, ok := st.u.h.store.(idleBounder)
+	if !ok {
+		return func() {}
+	}
+	d := ib.idleBound()
+	rc := http.NewResponseController(st.u.w)
+	body := st.u.body
+	body.deadline = func() {
+		_ = rc.SetReadDeadline(time.Now().Add(d)) // where unsupported, the server's own timeouts bound it
+	}
+	return func() {
+		body.deadline = nil
+		_ = rc.SetReadDeadline(time.Time{})
 	}
 }
 
@@ -201,15 +129,21 @@ func (st *storing) keepField(p *formPart) error {
 }
 
 // writeMetadata tells the backend about a stored file, as nginx's upload module
-// does: <field>.name, .content_type, .path (absolute), .size and a field per
-// configured digest.
-func (st *storing) writeMetadata(mw *multipart.Writer, r partResult) error {
+// does: <field>.name, .content_type, where it is (.path, absolute, on disk;
+// .bucket and .key in an object store), .size and a field per configured
+// digest.
+func (st *storing) writeMetadata(mw *multipart.Writer, r partResult, loc Location) error {
 	fields := [][2]string{
 		{".name", *r.Filename},
 		{".content_type", r.ContentType},
-		{".path", filepath.Join(st.s.dir, filepath.FromSlash(r.Path))},
-		{".size", strconv.FormatInt(r.Size, 10)},
 	}
+	if loc.abs != "" {
+		fields = append(fields, [2]string{".path", loc.abs})
+	}
+	if loc.Key != "" {
+		fields = append(fields, [2]string{".bucket", loc.Bucket}, [2]string{".key", loc.Key})
+	}
+	fields = append(fields, [2]string{".size", strconv.FormatInt(r.Size, 10)})
 	for _, name := range st.u.h.Hash {
 		fields = append(fields, [2]string{"." + name, r.Digests[name]})
 	}
@@ -221,51 +155,18 @@ func (st *storing) writeMetadata(mw *multipart.Writer, r partResult) error {
 	return nil
 }
 
-// commit moves every file into place once the whole form has ended cleanly,
-// and makes the renames durable.
+// commit makes every file visible once the whole form has ended cleanly.
 func (st *storing) commit() error {
-	dirs := map[string]bool{}
-	for _, sf := range st.files {
-		if err := sf.f.Close(); err != nil {
-			return storeError(err)
-		}
-		sf.f = nil
-		if err := st.s.root.Rename(sf.tmp, sf.rel); err != nil {
-			return storeError(err)
-		}
-		sf.committed = true
-		dirs[path.Dir(sf.rel)] = true
-	}
-	for dir := range dirs {
-		d, err := st.s.root.Open(dir)
-		if err != nil {
-			return storeError(err)
-		}
-		err = d.Sync()
-		d.Close()
-		if err != nil {
-			return storeError(err)
-		}
+	if err := st.batch.Commit(); err != nil {
+		return asStoreError(err)
 	}
 	return nil
 }
 
 // discard removes every file of the upload, committed or not.
 func (st *storing) discard() {
-	for _, sf := range st.files {
-		if sf.f != nil {
-			sf.f.Close()
-			sf.f = nil
-		}
-		name := sf.tmp
-		if sf.committed {
-			name = sf.rel
-		}
-		if err := st.s.root.Remove(name); err != nil && !errors.Is(err, os.ErrNotExist) {
-			st.u.logger.Error("removing stored file", zap.String("path", name), zap.Error(err))
-		}
-	}
-	st.files = nil
+	st.batch.Discard()
+	st.stored = nil
 	for i := range st.parts {
 		st.parts[i].Path = "" // reported parts were not stored after all
 	}
@@ -277,7 +178,7 @@ func (st *storing) discard() {
 func (h *Handler) serveStore(u *upload) error {
 	form := u.openBody()
 	defer u.closeBody()
-	st := &storing{u: u, s: h.store}
+	st := &storing{u: u, batch: h.store.Begin(u.r.Context(), u.logger)}
 
 	if h.proxy == nil {
 		if err := st.receive(form, nil); err != nil {
@@ -289,7 +190,7 @@ func (h *Handler) serveStore(u *upload) error {
 			return u.failParts(asUploadError(err), st.parts)
 		}
 		u.status = http.StatusCreated
-		return writeJSON(u.w, u.status, map[string]any{"parts": st.parts, "fields": st.fields})
+		return writeJSON(u.w, u.status, map[string]any{"parts": st.answer(), "fields": st.fields})
 	}
 
 	answer := u.relayTo(u.w)
@@ -309,21 +210,33 @@ func (h *Handler) serveStore(u *upload) error {
 	return nil
 }
 
-// fileWriter marks write errors as the store's.
-type fileWriter struct{ f *os.File }
-
-func (w fileWriter) Write(p []byte) (int, error) {
-	n, err := w.f.Write(p)
-	if err != nil {
-		return n, storeError(err)
+// answer lists the parts, the stored ones with where they are.
+func (st *storing) answer() []any {
+	out := make([]any, 0, len(st.parts))
+	j := 0
+	for _, p := range st.parts {
+		if j < len(st.stored) && st.stored[j].Index == p.Index {
+			out = append(out, st.stored[j])
+			j++
+			continue
+		}
+		out = append(out, p)
 	}
-	return n, nil
+	return out
 }
 
-// storeError classifies a failure of the store: a full disk or quota is 507.
-func storeError(err error) *uploadError {
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		return &uploadError{Status: http.StatusInsufficientStorage, Code: CodeStorageFull, Message: "the store is full", err: err}
+// asStoreError passes a classified failure as it is and makes anything else
+// a failure of the store.
+func asStoreError(err error) error {
+	var ue *uploadError
+	var we writeError
+	if errors.As(err, &ue) || errors.As(err, &we) {
+		return err
 	}
+	return storeFailed(err)
+}
+
+// storeFailed is a failure of the store that has no status of its own.
+func storeFailed(err error) *uploadError {
 	return &uploadError{Status: http.StatusInternalServerError, Code: CodeStoreFailed, Message: "storing the upload failed", err: err}
 }

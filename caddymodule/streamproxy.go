@@ -87,9 +87,11 @@ type Handler struct {
 	// Mode is one of `forward`, `per_part` or `store`. Default: `forward`.
 	Mode string `json:"mode,omitempty"`
 
-	// Store configures where store mode writes file parts. Required in store
-	// mode, refused in the others.
-	Store *StoreConfig `json:"store,omitempty"`
+	// StoreRaw is where store mode writes file parts: a module of the
+	// `http.handlers.stream_proxy.stores` namespace, `file` (a directory) or
+	// `s3` (S3-compatible object storage). Required in store mode, refused
+	// in the others.
+	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.stream_proxy.stores inline_key=module"`
 
 	// MaxBodySize is the largest request body accepted, in bytes.
 	// A declared Content-Length above it is refused before any byte is read.
@@ -128,7 +130,7 @@ type Handler struct {
 	Hash []string `json:"hash,omitempty"`
 
 	proxy  *reverseproxy.Handler
-	store  *store
+	store  Store
 	logger *zap.Logger
 }
 
@@ -184,12 +186,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 
-	if h.Store != nil {
-		var err error
-		h.store, err = openStore(h.Store)
+	if h.StoreRaw != nil && h.Mode == ModeStore { // in other modes Validate refuses it: nothing to open
+		mod, err := ctx.LoadModule(h, "StoreRaw")
 		if err != nil {
-			return fmt.Errorf("store: %w", err)
+			return fmt.Errorf("loading store: %w", err)
 		}
+		h.store = mod.(Store)
 	}
 	return nil
 }
@@ -201,12 +203,15 @@ func (h *Handler) Validate() error {
 		if h.proxy == nil {
 			return fmt.Errorf("mode %s needs a backend: set to", h.Mode)
 		}
-		if h.Store != nil {
+		if h.StoreRaw != nil {
 			return fmt.Errorf("store is for mode store, not %s", h.Mode)
 		}
 	case ModeStore:
-		if h.Store == nil || h.Store.Root == "" {
-			return fmt.Errorf("mode store needs a directory: set store")
+		if h.store == nil {
+			return fmt.Errorf("mode store needs a store: set store")
+		}
+		if l, ok := h.store.(partLimiter); ok && h.MaxPartSize > l.maxFileSize() {
+			return fmt.Errorf("max_part_size %d is larger than the store can take (%d): lower it or raise the store's part_size", h.MaxPartSize, l.maxFileSize())
 		}
 	default:
 		return fmt.Errorf("unknown mode %q (want forward, per_part or store)", h.Mode)
@@ -229,15 +234,6 @@ func (h *Handler) Validate() error {
 		if v < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", name, v)
 		}
-	}
-	return nil
-}
-
-// Cleanup releases the store. The proxy, loaded as a module, is cleaned up
-// by Caddy.
-func (h *Handler) Cleanup() error {
-	if h.store != nil {
-		return h.store.close()
 	}
 	return nil
 }
@@ -310,6 +306,5 @@ func boundaryOf(contentType string) (string, error) {
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
-	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -66,7 +67,6 @@ func provision(t testing.TB, h *Handler) *Handler {
 	if err := h.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = h.Cleanup() })
 	return h
 }
 
@@ -90,8 +90,8 @@ func TestValidate(t *testing.T) {
 		{Handler{}, "needs a backend"},
 		{Handler{Mode: ModePerPart}, "needs a backend"},
 		{Handler{proxy: backend, Mode: "bulk"}, "unknown mode"},
-		{Handler{proxy: backend, Mode: ModeStore}, "needs a directory"},
-		{Handler{proxy: backend, Store: &StoreConfig{Root: "/tmp"}}, "store is for mode store"},
+		{Handler{proxy: backend, Mode: ModeStore}, "needs a store"},
+		{Handler{proxy: backend, StoreRaw: fileStoreJSON(&FileStore{Root: "/tmp"})}, "store is for mode store"},
 		{Handler{proxy: backend, Hash: []string{"sha3"}}, "unknown hash"},
 		{Handler{proxy: backend, AllowTypes: []string{"audio/x*"}}, "not a media type"},
 		{Handler{proxy: backend, MaxParts: -1}, "max_parts must not be negative"},
@@ -105,7 +105,7 @@ func TestValidate(t *testing.T) {
 			t.Errorf("%+v: error %v, want %q", tc.h, err, tc.err)
 		}
 	}
-	ok := Handler{Mode: ModeStore, Store: &StoreConfig{Root: "/tmp"}}
+	ok := Handler{Mode: ModeStore, StoreRaw: fileStoreJSON(&FileStore{Root: "/tmp"}), store: &FileStore{Root: "/tmp"}}
 	if err := ok.Validate(); err != nil {
 		t.Errorf("store without a backend: %v", err)
 	}
@@ -277,5 +277,46 @@ func TestServeRefusals(t *testing.T) {
 		if w.Code != tc.status || e.Error.Code != tc.code {
 			t.Errorf("%s: %d %s, want %d %s", tc.name, w.Code, w.Body, tc.status, tc.code)
 		}
+	}
+}
+
+func TestS3StoreValidate(t *testing.T) {
+	ok := S3Store{Bucket: "b", PartSize: MinS3PartSize, MaxBuffers: 1}
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		s   S3Store
+		err string
+	}{
+		{S3Store{PartSize: MinS3PartSize, MaxBuffers: 1}, "bucket is required"},
+		{S3Store{Bucket: "b", PartSize: 4 << 20, MaxBuffers: 1}, "part_size must be between 5MiB and 5GiB"},
+		{S3Store{Bucket: "b", PartSize: MinS3PartSize}, "max_buffers must be at least 1"},
+		{S3Store{Bucket: "b", PartSize: MinS3PartSize, MaxBuffers: 1, AccessKeyID: "k"}, "go together"},
+		{S3Store{Bucket: "b", PartSize: MinS3PartSize, MaxBuffers: 1, Endpoint: "127.0.0.1:7070"}, "not an http or https URL"},
+	} {
+		if err := tc.s.Validate(); err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%+v: error %v, want %q", tc.s, err, tc.err)
+		}
+	}
+}
+
+// A max_part_size that 10,000 parts of part_size cannot reach is refused.
+func TestValidateS3PartCount(t *testing.T) {
+	t.Setenv("SP_TEST_SECRET", "s")
+	store := caddyconfig.JSONModuleObject(&S3Store{Bucket: "b", Endpoint: "http://127.0.0.1:1", AccessKeyID: "k",
+		SecretAccessKey: "{env.SP_TEST_SECRET}", PartSize: MinS3PartSize}, "module", "s3", nil)
+	ctx, cancel := caddy.NewContext(caddy.ActiveContext())
+	defer cancel()
+	h := &Handler{Mode: ModeStore, StoreRaw: store, MaxPartSize: MinS3PartSize*10000 + 1}
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "larger than the store can take") {
+		t.Fatalf("error %v", err)
+	}
+	h.MaxPartSize = MinS3PartSize * 10000
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -357,6 +357,8 @@ type clientBody struct {
 	max  int64
 	eof  atomic.Bool  // the body was read to its end
 	idle *idleFlusher // if set, told of each read (see flushWhenIdle)
+	// deadline, if set, bounds each read (see storing.boundIdle).
+	deadline func()
 	// stop, once closed, fails reads: the backend request the body goes to
 	// has ended (answered early or failed), so nothing read would go anywhere.
 	stop <-chan struct{}
@@ -367,6 +369,9 @@ func (c *clientBody) Read(p []byte) (int, error) {
 	case <-c.stop:
 		return 0, writeError{errBackendAnswered}
 	default:
+	}
+	if c.deadline != nil {
+		c.deadline()
 	}
 	if c.idle != nil {
 		c.idle.beforeRead()

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -22,7 +23,8 @@ import (
 // Close must be called, whatever happened.
 type bench struct {
 	gw     *gateway
-	direct string // the backend's URL
+	s3     *s3Target // with the store-s3 path
+	direct string    // the backend's URL
 	client *http.Client
 
 	stopBackend context.CancelFunc
@@ -43,7 +45,7 @@ type route struct {
 // startBench starts the backend and a gateway with a stream_proxy route per
 // mode. With store among them, the gateway stores files in a temporary
 // directory made under storeParent (empty: the system's temp directory).
-func startBench(ctx context.Context, caddyPath string, modes []string, storeParent string) (b *bench, err error) {
+func startBench(ctx context.Context, caddyPath string, modes []string, storeParent string, s3opts *s3Options) (b *bench, err error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -67,7 +69,17 @@ func startBench(ctx context.Context, caddyPath string, modes []string, storePare
 		}
 	}()
 
-	b.gw, err = startGateway(ctx, caddyPath, ln.Addr().String(), modes, storeParent)
+	s3Block := ""
+	if slices.Contains(modes, modeStoreS3) {
+		if s3opts == nil {
+			return nil, fmt.Errorf("mode %s needs versitygw", modeStoreS3)
+		}
+		if b.s3, err = startS3Target(ctx, *s3opts); err != nil {
+			return b, err
+		}
+		s3Block = b.s3.caddyBlock()
+	}
+	b.gw, err = startGateway(ctx, caddyPath, ln.Addr().String(), modes, storeParent, s3Block)
 	return b, err
 }
 
@@ -76,6 +88,9 @@ func startBench(ctx context.Context, caddyPath string, modes []string, storePare
 func (b *bench) Close() {
 	if b.gw != nil {
 		b.gw.Stop()
+	}
+	if b.s3 != nil {
+		b.s3.Close()
 	}
 	b.client.CloseIdleConnections()
 	b.stopBackend()
@@ -86,6 +101,9 @@ func (b *bench) Close() {
 func (b *bench) routes(modes []string) []*route {
 	rs := []*route{b.directRoute(), b.rpRoute()}
 	for _, mode := range modes {
+		if mode == modeStoreS3 {
+			rs = append(rs, &route{Name: "S3 direct (SDK)", mode: modeS3Direct})
+		}
 		rs = append(rs, b.spRoute(mode))
 	}
 	return rs
@@ -142,6 +160,13 @@ func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, 
 			}
 		}()
 	}
+	if r.mode == modeStoreS3 || r.mode == modeS3Direct {
+		defer func() {
+			if rerr := b.s3.empty(context.WithoutCancel(ctx)); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("%s: emptying the bucket: %w", label, rerr))
+			}
+		}()
+	}
 	b.takeRaws()
 	cpu0, err := b.gw.CPUSeconds()
 	if err != nil {
@@ -153,7 +178,13 @@ func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, 
 	}
 	p := startProgress(label, body.Length)
 	uctx, cancel := context.WithTimeout(ctx, timeout)
-	res, err := doUpload(uctx, b.client, r.URL, body, chunked, p)
+	var res uploadResult
+	var directKeys []string
+	if r.mode == modeS3Direct {
+		res, directKeys, err = b.s3.uploadDirect(uctx, body, p)
+	} else {
+		res, err = doUpload(uctx, b.client, r.URL, body, chunked, p)
+	}
 	cancel()
 	p.Stop()
 	if err != nil {
@@ -171,7 +202,7 @@ func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, 
 		return measurement{}, err
 	}
 	wantCode := http.StatusOK
-	if r.mode == "store" {
+	if r.mode == "store" || r.mode == modeStoreS3 {
 		wantCode = http.StatusCreated
 	}
 	if res.Code != wantCode {
@@ -182,6 +213,18 @@ func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, 
 		err = verifyRawUploads(b.takeRaws(), body.Parts())
 	case "store":
 		err = verifyStored(res.Answer, body.Parts(), b.gw.StoreDir)
+	case modeStoreS3:
+		var keys map[string]string
+		if keys, err = s3StoreKeys(res.Answer); err == nil {
+			err = b.s3.verifyObjects(ctx, body.Parts(), func(_ int, p expectedPart) string { return keys[p.Field] })
+		}
+	case modeS3Direct:
+		err = b.s3.verifyObjects(ctx, body.Parts(), func(i int, _ expectedPart) string {
+			if i < len(directKeys) {
+				return directKeys[i]
+			}
+			return ""
+		})
 	default:
 		err = verifyAnswer(res.Answer, body.Parts())
 	}
@@ -237,8 +280,8 @@ func checkModes(modes []string) error {
 	seen := map[string]bool{}
 	for _, m := range modes {
 		switch {
-		case m != "forward" && m != "per_part" && m != "store":
-			return fmt.Errorf("mode %q: want forward, per_part or store", m)
+		case m != "forward" && m != "per_part" && m != "store" && m != modeStoreS3:
+			return fmt.Errorf("mode %q: want forward, per_part, store or %s", m, modeStoreS3)
 		case seen[m]:
 			return fmt.Errorf("mode %q given twice", m)
 		}

@@ -29,7 +29,11 @@ func runCompare(ctx context.Context, args []string) error {
 	size := sizeFlag(2 * gib)
 	fs.Var(&size, "size", "total bytes of file content per upload")
 	runs := fs.Int("runs", 5, "uploads per path (1-1000)")
-	modes := fs.String("modes", "forward", "stream_proxy modes to measure, comma-separated (forward, per_part, store)")
+	modes := fs.String("modes", "forward", "stream_proxy modes to measure, comma-separated (forward, per_part, store, store-s3)")
+	versitygw := fs.String("versitygw", "bin/versitygw", "store-s3: the versitygw binary, run on a free loopback port with a temporary directory")
+	s3PartSize := sizeFlag(8 * mib)
+	fs.Var(&s3PartSize, "s3-part-size", "store-s3: part_size of the gateway and of the direct SDK uploads")
+	s3Buffers := fs.Int("s3-buffers", 32, "store-s3: the gateway's max_buffers")
 	storeParent := fs.String("store-dir", "", "store mode: where to make the temporary directory the gateway stores files in (default: the system's temp directory); needs room for one upload")
 	out := fs.String("out", "table", "output format: table or markdown")
 	files := fs.Int("files", 3, "file parts per upload")
@@ -70,7 +74,8 @@ func runCompare(ctx context.Context, args []string) error {
 	fmt.Fprintf(os.Stderr, "hashing the %s body...\n", formatBytes(body.Length))
 	body.Parts()
 
-	b, err := startBench(ctx, *caddyPath, modeList, *storeParent)
+	b, err := startBench(ctx, *caddyPath, modeList, *storeParent,
+		&s3Options{versitygw: *versitygw, partSize: int64(s3PartSize), buffers: *s3Buffers})
 	if err != nil {
 		return err
 	}
@@ -152,6 +157,22 @@ func runCompare(ctx context.Context, args []string) error {
 			"and answers 201 with JSON; verified by the answer (size and sha256 of each file as the gateway hashed it while writing, "+
 			"text fields' values) and each stored file's size on disk (stat); the files are removed after each upload, outside the timing",
 			filepath.Dir(b.gw.StoreDir)))
+	}
+	if b.s3 != nil {
+		var sp, direct float64
+		for _, p := range paths {
+			switch p.mode {
+			case modeStoreS3:
+				sp = median(p.rates)
+			case modeS3Direct:
+				direct = median(p.rates)
+			}
+		}
+		notes = append(notes, fmt.Sprintf("store-s3: stream_proxy (store s3, part_size %s, max_buffers %d) into a versitygw on loopback (posix backend, in %s), "+
+			"beside \"S3 direct (SDK)\": the same file bytes uploaded straight to it by the AWS SDK, one multipart upload per file, "+
+			"%s parts, %d in flight per file, as the gateway; ratio of medians stream_proxy store-s3 / S3 direct = %.2f; "+
+			"every object read back and checked (size, sha256) after the timing, then deleted",
+			formatBytes(int64(s3PartSize)), *s3Buffers, os.TempDir(), formatBytes(int64(s3PartSize)), s3PartsInFlight, sp/direct))
 	}
 	notes = append(notes, machineLine(*caddyPath), commandLine())
 	printTable(os.Stdout, *out, paths, notes)

@@ -46,7 +46,7 @@ func spPath(mode string) string {
 // /sp-<mode>/* for other modes) through stream_proxy, all to backendAddr but
 // store, which has no backend: it writes the files flat into storeDir, hashing
 // them, and answers 201 with JSON listing them.
-func gatewayCaddyfile(port int, backendAddr string, modes []string, storeDir string) string {
+func gatewayCaddyfile(port int, backendAddr string, modes []string, storeDir, s3Block string) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, `{
 	admin off
@@ -69,6 +69,8 @@ http://127.0.0.1:%d {
 		case "store":
 			fmt.Fprintf(&sb, "\n\tstream_proxy %s* {\n\t\tmode store\n\t\tstore \"%s\" {\n\t\t\tlayout flat\n\t\t}\n\t\thash sha256\n\t}\n",
 				spPath(mode), storeDir)
+		case modeStoreS3:
+			fmt.Fprintf(&sb, "\n\tstream_proxy %s* {\n\t\tmode store\n\t\t%s\n\t}\n", spPath(mode), s3Block)
 		default:
 			fmt.Fprintf(&sb, "\n\tstream_proxy %s* http://%s {\n\t\tmode %s\n\t}\n", spPath(mode), backendAddr, mode)
 		}
@@ -80,7 +82,7 @@ http://127.0.0.1:%d {
 // startGateway runs `caddyPath run --config FILE --adapter caddyfile` and
 // waits until it answers. With store among modes, it first makes the store
 // directory, temporary, under storeParent (empty: the system's temp directory).
-func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []string, storeParent string) (g *gateway, err error) {
+func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []string, storeParent, s3Block string) (g *gateway, err error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -108,7 +110,7 @@ func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []st
 			return g, err
 		}
 	}
-	if err := os.WriteFile(g.File, []byte(gatewayCaddyfile(port, backendAddr, modes, g.StoreDir)), 0o600); err != nil {
+	if err := os.WriteFile(g.File, []byte(gatewayCaddyfile(port, backendAddr, modes, g.StoreDir, s3Block)), 0o600); err != nil {
 		return g, err
 	}
 	logFile, err := os.Create(g.log)

@@ -41,7 +41,7 @@ func runRSS(ctx context.Context, args []string) error {
 		return err
 	}
 
-	b, err := startBench(ctx, *caddyPath, []string{*mode}, *storeParent)
+	b, err := startBench(ctx, *caddyPath, []string{*mode}, *storeParent, nil)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,289 @@
+package streamproxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func init() {
+	caddy.RegisterModule(FileStore{})
+}
+
+// FileStore writes file parts into a local directory: each to a temporary
+// file, fsynced, renamed to its generated name only when the whole form ended
+// cleanly. No file is ever written outside Root (os.Root), and no client
+// filename is ever part of a path.
+type FileStore struct {
+	// Root is the directory files are stored under; created if missing.
+	Root string `json:"root,omitempty"`
+
+	// FileMode is the permission of stored files, in octal. Default: 0640.
+	FileMode string `json:"file_mode,omitempty"`
+
+	// DirMode is the permission of directories created in Root, in octal.
+	// Default: 0750.
+	DirMode string `json:"dir_mode,omitempty"`
+
+	// Layout is `date` (files under Root/YYYY/MM/DD/, UTC) or `flat` (files
+	// directly in Root). Default: date.
+	Layout string `json:"layout,omitempty"`
+
+	root     *os.Root
+	dir      string // Root, absolute
+	fileMode os.FileMode
+	dirMode  os.FileMode
+}
+
+// CaddyModule returns the Caddy module information.
+func (FileStore) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.stream_proxy.stores.file",
+		New: func() caddy.Module { return new(FileStore) },
+	}
+}
+
+// UnmarshalCaddyfile sets up the store from Caddyfile tokens: the `<dir>`
+// of `store <dir>` or `store file <dir>`, and its block. Syntax:
+//
+//	store [file] <dir> {
+//		file_mode <octal>
+//		dir_mode <octal>
+//		layout date|flat
+//	}
+func (s *FileStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume "file" (or "store")
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	s.Root = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var dst *string
+		switch d.Val() {
+		case "file_mode":
+			dst = &s.FileMode
+		case "dir_mode":
+			dst = &s.DirMode
+		case "layout":
+			dst = &s.Layout
+		default:
+			return d.Errf("unrecognized store option %s", d.Val())
+		}
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		*dst = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+// Provision sets defaults, then creates and opens the directory.
+func (s *FileStore) Provision(caddy.Context) error {
+	if s.Layout == "" {
+		s.Layout = "date"
+	}
+	if err := s.Validate(); err != nil { // before anything is created
+		return err
+	}
+	s.fileMode, _ = parsePerm(s.FileMode, 0o640)
+	s.dirMode, _ = parsePerm(s.DirMode, 0o750)
+	dir, err := filepath.Abs(s.Root)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, s.dirMode); err != nil {
+		return err
+	}
+	s.dir = dir
+	s.root, err = os.OpenRoot(dir)
+	return err
+}
+
+// Validate checks the configuration.
+func (s *FileStore) Validate() error {
+	if s.Root == "" {
+		return fmt.Errorf("the file store needs a directory")
+	}
+	for _, m := range []string{s.FileMode, s.DirMode} {
+		if _, err := parsePerm(m, 0); err != nil {
+			return err
+		}
+	}
+	switch s.Layout {
+	case "", "date", "flat":
+	default:
+		return fmt.Errorf("unknown layout %q (want date or flat)", s.Layout)
+	}
+	return nil
+}
+
+// Cleanup closes the directory.
+func (s *FileStore) Cleanup() error {
+	if s.root == nil {
+		return nil
+	}
+	return s.root.Close()
+}
+
+func parsePerm(val string, def os.FileMode) (os.FileMode, error) {
+	if val == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseUint(val, 8, 32)
+	if err != nil || n > 0o777 {
+		return 0, fmt.Errorf("mode %q is not an octal permission such as 0640", val)
+	}
+	return os.FileMode(n), nil
+}
+
+// Begin starts one request's files.
+func (s *FileStore) Begin(_ context.Context, logger *zap.Logger) Batch {
+	return &fileBatch{s: s, logger: logger}
+}
+
+// fileBatch is one request's files on disk.
+type fileBatch struct {
+	s      *FileStore
+	logger *zap.Logger
+	files  []*diskFile
+}
+
+// diskFile is a file part being written, or written, to the store.
+type diskFile struct {
+	s         *FileStore
+	rel       string // final path, relative to the store
+	tmp       string // where it is written until committed
+	f         *os.File
+	committed bool
+}
+
+// Create opens a new temporary file under a generated name.
+func (b *fileBatch) Create(FileInfo) (StoredFile, error) {
+	s := b.s
+	dir := "."
+	if s.Layout == "date" {
+		dir = time.Now().UTC().Format("2006/01/02")
+		if err := s.root.MkdirAll(dir, s.dirMode); err != nil {
+			return nil, diskError(err)
+		}
+	}
+	var id [16]byte
+	_, _ = rand.Read(id[:]) // never fails (crypto/rand)
+	name := hex.EncodeToString(id[:])
+	df := &diskFile{s: s, rel: path.Join(dir, name), tmp: path.Join(dir, "."+name+".partial")}
+	f, err := s.root.OpenFile(df.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, s.fileMode)
+	if err != nil {
+		return nil, diskError(err)
+	}
+	if err := f.Chmod(s.fileMode); err != nil { // whatever the umask
+		f.Close()
+		_ = s.root.Remove(df.tmp)
+		return nil, diskError(err)
+	}
+	df.f = f
+	b.files = append(b.files, df)
+	return df, nil
+}
+
+func (df *diskFile) Write(p []byte) (int, error) {
+	n, err := df.f.Write(p)
+	if err != nil {
+		return n, diskError(err)
+	}
+	return n, nil
+}
+
+// Finish makes the file's data durable.
+func (df *diskFile) Finish(FileInfo) error {
+	if err := df.f.Sync(); err != nil {
+		return diskError(err)
+	}
+	return nil
+}
+
+func (df *diskFile) Location() Location {
+	return Location{Path: df.rel, abs: filepath.Join(df.s.dir, filepath.FromSlash(df.rel))}
+}
+
+// Commit moves every file into place and makes the renames durable.
+func (b *fileBatch) Commit() error {
+	dirs := map[string]bool{}
+	for _, df := range b.files {
+		if err := df.f.Close(); err != nil {
+			return diskError(err)
+		}
+		df.f = nil
+		if err := b.s.root.Rename(df.tmp, df.rel); err != nil {
+			return diskError(err)
+		}
+		df.committed = true
+		dirs[path.Dir(df.rel)] = true
+	}
+	for dir := range dirs {
+		d, err := b.s.root.Open(dir)
+		if err != nil {
+			return diskError(err)
+		}
+		err = d.Sync()
+		d.Close()
+		if err != nil {
+			return diskError(err)
+		}
+	}
+	return nil
+}
+
+// Discard removes every file of the batch, committed or not.
+func (b *fileBatch) Discard() {
+	for _, df := range b.files {
+		if df.f != nil {
+			df.f.Close()
+			df.f = nil
+		}
+		name := df.tmp
+		if df.committed {
+			name = df.rel
+		}
+		if err := b.s.root.Remove(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+			b.logger.Error("removing stored file", zap.String("path", name), zap.Error(err))
+		}
+	}
+	b.files = nil
+}
+
+// diskError classifies a failure of the disk: a full disk or quota is 507.
+func diskError(err error) *uploadError {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return &uploadError{Status: http.StatusInsufficientStorage, Code: CodeStorageFull, Message: "the store is full", err: err}
+	}
+	return storeFailed(err)
+}
+
+// Interface guards
+var (
+	_ Store                 = (*FileStore)(nil)
+	_ caddy.Provisioner     = (*FileStore)(nil)
+	_ caddy.Validator       = (*FileStore)(nil)
+	_ caddy.CleanerUpper    = (*FileStore)(nil)
+	_ caddyfile.Unmarshaler = (*FileStore)(nil)
+)

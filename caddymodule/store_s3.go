@@ -1,0 +1,693 @@
+package streamproxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func init() {
+	caddy.RegisterModule(S3Store{})
+}
+
+// Bounds of the S3 store.
+const (
+	DefaultS3PartSize   = 8 << 20 // bytes
+	MinS3PartSize       = 5 << 20 // S3's minimum, for every part but the last
+	maxS3PartSize       = 5 << 30 // S3's maximum
+	maxS3Parts          = 10000   // S3's most parts in one object
+	DefaultS3MaxBuffers = 32
+	// partsInFlight is how many parts of one file are uploaded at once.
+	partsInFlight = 4
+	// s3OpTimeout bounds each call to S3, so that a stalled server fails the
+	// upload instead of holding it.
+	s3OpTimeout = 2 * time.Minute
+	// s3ClientIdle bounds how long a client that holds a part buffer may
+	// send nothing.
+	s3ClientIdle = time.Minute
+	// s3CleanupTimeout bounds the aborts and deletes after a failure.
+	s3CleanupTimeout = 30 * time.Second
+)
+
+// S3Store writes file parts into S3-compatible object storage, streamed while
+// they arrive: each file is one multipart upload under a generated key
+// (`<prefix>/YYYY/MM/DD/<128 random bits, hex>`, UTC), completed only once
+// the whole form ended cleanly; on any failure every multipart upload of the
+// request is aborted and objects completed earlier in it are deleted.
+//
+// Part data is gathered in buffers of PartSize bytes taken from one pool of
+// MaxBuffers per handler: when none is free, the uploads waiting for one stop
+// reading from their clients. Up to 4 parts of a file go up at once.
+//
+// Objects carry the part's Content-Type and, as user metadata, `field`,
+// `filename` (both percent-encoded, so that any UTF-8 survives) and, for a
+// file that fits in one part, the configured digests. Each part carries its
+// CRC32C (x-amz-checksum-crc32c), checked by the server.
+type S3Store struct {
+	// Bucket is the bucket objects are written to. Required.
+	Bucket string `json:"bucket,omitempty"`
+
+	// Prefix is put before every key, followed by a slash. Default: none.
+	Prefix string `json:"prefix,omitempty"`
+
+	// Endpoint is the URL of an S3-compatible server, such as
+	// `http://127.0.0.1:7070`. Default: AWS's endpoint for Region.
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// Region is the bucket's region. Default: the AWS SDK's (AWS_REGION,
+	// shared config), or us-east-1 with an Endpoint.
+	Region string `json:"region,omitempty"`
+
+	// UsePathStyle addresses the bucket in the path (`endpoint/bucket/key`)
+	// rather than in the host name, as most S3-compatible servers want.
+	// Default: false.
+	UsePathStyle bool `json:"use_path_style,omitempty"`
+
+	// AccessKeyID and SecretAccessKey are the credentials; placeholders such
+	// as {env.S3_SECRET} are expanded at provisioning. Default: the AWS SDK's
+	// chain (environment, shared config, instance roles). Never logged.
+	AccessKeyID     string `json:"access_key_id,omitempty"`
+	SecretAccessKey string `json:"secret_access_key,omitempty"`
+
+	// PartSize is the size of each part of a multipart upload, and of each
+	// buffer, in bytes; at least 5 MiB. A file can have 10,000 parts, so it
+	// also bounds the largest file. Default: 8 MiB.
+	PartSize int64 `json:"part_size,omitempty"`
+
+	// MaxBuffers is the number of part buffers shared by every upload of
+	// this handler: the store never holds more than MaxBuffers × PartSize of
+	// part data. Buffers are allocated when needed and kept, as many as were
+	// ever in use at once. Default: 32.
+	MaxBuffers int `json:"max_buffers,omitempty"`
+
+	client    *s3.Client
+	transport *http.Transport
+	pool      *bufferPool
+}
+
+// CaddyModule returns the Caddy module information.
+func (S3Store) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.stream_proxy.stores.s3",
+		New: func() caddy.Module { return new(S3Store) },
+	}
+}
+
+// UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
+//
+//	store s3 {
+//		bucket <name>
+//		prefix <key-prefix>
+//		endpoint <url>
+//		region <region>
+//		use_path_style
+//		access_key_id <id>
+//		secret_access_key <secret>
+//		part_size <size>
+//		max_buffers <n>
+//	}
+func (s *S3Store) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume "s3"
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var dst *string
+		switch d.Val() {
+		case "bucket":
+			dst = &s.Bucket
+		case "prefix":
+			dst = &s.Prefix
+		case "endpoint":
+			dst = &s.Endpoint
+		case "region":
+			dst = &s.Region
+		case "access_key_id":
+			dst = &s.AccessKeyID
+		case "secret_access_key":
+			dst = &s.SecretAccessKey
+		case "use_path_style":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			s.UsePathStyle = true
+			continue
+		case "part_size":
+			if err := parseSize(d, &s.PartSize); err != nil {
+				return err
+			}
+			continue
+		case "max_buffers":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n < 1 {
+				return d.Errf("max_buffers must be a positive whole number, got %q", d.Val())
+			}
+			s.MaxBuffers = n
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			continue
+		default:
+			return d.Errf("unrecognized s3 store option %s", d.Val())
+		}
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		*dst = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+// Provision sets defaults, expands the credentials' placeholders and sets up
+// the client. It makes no request to S3.
+func (s *S3Store) Provision(ctx caddy.Context) error {
+	if s.PartSize == 0 {
+		s.PartSize = DefaultS3PartSize
+	}
+	if s.MaxBuffers == 0 {
+		s.MaxBuffers = DefaultS3MaxBuffers
+	}
+	if s.Region == "" && s.Endpoint != "" {
+		s.Region = "us-east-1"
+	}
+	if err := s.Validate(); err != nil { // before anything is created
+		return err
+	}
+
+	repl := caddy.NewReplacer()
+	opts := []func(*config.LoadOptions) error{
+		// Checksums only where this store asks for them (CRC32C per part):
+		// the SDK's own defaults trip some S3-compatible servers.
+		config.WithRequestChecksumCalculation(aws.RequestChecksumCalculationWhenRequired),
+		config.WithResponseChecksumValidation(aws.ResponseChecksumValidationWhenRequired),
+	}
+	if s.Region != "" {
+		opts = append(opts, config.WithRegion(repl.ReplaceKnown(s.Region, "")))
+	}
+	if s.AccessKeyID != "" {
+		id, secret := repl.ReplaceKnown(s.AccessKeyID, ""), repl.ReplaceKnown(s.SecretAccessKey, "")
+		if id == "" || secret == "" {
+			return fmt.Errorf("s3 store: access_key_id or secret_access_key is empty once its placeholders are expanded")
+		}
+		opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(id, secret, "")))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return fmt.Errorf("s3 store: loading the AWS configuration: %w", err)
+	}
+	// A transport of its own, so that Cleanup can close its connections; a
+	// copy of the SDK's, which carries AWS_CA_BUNDLE's roots.
+	if bc, ok := cfg.HTTPClient.(*awshttp.BuildableClient); ok {
+		s.transport = bc.GetTransport()
+	} else {
+		s.transport = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	s.transport.MaxIdleConnsPerHost = 2 * partsInFlight
+	cfg.HTTPClient = &http.Client{Transport: s.transport}
+	endpoint := repl.ReplaceKnown(s.Endpoint, "")
+	s.client = s3.NewFromConfig(cfg, func(o *s3.Options) {
+		if endpoint != "" {
+			o.BaseEndpoint = aws.String(endpoint)
+		}
+		o.UsePathStyle = s.UsePathStyle
+	})
+	s.pool = newBufferPool(s.MaxBuffers, int(s.PartSize))
+	return nil
+}
+
+// Validate checks the configuration.
+func (s *S3Store) Validate() error {
+	if s.Bucket == "" {
+		return fmt.Errorf("s3 store: bucket is required")
+	}
+	if s.PartSize < MinS3PartSize || s.PartSize > maxS3PartSize {
+		return fmt.Errorf("s3 store: part_size must be between 5MiB and 5GiB, got %d", s.PartSize)
+	}
+	if s.MaxBuffers < 1 {
+		return fmt.Errorf("s3 store: max_buffers must be at least 1, got %d", s.MaxBuffers)
+	}
+	if (s.AccessKeyID == "") != (s.SecretAccessKey == "") {
+		return fmt.Errorf("s3 store: access_key_id and secret_access_key go together")
+	}
+	if s.Endpoint != "" && !strings.Contains(s.Endpoint, "{") {
+		u, err := url.Parse(s.Endpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("s3 store: endpoint %q is not an http or https URL", s.Endpoint)
+		}
+	}
+	return nil
+}
+
+// Cleanup closes idle connections to S3 and lets the buffers go.
+func (s *S3Store) Cleanup() error {
+	if s.transport != nil {
+		s.transport.CloseIdleConnections()
+	}
+	if s.pool != nil {
+		s.pool.close()
+	}
+	return nil
+}
+
+func (s *S3Store) maxFileSize() int64 { return s.PartSize * maxS3Parts }
+
+func (s *S3Store) idleBound() time.Duration { return s3ClientIdle }
+
+// bufferPool is at most n part buffers, allocated when first needed: as
+// many as were ever in use at once. Where the system allows, they are
+// mapped outside Go's heap (buffers_linux.go), so that the garbage collector,
+// which lets the heap grow to twice what is live, does not double them.
+type bufferPool struct {
+	size   int
+	slots  chan struct{} // one token per buffer in use
+	mu     sync.Mutex
+	free   [][]byte // allocated, not in use; reused last in, first out
+	closed bool     // by Cleanup: buffers go back to spareBuffers
+}
+
+func newBufferPool(n, size int) *bufferPool {
+	return &bufferPool{size: size, slots: make(chan struct{}, n)}
+}
+
+// get waits for a free buffer, or for ctx to end.
+func (p *bufferPool) get(ctx context.Context) ([]byte, error) {
+	select {
+	case p.slots <- struct{}{}:
+	default:
+		if metrics.bufWaits != nil {
+			metrics.bufWaits.Inc()
+		}
+		select {
+		case p.slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if metrics.bufInUse != nil {
+		metrics.bufInUse.Inc()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.free); n > 0 {
+		b := p.free[n-1]
+		p.free = p.free[:n-1]
+		return b, nil
+	}
+	return spareBuffers.take(p.size), nil
+}
+
+func (p *bufferPool) put(b []byte) {
+	p.mu.Lock()
+	if p.closed {
+		spareBuffers.give(b)
+	} else {
+		p.free = append(p.free, b[:0])
+	}
+	p.mu.Unlock()
+	<-p.slots
+	if metrics.bufInUse != nil {
+		metrics.bufInUse.Dec()
+	}
+}
+
+// close hands the pool's idle buffers, and those still in use when they come
+// back, to spareBuffers.
+func (p *bufferPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for _, b := range p.free {
+		spareBuffers.give(b)
+	}
+	p.free = nil
+}
+
+// spareBuffers keeps the part buffers of pools that were cleaned up (config
+// reloads) for the next pools, by size. A buffer is never unmapped: a
+// connection that failed may still be reading one after its request ended.
+// Spare buffers give their memory back to the system until reused.
+var spareBuffers = spares{bySize: map[int][][]byte{}}
+
+type spares struct {
+	mu     sync.Mutex
+	bySize map[int][][]byte
+}
+
+func (s *spares) take(size int) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.bySize[size]; len(l) > 0 {
+		b := l[len(l)-1]
+		s.bySize[size] = l[:len(l)-1]
+		return b
+	}
+	return allocBuffer(size)[:0]
+}
+
+func (s *spares) give(b []byte) {
+	releaseMemory(b)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bySize[cap(b)] = append(s.bySize[cap(b)], b[:0])
+}
+
+// Begin starts one request's files.
+func (s *S3Store) Begin(ctx context.Context, logger *zap.Logger) Batch {
+	bctx, cancel := context.WithCancel(ctx)
+	return &s3Batch{s: s, pool: s.pool, req: ctx, ctx: bctx, cancel: cancel, logger: logger}
+}
+
+// s3Batch is one request's objects. Its methods run on the request's
+// goroutine; only part uploads run on others, and each file waits for its
+// own before it finishes.
+type s3Batch struct {
+	s      *S3Store
+	pool   *bufferPool
+	req    context.Context // the request's
+	ctx    context.Context // req's child, cancelled on Discard
+	cancel context.CancelFunc
+	logger *zap.Logger
+	files  []*s3File
+	ready  bool // the bucket answered
+}
+
+// s3File is one file part as a multipart upload.
+type s3File struct {
+	b        *s3Batch
+	key      string
+	info     FileInfo
+	uploadID string
+	buf      []byte // being filled; nil when none is held
+	next     int32  // the next part's number, from 1
+	slots    chan struct{}
+	wg       sync.WaitGroup // part uploads in flight
+
+	mu    sync.Mutex // guards parts and err, written by part uploads
+	parts []types.CompletedPart
+	err   error
+
+	completing bool // CompleteMultipartUpload was called
+	completed  bool // and succeeded
+}
+
+// Create checks, for the request's first file, that the bucket answers, so
+// that an unreachable server, refused credentials or a missing bucket fail
+// the upload before the file's bytes are read. No request to S3 is made
+// for the file itself until it has a part's worth of data, or has ended.
+func (b *s3Batch) Create(info FileInfo) (StoredFile, error) {
+	if !b.ready {
+		ctx, cancel := context.WithTimeout(b.ctx, s3OpTimeout)
+		_, err := b.s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(b.s.Bucket)})
+		cancel()
+		if err != nil {
+			return nil, b.failure(err)
+		}
+		b.ready = true
+	}
+	var id [16]byte
+	_, _ = rand.Read(id[:]) // never fails (crypto/rand)
+	key := path.Join(time.Now().UTC().Format("2006/01/02"), hex.EncodeToString(id[:]))
+	if p := strings.Trim(b.s.Prefix, "/"); p != "" {
+		key = p + "/" + key
+	}
+	f := &s3File{b: b, key: key, info: info, next: 1, slots: make(chan struct{}, partsInFlight)}
+	b.files = append(b.files, f)
+	return f, nil
+}
+
+func (f *s3File) Location() Location { return Location{Bucket: f.b.s.Bucket, Key: f.key} }
+
+// Write gathers data into part buffers; each full one goes up in the
+// background once more data arrives (so that a file of exactly one part is
+// created, at its end, with its digests).
+func (f *s3File) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		if err := f.failed(); err != nil {
+			return written, err
+		}
+		if f.buf != nil && len(f.buf) == cap(f.buf) {
+			if err := f.send(); err != nil {
+				return written, err
+			}
+		}
+		if f.buf == nil {
+			buf, err := f.b.pool.get(f.b.ctx)
+			if err != nil {
+				return written, f.b.failure(err)
+			}
+			f.buf = buf
+		}
+		n := copy(f.buf[len(f.buf):cap(f.buf)], p)
+		f.buf = f.buf[:len(f.buf)+n]
+		p = p[n:]
+		written += n
+	}
+	return written, nil
+}
+
+// Finish sends the last part and waits for every part of the file.
+func (f *s3File) Finish(info FileInfo) error {
+	f.info = info
+	if f.buf == nil && f.next == 1 { // an empty file is one empty part
+		buf, err := f.b.pool.get(f.b.ctx)
+		if err != nil {
+			return f.b.failure(err)
+		}
+		f.buf = buf
+	}
+	if f.buf != nil {
+		if err := f.send(); err != nil {
+			return err
+		}
+	}
+	f.wg.Wait()
+	return f.failed()
+}
+
+// send starts the upload of the buffer as the next part, creating the
+// multipart upload first if need be. The buffer goes back to the pool when
+// the part is up.
+func (f *s3File) send() error {
+	b := f.b
+	if f.uploadID == "" {
+		if err := f.create(); err != nil {
+			return err
+		}
+	}
+	select {
+	case f.slots <- struct{}{}:
+	case <-b.ctx.Done():
+		return b.failure(b.ctx.Err())
+	}
+	buf, num := f.buf, f.next
+	f.buf = nil
+	f.next++
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		defer func() { <-f.slots }()
+		defer b.pool.put(buf)
+		// Not cancelled with the request either: S3 may go on writing a
+		// part whose request was cut, after an abort that would then
+		// leave it behind. So a part in flight ends before the abort.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(b.ctx), s3OpTimeout)
+		defer cancel()
+		out, err := b.s.client.UploadPart(ctx, &s3.UploadPartInput{
+			Bucket:            aws.String(b.s.Bucket),
+			Key:               aws.String(f.key),
+			UploadId:          aws.String(f.uploadID),
+			PartNumber:        aws.Int32(num),
+			Body:              bytes.NewReader(buf),
+			ContentLength:     aws.Int64(int64(len(buf))),
+			ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
+		}, unsignedPayload)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if err != nil {
+			if f.err == nil {
+				f.err = b.failure(err)
+			}
+			return
+		}
+		f.parts = append(f.parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(num), ChecksumCRC32C: out.ChecksumCRC32C})
+	}()
+	return nil
+}
+
+// create starts the file's multipart upload, with its metadata.
+func (f *s3File) create() error {
+	b := f.b
+	meta := map[string]string{
+		"field":    url.PathEscape(f.info.Field),
+		"filename": url.PathEscape(f.info.Filename),
+	}
+	for name, sum := range f.info.Digests {
+		meta[name] = sum
+	}
+	ct := f.info.ContentType
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	// Not cancelled with the request: an upload created while the client
+	// goes away must be known, to be aborted.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(b.ctx), s3OpTimeout)
+	defer cancel()
+	out, err := b.s.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
+		Bucket:            aws.String(b.s.Bucket),
+		Key:               aws.String(f.key),
+		ContentType:       aws.String(ct),
+		Metadata:          meta,
+		ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
+	})
+	if err != nil {
+		return b.failure(err)
+	}
+	f.uploadID = aws.ToString(out.UploadId)
+	return nil
+}
+
+// unsignedPayload leaves a part's SHA-256 out of its signature: the part's
+// CRC32C, which the server checks, already covers its bytes, and hashing
+// every byte once more costs more CPU than all the rest of the way.
+func unsignedPayload(o *s3.Options) {
+	o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
+}
+
+func (f *s3File) failed() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}
+
+// Commit completes every multipart upload. Every file has finished, so no
+// part is in flight.
+func (b *s3Batch) Commit() error {
+	for _, f := range b.files {
+		if f.completed {
+			continue
+		}
+		slices.SortFunc(f.parts, func(x, y types.CompletedPart) int { return int(*x.PartNumber - *y.PartNumber) })
+		// Not cancelled with the request: a completion must be known, to
+		// be undone; one whose answer was lost is deleted on Discard.
+		f.completing = true
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(b.ctx), s3OpTimeout)
+		_, err := b.s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
+			Bucket:          aws.String(b.s.Bucket),
+			Key:             aws.String(f.key),
+			UploadId:        aws.String(f.uploadID),
+			MultipartUpload: &types.CompletedMultipartUpload{Parts: f.parts},
+		})
+		cancel()
+		if err != nil {
+			return b.failure(err)
+		}
+		f.completed = true
+	}
+	return nil
+}
+
+// Discard stops the part uploads in flight, aborts every multipart upload of
+// the batch and deletes the objects it completed. It runs even when the
+// request's context has ended, within s3CleanupTimeout.
+func (b *s3Batch) Discard() {
+	b.cancel()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(b.req), s3CleanupTimeout)
+	defer cancel()
+	for _, f := range b.files {
+		f.wg.Wait()
+		if f.buf != nil {
+			b.pool.put(f.buf)
+			f.buf = nil
+		}
+		var err error
+		if f.uploadID != "" && !f.completed {
+			_, err = b.s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{
+				Bucket: aws.String(b.s.Bucket), Key: aws.String(f.key), UploadId: aws.String(f.uploadID)})
+			if f.completing && errors.As(err, new(*types.NoSuchUpload)) {
+				err = nil // completed after all: deleted below
+			}
+		}
+		if f.completing {
+			_, derr := b.s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(b.s.Bucket), Key: aws.String(f.key)})
+			err = errors.Join(err, derr)
+		}
+		if err != nil {
+			b.logger.Error("removing from s3", zap.String("bucket", b.s.Bucket), zap.String("key", f.key), zap.Error(err))
+		}
+	}
+	b.files = nil
+}
+
+// failure classifies an error of S3 or of waiting on it. The message says
+// what failed, never with the credentials; the cause goes to the logs.
+func (b *s3Batch) failure(err error) *uploadError {
+	if b.req.Err() != nil {
+		return &uploadError{Status: statusClientClosed, Code: CodeClientGone, Message: "client went away", err: err}
+	}
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		status := re.HTTPStatusCode()
+		code := ""
+		var ae smithy.APIError
+		if errors.As(err, &ae) {
+			code = ae.ErrorCode()
+		}
+		switch {
+		case code == "NoSuchBucket" || (status == http.StatusNotFound && code == "NotFound"):
+			return &uploadError{Status: http.StatusBadGateway, Code: CodeStoreNoBucket, Message: "the store's bucket does not exist", err: err}
+		case status == http.StatusUnauthorized || status == http.StatusForbidden:
+			return &uploadError{Status: http.StatusBadGateway, Code: CodeStoreDenied, Message: "the store refused the gateway's credentials", err: err}
+		case status == 0 || status >= 500: // 0: no answer at all
+			return &uploadError{Status: http.StatusServiceUnavailable, Code: CodeStoreUnavailable, Message: "the store is unavailable", err: err}
+		}
+		return &uploadError{Status: http.StatusBadGateway, Code: CodeStoreFailed, Message: "the store failed", err: err}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return &uploadError{Status: http.StatusServiceUnavailable, Code: CodeStoreUnavailable, Message: "the store is unavailable", err: err}
+	}
+	return &uploadError{Status: http.StatusBadGateway, Code: CodeStoreFailed, Message: "the store failed", err: err}
+}
+
+// Interface guards
+var (
+	_ Store                 = (*S3Store)(nil)
+	_ partLimiter           = (*S3Store)(nil)
+	_ idleBounder           = (*S3Store)(nil)
+	_ caddy.Provisioner     = (*S3Store)(nil)
+	_ caddy.Validator       = (*S3Store)(nil)
+	_ caddy.CleanerUpper    = (*S3Store)(nil)
+	_ caddyfile.Unmarshaler = (*S3Store)(nil)
+)
