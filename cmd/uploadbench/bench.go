@@ -6,6 +6,7 @@ import (
 	"debug/buildinfo"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -26,6 +27,7 @@ type bench struct {
 	s3     *s3Target // with the store-s3 path
 	direct string    // the backend's URL
 	client *http.Client
+	gwc    *http.Client // to the gateway, in the protocol measured
 
 	stopBackend context.CancelFunc
 	backendDone chan struct{}
@@ -45,7 +47,7 @@ type route struct {
 // startBench starts the backend and a gateway with a stream_proxy route per
 // mode. With store among them, the gateway stores files in a temporary
 // directory made under storeParent (empty: the system's temp directory).
-func startBench(ctx context.Context, caddyPath string, modes []string, storeParent string, s3opts *s3Options) (b *bench, err error) {
+func startBench(ctx context.Context, caddyPath string, modes []string, storeParent string, s3opts *s3Options, proto string) (b *bench, err error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -54,6 +56,7 @@ func startBench(ctx context.Context, caddyPath string, modes []string, storePare
 	b = &bench{
 		direct:      "http://" + ln.Addr().String(),
 		client:      newClient(1),
+		gwc:         newGatewayClient(1, proto),
 		stopBackend: cancel,
 		backendDone: make(chan struct{}),
 	}
@@ -79,7 +82,7 @@ func startBench(ctx context.Context, caddyPath string, modes []string, storePare
 		}
 		s3Block = b.s3.caddyBlock()
 	}
-	b.gw, err = startGateway(ctx, caddyPath, ln.Addr().String(), modes, storeParent, s3Block)
+	b.gw, err = startGateway(ctx, caddyPath, ln.Addr().String(), modes, storeParent, s3Block, proto)
 	return b, err
 }
 
@@ -93,6 +96,10 @@ func (b *bench) Close() {
 		b.s3.Close()
 	}
 	b.client.CloseIdleConnections()
+	b.gwc.CloseIdleConnections()
+	if c, ok := b.gwc.Transport.(io.Closer); ok { // HTTP/3's
+		_ = c.Close()
+	}
 	b.stopBackend()
 	<-b.backendDone
 }
@@ -183,7 +190,11 @@ func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, 
 	if r.mode == modeS3Direct {
 		res, directKeys, err = b.s3.uploadDirect(uctx, body, p)
 	} else {
-		res, err = doUpload(uctx, b.client, r.URL, body, chunked, p)
+		c := b.client
+		if r.viaGateway {
+			c = b.gwc
+		}
+		res, err = doUpload(uctx, c, r.URL, body, chunked, p)
 	}
 	cancel()
 	p.Stop()

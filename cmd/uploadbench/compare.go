@@ -40,6 +40,7 @@ func runCompare(ctx context.Context, args []string) error {
 	fields := fs.Int("fields", 2, "text fields per upload")
 	seed := fs.Uint64("seed", 1, "seed of the generated contents")
 	chunked := fs.Bool("chunked", false, "send chunked instead of with a Content-Length")
+	proto := fs.String("proto", protoHTTP, "to the gateway: http (plain HTTP/1.1), or over HTTPS with tls internal: h1 (HTTP/1.1), h2 (HTTP/2), h3 (HTTP/3); direct is always plain HTTP")
 	warmup := sizeFlag(16 * mib)
 	fs.Var(&warmup, "warmup", "file bytes of one uncounted upload per path before the runs (0: none)")
 	timeout := fs.Duration("timeout", 30*time.Minute, "give up on an upload after this long")
@@ -56,6 +57,9 @@ func runCompare(ctx context.Context, args []string) error {
 	}
 	modeList := strings.Split(*modes, ",")
 	if err := checkModes(modeList); err != nil {
+		return err
+	}
+	if err := checkProto(*proto); err != nil {
 		return err
 	}
 	if *caddyPath == "" || *runs < 1 || *runs > 1000 || (*out != "table" && *out != "markdown") {
@@ -75,7 +79,7 @@ func runCompare(ctx context.Context, args []string) error {
 	body.Parts()
 
 	b, err := startBench(ctx, *caddyPath, modeList, *storeParent,
-		&s3Options{versitygw: *versitygw, partSize: int64(s3PartSize), buffers: *s3Buffers})
+		&s3Options{versitygw: *versitygw, partSize: int64(s3PartSize), buffers: *s3Buffers}, *proto)
 	if err != nil {
 		return err
 	}
@@ -141,6 +145,8 @@ func runCompare(ctx context.Context, args []string) error {
 	if *chunked {
 		framing = "chunked"
 	}
+	framing += ", to the gateway " + map[string]string{protoHTTP: "plain HTTP/1.1", protoH1: "HTTPS (tls internal) HTTP/1.1",
+		protoH2: "HTTPS (tls internal) HTTP/2", protoH3: "HTTPS (tls internal) HTTP/3"}[*proto]
 	rssNote := "reset before each upload, max over the path's runs"
 	if !rssReset {
 		rssNote = "cumulative (clear_refs unavailable)"

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -46,22 +47,31 @@ func spPath(mode string) string {
 // /sp-<mode>/* for other modes) through stream_proxy, all to backendAddr but
 // store, which has no backend: it writes the files flat into storeDir, hashing
 // them, and answers 201 with JSON listing them.
-func gatewayCaddyfile(port int, backendAddr string, modes []string, storeDir, s3Block string) string {
+func gatewayCaddyfile(port int, backendAddr string, modes []string, storeDir, s3Block, proto string) string {
 	var sb strings.Builder
+	site := fmt.Sprintf("http://127.0.0.1:%d {", port)
+	autoHTTPS := "off"
+	if proto != protoHTTP {
+		// HTTPS with a certificate from Caddy's own CA, on one port over TCP
+		// (HTTP/1.1, HTTP/2) and UDP (HTTP/3).
+		site = fmt.Sprintf("https://127.0.0.1:%d {\n\ttls internal", port)
+		autoHTTPS = "disable_redirects"
+	}
 	fmt.Fprintf(&sb, `{
 	admin off
 	persist_config off
-	auto_https off
+	auto_https %s
+	skip_install_trust
 	grace_period 1s
 }
 
-http://127.0.0.1:%d {
+%s
 	respond %s "uploadbench ready" 200
 
 	reverse_proxy /rp/* %s {
 		flush_interval -1
 	}
-`, port, readyPath, backendAddr)
+`, autoHTTPS, site, readyPath, backendAddr)
 	for _, mode := range modes {
 		switch mode {
 		case "forward":
@@ -82,7 +92,7 @@ http://127.0.0.1:%d {
 // startGateway runs `caddyPath run --config FILE --adapter caddyfile` and
 // waits until it answers. With store among modes, it first makes the store
 // directory, temporary, under storeParent (empty: the system's temp directory).
-func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []string, storeParent, s3Block string) (g *gateway, err error) {
+func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []string, storeParent, s3Block, proto string) (g *gateway, err error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -91,8 +101,12 @@ func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []st
 	if err != nil {
 		return nil, err
 	}
+	scheme := "https"
+	if proto == protoHTTP {
+		scheme = "http"
+	}
 	g = &gateway{
-		URL:    fmt.Sprintf("http://127.0.0.1:%d", port),
+		URL:    fmt.Sprintf("%s://127.0.0.1:%d", scheme, port),
 		File:   filepath.Join(dir, "Caddyfile"),
 		dir:    dir,
 		log:    filepath.Join(dir, "caddy.log"),
@@ -110,7 +124,7 @@ func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []st
 			return g, err
 		}
 	}
-	if err := os.WriteFile(g.File, []byte(gatewayCaddyfile(port, backendAddr, modes, g.StoreDir, s3Block)), 0o600); err != nil {
+	if err := os.WriteFile(g.File, []byte(gatewayCaddyfile(port, backendAddr, modes, g.StoreDir, s3Block, proto)), 0o600); err != nil {
 		return g, err
 	}
 	logFile, err := os.Create(g.log)
@@ -139,7 +153,8 @@ func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []st
 
 // waitReady polls the ready route for up to 15 seconds.
 func (g *gateway) waitReady(ctx context.Context) error {
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // the gateway's internal CA, on loopback
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		res, err := client.Get(g.URL + readyPath)

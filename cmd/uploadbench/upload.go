@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/quic-go/quic-go/http3"
 )
 
 const (
@@ -38,6 +41,44 @@ func newClient(conns int) *http.Client {
 		Transport:     tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+}
+
+// Protocols between the client and the gateway: plain HTTP/1.1, or HTTPS
+// (the gateway's `tls internal`) with HTTP/1.1, HTTP/2 or HTTP/3.
+const (
+	protoHTTP = "http"
+	protoH1   = "h1"
+	protoH2   = "h2"
+	protoH3   = "h3"
+)
+
+func checkProto(proto string) error {
+	switch proto {
+	case protoHTTP, protoH1, protoH2, protoH3:
+		return nil
+	}
+	return fmt.Errorf("unknown -proto %q (want http, h1, h2 or h3)", proto)
+}
+
+// newGatewayClient is newClient speaking proto to the gateway. Over HTTPS it
+// trusts any certificate: the gateway's is from its own internal CA, on
+// loopback.
+func newGatewayClient(conns int, proto string) *http.Client {
+	c := newClient(conns)
+	if proto == protoHTTP {
+		return c
+	}
+	tlsConfig := &tls.Config{InsecureSkipVerify: true} //nolint:gosec // the gateway's internal CA, on loopback
+	if proto == protoH3 {
+		c.Transport = &http3.Transport{TLSClientConfig: tlsConfig}
+		return c
+	}
+	tr := c.Transport.(*http.Transport)
+	tr.TLSClientConfig = tlsConfig
+	tr.Protocols = new(http.Protocols)
+	tr.Protocols.SetHTTP1(proto == protoH1)
+	tr.Protocols.SetHTTP2(proto == protoH2)
+	return c
 }
 
 // uploadResult is the outcome of one upload that got an answer.
