@@ -76,6 +76,11 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 		// The backend answered before it took the whole body. The client
 		// gets the answer now; the producer's next read or write fails.
 		_ = http.NewResponseController(w).Flush()
+		if u.r.ProtoMajor > 1 {
+			// A client of HTTP/2 or 3 may stop sending once it has an
+			// answer: ending the stream's body ends a read waiting for it.
+			_ = u.r.Body.Close()
+		}
 	}
 	close(stop)
 	pipe.CloseRead(errBackendAnswered)
