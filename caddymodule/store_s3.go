@@ -44,15 +44,16 @@ const (
 	DefaultS3MaxBuffers = 32
 	// partsInFlight is how many parts of one file are uploaded at once.
 	partsInFlight = 4
-	// s3OpTimeout bounds each call to S3, so that a stalled server fails the
-	// upload instead of holding it.
-	s3OpTimeout = 2 * time.Minute
 	// s3ClientIdle bounds how long a client that holds a part buffer may
 	// send nothing.
 	s3ClientIdle = time.Minute
 	// s3CleanupTimeout bounds the aborts and deletes after a failure.
 	s3CleanupTimeout = 30 * time.Second
 )
+
+// s3OpTimeout bounds each call to S3, so that a stalled server fails the
+// upload instead of holding it. A variable for the tests.
+var s3OpTimeout = 2 * time.Minute
 
 // S3Store writes file parts into S3-compatible object storage, streamed while
 // they arrive: each file is one multipart upload under a generated key
