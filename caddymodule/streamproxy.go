@@ -47,18 +47,20 @@ const (
 // and streamed through a pipe into one backend request, whose response
 // streams back. In per_part mode each file part is streamed as the
 // body of its own backend request, and the client gets JSON listing every part.
-// In store mode file parts are written under generated names in a directory,
-// committed only when the whole form ended cleanly.
+// In store mode file parts are written under generated names into a store
+// module (a directory, S3-compatible object storage), made visible only when
+// the whole form ended cleanly.
 //
 // Statuses it answers with itself, each with a JSON body carrying a stable
 // `code` (see the README): 400 for malformed multipart, a refused field or a
 // digest mismatch, 408 when the client stops sending within the server's read
 // timeouts, 413 when a size or count limit is broken, 415 for a refused content
 // type, 431 for an oversized part header, 499 (logged only) when the client
-// goes away, 502 when the backend cannot be reached or fails mid-stream, 503
-// when no upstream is available, 504 when it times out, 507 when the store is
-// full. When the site has
-// `handle_errors` routes, the error is returned to them instead.
+// goes away, 502 when the backend cannot be reached or fails mid-stream, or
+// when S3 refuses the credentials or has no such bucket, 503 when no upstream
+// is available or S3 cannot be reached, 504 when the backend times out, 507
+// when the disk store is full. When the site has `handle_errors` routes, the
+// error is returned to them instead.
 //
 // Placeholders it sets on the request:
 //
