@@ -126,7 +126,8 @@ func TestIdleFlusherFillsWrites(t *testing.T) {
 	f := newIdleFlusher(bufio.NewWriterSize(dst, writerSize))
 	f.delay = time.Hour                         // a client that never pauses
 	record := bytes.Repeat([]byte("r"), 16<<10) // a TLS record's worth per client read
-	for range 4 {
+	n := writerSize/len(record) + 1
+	for range n {
 		f.beforeRead()
 		f.afterRead()
 		if _, err := f.Write(record); err != nil {
@@ -142,7 +143,7 @@ func TestIdleFlusherFillsWrites(t *testing.T) {
 	for p := range dst {
 		sizes = append(sizes, len(p))
 	}
-	if len(sizes) != 2 || sizes[0] != 32<<10 || sizes[1] != 32<<10 {
-		t.Fatalf("writes of %v bytes, want two of 32 KiB", sizes)
+	if len(sizes) != 2 || sizes[0] != writerSize || sizes[1] != n*len(record)-writerSize {
+		t.Fatalf("%d reads of %d bytes went out in writes of %v bytes, want one of %d and the rest", n, len(record), sizes, writerSize)
 	}
 }

@@ -64,11 +64,11 @@ func releaseBufs(s *bufSet) {
 }
 
 // writerSize is the size of the buffered writers in front of a backend
-// request or a stored file: that of the HTTP transport's copy buffer, so that
-// each of its reads takes a whole write. They gather part headers, small
-// fields and small client reads into one write; a run of part data larger
-// than them is written past them.
-const writerSize = 32 << 10
+// request or a stored file. They gather part headers, small fields and small
+// client reads (a TLS record each) into one write, so that each handoff to
+// the transport carries several of its 32 KiB reads; a run of part data
+// larger than them is written past them.
+const writerSize = 128 << 10
 
 var (
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writerSize) }}
