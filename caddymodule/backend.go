@@ -70,9 +70,15 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 		done <- err
 	}()
 
-	proxyErr := u.h.proxy.ServeHTTP(w, u.backendRequest(body, header), nextNone)
+	var panicked any
+	proxyErr := func() error {
+		// reverse_proxy panics with http.ErrAbortHandler when it cannot
+		// finish a response it began; the producer still ends first.
+		defer func() { panicked = recover() }()
+		return u.h.proxy.ServeHTTP(w, u.backendRequest(body, header), nextNone)
+	}()
 
-	if w.status != 0 && !body.ended.Load() {
+	if w.status != 0 && !body.ended.Load() && panicked == nil {
 		// The backend answered before it took the whole body. The client
 		// gets the answer now; the producer's next read or write fails.
 		_ = http.NewResponseController(w).Flush()
@@ -86,6 +92,9 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 	pipe.CloseRead(errBackendAnswered)
 	perr := <-done
 	u.body.stop = nil // the next part's header is read on this goroutine
+	if panicked != nil {
+		panic(panicked)
+	}
 	if w.linger {
 		u.linger()
 	}

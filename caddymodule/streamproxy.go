@@ -172,6 +172,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	if h.ProxyRaw != nil {
+		var err error
+		if h.ProxyRaw, err = withWriteBuffer(h.ProxyRaw); err != nil {
+			return fmt.Errorf("proxy: %w", err)
+		}
 		mod, err := ctx.LoadModule(h, "ProxyRaw")
 		if err != nil {
 			return fmt.Errorf("loading proxy: %w", err)
@@ -179,12 +183,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		var ok bool
 		if h.proxy, ok = mod.(*reverseproxy.Handler); !ok {
 			return fmt.Errorf("proxy: want reverse_proxy, got %T", mod)
-		}
-		// Bodies go to the backend chunked. With a write buffer larger than
-		// the transport's 32 KiB copy buffer, a chunk's size line, data and
-		// CRLF leave in one write; Go's 4 KiB default splits them into three.
-		if ht, ok := h.proxy.Transport.(*reverseproxy.HTTPTransport); ok && ht.WriteBufferSize == 0 && ht.Transport != nil {
-			ht.Transport.WriteBufferSize = DefaultWriteBuffer
 		}
 	}
 
@@ -259,6 +257,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	default:
 		return h.serveForward(u)
 	}
+}
+
+// withWriteBuffer gives the proxy's http transport a write buffer of
+// DefaultWriteBuffer unless its config sets one. Bodies go to the backend
+// chunked: with a buffer larger than the transport's 32 KiB copy buffer, a
+// chunk's size line, data and CRLF leave in one write, where Go's 4 KiB
+// default splits them into three.
+func withWriteBuffer(raw json.RawMessage) (json.RawMessage, error) {
+	var proxy map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &proxy); err != nil {
+		return nil, err
+	}
+	transport := map[string]any{"protocol": "http"}
+	if t, ok := proxy["transport"]; ok {
+		if err := json.Unmarshal(t, &transport); err != nil {
+			return nil, err
+		}
+	}
+	if _, set := transport["write_buffer_size"]; set || transport["protocol"] != "http" {
+		return raw, nil
+	}
+	transport["write_buffer_size"] = DefaultWriteBuffer
+	t, err := json.Marshal(transport)
+	if err != nil {
+		return nil, err
+	}
+	proxy["transport"] = t
+	return json.Marshal(proxy)
 }
 
 // validTypePattern reports whether p is type/subtype, type/* or */*.

@@ -79,6 +79,17 @@ func TestProvisionDefaults(t *testing.T) {
 	if h.proxy == nil || h.proxy.Transport == nil {
 		t.Fatal("no proxy loaded")
 	}
+	if ht, ok := h.proxy.Transport.(*reverseproxy.HTTPTransport); !ok || ht.WriteBufferSize != DefaultWriteBuffer {
+		t.Fatalf("transport %#v: want an http transport with a %d-byte write buffer", h.proxy.Transport, DefaultWriteBuffer)
+	}
+	var own Handler
+	if err := own.UnmarshalCaddyfile(caddyfile.NewTestDispenser("stream_proxy 127.0.0.1:1 {\n transport http {\n write_buffer 8KiB\n }\n}")); err != nil {
+		t.Fatal(err)
+	}
+	provision(t, &own)
+	if ht := own.proxy.Transport.(*reverseproxy.HTTPTransport); ht.WriteBufferSize != 8<<10 {
+		t.Fatalf("write buffer %d, want the configured 8 KiB", ht.WriteBufferSize)
+	}
 }
 
 func TestValidate(t *testing.T) {

@@ -17,14 +17,15 @@ import (
 	"time"
 )
 
-// newBackendAt is newBackend listening on addr, to bring a stopped one back.
+// newBackendAt is healthy(newBackend) listening on addr, to bring a stopped
+// one back.
 func newBackendAt(t *testing.T, addr string) *backend {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &backend{}
+	b := healthy(&backend{})
 	b.Server = httptest.NewUnstartedServer(http.HandlerFunc(b.serve))
 	b.Listener.Close()
 	b.Listener = ln
@@ -190,7 +191,7 @@ func TestPoolActiveHealthChecks(t *testing.T) {
 		t.Errorf("with one backend stopped, the other got %s uploads, want [4]", got)
 	}
 
-	back := healthy(newBackendAt(t, bAddr))
+	back := newBackendAt(t, bAddr)
 	time.Sleep(500 * time.Millisecond)
 	for i := range 4 {
 		uploadOK(t, client, gatewayURL+"/forward", uint64(i+10))
@@ -382,7 +383,14 @@ func (b *earlyBackend) serve() {
 				case <-b.done:
 				case <-time.After(10 * time.Second):
 				}
+				return
 			}
+			// Closes as servers do: no more to send, and what the gateway
+			// still sends is read and dropped for a moment, so that the
+			// close is not a reset that could overtake the answer.
+			_ = conn.(*net.TCPConn).CloseWrite()
+			_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+			_, _ = io.Copy(io.Discard, conn)
 		})
 	}
 }
