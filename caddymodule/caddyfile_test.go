@@ -21,35 +21,14 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want:  `{"proxy":{"handler":"reverse_proxy","rewrite":{"uri":"/upload?"},"upstreams":[{"dial":"127.0.0.1:9000"}]}}`,
 		},
 		{
-			name: "a pool with reverse_proxy's own subdirectives",
-			input: `stream_proxy /up* {
-				to http://a:9000/v1/{http.stream_proxy.form.model}?x=1 http://b:9000/v1/{http.stream_proxy.form.model}?x=1
-				to c:9000
-				lb_policy least_conn
-				lb_retries 2
-				health_uri /healthz
-				health_interval 5s
-				fail_duration 30s
-				max_fails 1
-				trusted_proxies private_ranges
-				header_down -Server
-			}`,
-			err: "every upstream must name the same path",
+			name:  "upstreams with different paths",
+			input: "stream_proxy {\n to http://a:9000/v1?x=1 http://b:9000/v2?x=1\n}",
+			err:   "every upstream must name the same path",
 		},
 		{
-			name: "pool",
-			input: `stream_proxy {
-				to http://a:9000/v1/{http.stream_proxy.form.model} https://b:9443/v1/{http.stream_proxy.form.model}
-				lb_policy least_conn
-				lb_retries 2
-				health_uri /healthz
-				health_interval 5s
-				fail_duration 30s
-				max_fails 1
-				trusted_proxies 10.0.0.0/8
-				header_down -Server
-			}`,
-			err: "must use the same scheme",
+			name:  "upstreams with different schemes",
+			input: "stream_proxy {\n to http://a:9000/v1 https://b:9443/v1\n}",
+			err:   "must use the same scheme",
 		},
 		{
 			name: "pool of one scheme",
