@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
 // errBackendAnswered ends the body's producer when the backend answered, or
@@ -34,10 +35,9 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 
 // roundTrip sends the backend one request through the proxy, with the fields
 // of header set on it, whose body produce writes while the transport sends
-// it. The backend's answer goes to w. produce runs in a goroutine of its own,
-// which has always ended when roundTrip returns. It starts when the transport
-// first reads the body, once an upstream is connected and has the request
-// header: an upstream that cannot be reached costs the client no body byte
+// it (see backendBody). The backend's answer goes to w. produce has always
+// ended when roundTrip returns. It starts when the transport first reads the
+// body, once an upstream is connected and has the request header: an upstream that cannot be reached costs the client no body byte
 // and no 100 Continue, and reverse_proxy may try another.
 //
 // A failure of the upload itself (a broken limit, a malformed body) is
@@ -45,30 +45,11 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 // ends cleanly; unless the backend answered first (401, 413), in which case
 // its answer is what the client gets, whole.
 func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w io.Writer) error) *uploadError {
-	pipe := newHandoff()
-	body := &pipeBody{pipe: pipe, started: make(chan struct{})}
+	body := newBackendBody(produce)
 	w.ended = &body.ended
 	w.sent = time.Now()
-
 	stop := make(chan struct{})
 	u.body.stop = stop
-	done := make(chan error, 1)
-	go func() {
-		var err error
-		select {
-		case <-body.started:
-			err = produce(pipe)
-		case <-stop:
-			err = errBackendAnswered
-		}
-		body.ended.Store(true)
-		if err != nil {
-			pipe.CloseWrite(aborted{err})
-		} else {
-			pipe.CloseWrite(nil)
-		}
-		done <- err
-	}()
 
 	var panicked any
 	proxyErr := func() error {
@@ -89,8 +70,7 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 		}
 	}
 	close(stop)
-	pipe.CloseRead(errBackendAnswered)
-	perr := <-done
+	perr := body.finish()
 	u.body.stop = nil // the next part's header is read on this goroutine
 	if panicked != nil {
 		panic(panicked)
@@ -124,8 +104,8 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 // backendRequest is the request handed to the proxy: the client's, with its
 // body replaced by body and the fields of header set. reverse_proxy does the
 // rest (hop-by-hop fields, X-Forwarded-*, header_up, the upstream's address).
-func (u *upload) backendRequest(body io.ReadCloser, header http.Header) *http.Request {
-	req := u.r.WithContext(u.r.Context())
+func (u *upload) backendRequest(body *backendBody, header http.Header) *http.Request {
+	req := u.r.WithContext(context.WithValue(u.r.Context(), backendBodyKey{}, body))
 	req.Header = u.r.Header.Clone()
 	req.Header.Del("Content-Length")
 	req.Header.Del("Expect") // the client's 100 Continue is the gateway's business
@@ -139,25 +119,147 @@ func (u *upload) backendRequest(body io.ReadCloser, header http.Header) *http.Re
 	return req
 }
 
-// pipeBody is a backend request's body: the reading end of the upload's pipe.
-// The transport's first Read tells that an upstream is connected and has the
-// request header.
-type pipeBody struct {
-	pipe    *handoff
-	once    sync.Once
-	started chan struct{}
-	ended   atomic.Bool // the producer has ended, or will not start
+// backendBody is a backend request's body, which produce writes while the
+// transport sends it. An HTTP/1 transport copies it with WriteTo: produce then
+// runs on the transport's goroutine and writes straight into the connection's
+// chunked writer, each write one chunk, with no pipe and no second goroutine.
+// Other transports (HTTP/2, HTTP/3) Read it: produce then runs on a goroutine
+// of its own and writes into a pipe. Either way it starts only once an
+// upstream is connected and has the request header, and at most once.
+type backendBody struct {
+	produce func(w io.Writer) error
+	pipe    *handoff // the Read path's
+
+	mu    sync.Mutex
+	state int        // bodyWaiting, bodyRunning or bodyStopped; guarded by mu
+	done  chan error // produce's result, once it ran
+
+	ended atomic.Bool // produce has ended, or will not start
 }
 
-func (b *pipeBody) Read(p []byte) (int, error) {
-	b.once.Do(func() { close(b.started) })
+const (
+	bodyWaiting = iota // no transport has read it yet
+	bodyRunning        // produce runs or ran
+	bodyStopped        // roundTrip ended before any transport read it
+)
+
+func newBackendBody(produce func(w io.Writer) error) *backendBody {
+	return &backendBody{produce: produce, pipe: newHandoff(), done: make(chan error, 1)}
+}
+
+// begin reports whether the caller is the one to run produce.
+func (b *backendBody) begin() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state != bodyWaiting {
+		return false
+	}
+	b.state = bodyRunning
+	return true
+}
+
+func (b *backendBody) run(w io.Writer) error {
+	err := b.produce(w)
+	b.ended.Store(true)
+	b.done <- err
+	return err
+}
+
+// WriteTo runs produce into w, the transport's writer.
+func (b *backendBody) WriteTo(w io.Writer) (int64, error) {
+	if !b.begin() {
+		return io.Copy(w, struct{ io.Reader }{b}) // already started by a Read
+	}
+	cw := &connWriter{w: w}
+	err := b.run(cw)
+	switch {
+	case err == nil:
+		return cw.n, nil
+	case cw.err != nil:
+		return cw.n, cw.err // the backend connection failed: the upstream's fault
+	default:
+		return cw.n, aborted{err}
+	}
+}
+
+func (b *backendBody) Read(p []byte) (int, error) {
+	if b.begin() {
+		go func() {
+			if err := b.run(b.pipe); err != nil {
+				b.pipe.CloseWrite(aborted{err})
+			} else {
+				b.pipe.CloseWrite(nil)
+			}
+		}()
+	}
 	return b.pipe.Read(p)
 }
 
-// Close is the transport's: the producer's writes fail from now on.
-func (b *pipeBody) Close() error {
-	b.pipe.CloseRead(nil)
+// Close is the transport's. Before any read it does nothing, as a body that
+// reverse_proxy may hand to another upstream after a failed dial must stay
+// whole; after, the producer's writes into the pipe fail.
+func (b *backendBody) Close() error {
+	b.mu.Lock()
+	running := b.state == bodyRunning
+	b.mu.Unlock()
+	if running {
+		b.pipe.CloseRead(nil)
+	}
 	return nil
+}
+
+// finish ends the body once the proxy is done with the request, and returns
+// produce's result: errBackendAnswered if it never started. The caller has
+// made its reads and writes fail, so a produce still running ends soon.
+func (b *backendBody) finish() error {
+	b.mu.Lock()
+	started := b.state == bodyRunning
+	if !started {
+		b.state = bodyStopped
+		b.ended.Store(true)
+	}
+	b.mu.Unlock()
+	b.pipe.CloseRead(errBackendAnswered)
+	if !started {
+		return errBackendAnswered
+	}
+	return <-b.done
+}
+
+// connWriter is what produce writes into on the transport's goroutine. It
+// keeps the connection's own failure apart from the upload's.
+type connWriter struct {
+	w   io.Writer
+	n   int64
+	err error
+}
+
+func (c *connWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// backendBodyKey carries a backend request's *backendBody in its context, for
+// bodyTransport.
+type backendBodyKey struct{}
+
+// bodyTransport is the proxy's http transport, handed each request with the
+// backend body itself in place of reverse_proxy's wrappers of it, which
+// hide its WriteTo. The transport's other methods are its own.
+type bodyTransport struct {
+	*reverseproxy.HTTPTransport
+}
+
+func (t bodyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if b, ok := req.Context().Value(backendBodyKey{}).(*backendBody); ok && req.Body != nil {
+		req = req.WithContext(req.Context())
+		req.Body = b
+	}
+	return t.HTTPTransport.RoundTrip(req)
 }
 
 // backendWriter takes the backend's answer from the proxy: it relays it to the

@@ -172,17 +172,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	if h.ProxyRaw != nil {
-		var err error
-		if h.ProxyRaw, err = withWriteBuffer(h.ProxyRaw); err != nil {
+		if err := h.provisionProxy(ctx); err != nil {
 			return fmt.Errorf("proxy: %w", err)
-		}
-		mod, err := ctx.LoadModule(h, "ProxyRaw")
-		if err != nil {
-			return fmt.Errorf("loading proxy: %w", err)
-		}
-		var ok bool
-		if h.proxy, ok = mod.(*reverseproxy.Handler); !ok {
-			return fmt.Errorf("proxy: want reverse_proxy, got %T", mod)
 		}
 	}
 
@@ -259,31 +250,74 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 }
 
-// withWriteBuffer gives the proxy's http transport a write buffer of
-// DefaultWriteBuffer unless its config sets one. Bodies go to the backend
-// chunked: with a buffer larger than the transport's 32 KiB copy buffer, a
-// chunk's size line, data and CRLF leave in one write, where Go's 4 KiB
-// default splits them into three.
-func withWriteBuffer(raw json.RawMessage) (json.RawMessage, error) {
+// provisionProxy provisions the reverse_proxy of ProxyRaw as ctx.LoadModule
+// would, with one difference: its http transport is wrapped in bodyTransport
+// before the handler starts using it (its health checks among them).
+func (h *Handler) provisionProxy(ctx caddy.Context) error {
+	cfg, err := proxyConfig(h.ProxyRaw)
+	if err != nil {
+		return err
+	}
+	rp := new(reverseproxy.Handler)
+	if err := caddy.StrictUnmarshalJSON(cfg, rp); err != nil {
+		return err
+	}
+	if rp.TransportRaw != nil {
+		mod, err := ctx.LoadModule(rp, "TransportRaw")
+		if err != nil {
+			return fmt.Errorf("loading transport: %w", err)
+		}
+		switch t := mod.(type) {
+		case *reverseproxy.HTTPTransport:
+			rp.Transport = bodyTransport{t}
+		case reverseproxy.BufferedTransport:
+			return fmt.Errorf("transport %T buffers request bodies", t)
+		default:
+			rp.Transport = t.(http.RoundTripper)
+		}
+	}
+	if err := rp.Provision(ctx); err != nil {
+		return err
+	}
+	h.proxy = rp
+	return nil
+}
+
+// Cleanup stops the proxy's health checks and releases its upstreams.
+func (h *Handler) Cleanup() error {
+	if h.proxy == nil {
+		return nil
+	}
+	return h.proxy.Cleanup()
+}
+
+// proxyConfig is the reverse_proxy config in raw without its module name,
+// with an http transport whose write buffer is DefaultWriteBuffer unless the
+// config sets one: bodies go to the backend chunked, and a chunk's size
+// line, data and CRLF then leave in one write.
+func proxyConfig(raw json.RawMessage) (json.RawMessage, error) {
 	var proxy map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &proxy); err != nil {
 		return nil, err
 	}
+	if name := string(proxy["handler"]); name != `"reverse_proxy"` {
+		return nil, fmt.Errorf("want handler reverse_proxy, got %s", name)
+	}
+	delete(proxy, "handler")
 	transport := map[string]any{"protocol": "http"}
 	if t, ok := proxy["transport"]; ok {
 		if err := json.Unmarshal(t, &transport); err != nil {
 			return nil, err
 		}
 	}
-	if _, set := transport["write_buffer_size"]; set || transport["protocol"] != "http" {
-		return raw, nil
+	if _, set := transport["write_buffer_size"]; !set && transport["protocol"] == "http" {
+		transport["write_buffer_size"] = DefaultWriteBuffer
+		t, err := json.Marshal(transport)
+		if err != nil {
+			return nil, err
+		}
+		proxy["transport"] = t
 	}
-	transport["write_buffer_size"] = DefaultWriteBuffer
-	t, err := json.Marshal(transport)
-	if err != nil {
-		return nil, err
-	}
-	proxy["transport"] = t
 	return json.Marshal(proxy)
 }
 
@@ -334,5 +368,6 @@ func boundaryOf(contentType string) (string, error) {
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

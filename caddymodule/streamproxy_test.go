@@ -79,7 +79,7 @@ func TestProvisionDefaults(t *testing.T) {
 	if h.proxy == nil || h.proxy.Transport == nil {
 		t.Fatal("no proxy loaded")
 	}
-	if ht, ok := h.proxy.Transport.(*reverseproxy.HTTPTransport); !ok || ht.WriteBufferSize != DefaultWriteBuffer {
+	if bt, ok := h.proxy.Transport.(bodyTransport); !ok || bt.WriteBufferSize != DefaultWriteBuffer {
 		t.Fatalf("transport %#v: want an http transport with a %d-byte write buffer", h.proxy.Transport, DefaultWriteBuffer)
 	}
 	var own Handler
@@ -87,8 +87,8 @@ func TestProvisionDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	provision(t, &own)
-	if ht := own.proxy.Transport.(*reverseproxy.HTTPTransport); ht.WriteBufferSize != 8<<10 {
-		t.Fatalf("write buffer %d, want the configured 8 KiB", ht.WriteBufferSize)
+	if bt := own.proxy.Transport.(bodyTransport); bt.WriteBufferSize != 8<<10 {
+		t.Fatalf("write buffer %d, want the configured 8 KiB", bt.WriteBufferSize)
 	}
 }
 

@@ -12,7 +12,7 @@
 //	    deterministic pseudo-random bytes. GET /healthz: ok.
 //
 //	uploadbench upload -url URL [-size 1GiB] [-files 3] [-fields 2]
-//	    [-concurrency 1] [-chunked] [-verify]
+//	    [-concurrency 1] [-chunked] [-verify] [-proto http|h1|h2|h3]
 //	    Generates a multipart/form-data body on the fly (text fields, then
 //	    files of pseudo-random bytes), uploads it and prints the status, the
 //	    rate and the answer. -verify checks the backend's digests.
@@ -63,7 +63,7 @@ const usageText = `usage: uploadbench <subcommand> [flags]
       the counting backend: multipart uploads get the size and sha256 of each
       part (400 if malformed or truncated), other uploads those of the raw body;
       GET /download/<size> streams bytes; GET /healthz answers ok
-  upload -url URL [-size 1GiB] [-files 3] [-fields 2] [-concurrency 1] [-chunked] [-verify]
+  upload -url URL [-size 1GiB] [-files 3] [-fields 2] [-concurrency 1] [-chunked] [-verify] [-proto http|h1|h2|h3]
       upload a generated multipart body; print status, MiB/s and the answer
   compare -caddy PATH [-size 2GiB] [-runs 5] [-modes forward,per_part,store] [-out table|markdown]
       benchmark direct vs reverse_proxy vs stream_proxy through a gateway it starts

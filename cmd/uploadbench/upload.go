@@ -216,6 +216,7 @@ func runUpload(ctx context.Context, args []string) error {
 	chunked := fs.Bool("chunked", false, "send chunked instead of with a Content-Length")
 	verify := fs.Bool("verify", false, "check the backend's per-part sha256 answer against what was sent")
 	timeout := fs.Duration("timeout", 30*time.Minute, "give up on an upload after this long")
+	proto := fs.String("proto", protoHTTP, "http (plain HTTP/1.1), or over HTTPS trusting any certificate: h1 (HTTP/1.1), h2 (HTTP/2), h3 (HTTP/3)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: uploadbench upload -url URL [flags]\n\n"+
 			"Uploads a generated multipart/form-data body and prints status, MiB/s and the answer.\n"+
@@ -228,6 +229,9 @@ func runUpload(ctx context.Context, args []string) error {
 	if *url == "" || *concurrency < 1 || *concurrency > 256 {
 		fs.Usage()
 		return errUsage
+	}
+	if err := checkProto(*proto); err != nil {
+		return err
 	}
 
 	b, err := newBody(bodySpec{Seed: *seed, Size: int64(size), Files: *files, Fields: *fields})
@@ -245,7 +249,7 @@ func runUpload(ctx context.Context, args []string) error {
 	fmt.Printf("POST %s: %s of files (%d files, %d fields, seed %d), body %d bytes, %s, %d at once\n",
 		*url, formatBytes(int64(size)), *files, *fields, *seed, b.Length, framing, *concurrency)
 
-	client := newClient(*concurrency)
+	client := newGatewayClient(*concurrency, *proto)
 	defer client.CloseIdleConnections()
 	p := startProgress("sent", b.Length*int64(*concurrency))
 	results := make([]uploadResult, *concurrency)
