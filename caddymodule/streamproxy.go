@@ -33,7 +33,9 @@ const (
 	DefaultMaxParts          = 1000
 	DefaultMaxFieldSize      = 1 << 20  // 1 MiB
 	DefaultMaxPartHeaderSize = 16 << 10 // 16 KiB
-	DefaultWriteBuffer       = 64 << 10 // the http transport's, unless write_buffer is set
+	// DefaultWriteBuffer is the http transport's, unless write_buffer is
+	// set: a chunk of writerSize with its size line and CRLF fits whole.
+	DefaultWriteBuffer = writerSize + 16
 )
 
 // Handler intercepts multipart/form-data requests and moves every part to
@@ -294,7 +296,7 @@ func (h *Handler) Cleanup() error {
 // proxyConfig is the reverse_proxy config in raw without its module name,
 // with an http transport whose write buffer is DefaultWriteBuffer unless the
 // config sets one: bodies go to the backend chunked, and a chunk's size
-// line, data and CRLF then leave in one write.
+// line, data and CRLF then leave in one write, not three.
 func proxyConfig(raw json.RawMessage) (json.RawMessage, error) {
 	var proxy map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &proxy); err != nil {
