@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -283,6 +284,51 @@ func TestPartOverLimitAbortsBackendRequest(t *testing.T) {
 				t.Fatalf("backend must see an aborted request, saw %+v", got)
 			}
 		})
+	}
+}
+
+// An HTTP/2 backend (h2c) reads the body rather than having it written
+// (the transport's Read path): whole uploads arrive whole, and a broken limit
+// still aborts the backend's request.
+func TestForwardToH2CBackend(t *testing.T) {
+	be := &backend{}
+	be.Server = httptest.NewUnstartedServer(http.HandlerFunc(be.serve))
+	be.Config.Protocols = new(http.Protocols)
+	be.Config.Protocols.SetUnencryptedHTTP2(true)
+	var protos sync.Map
+	be.before = func(w http.ResponseWriter, r *http.Request) bool { protos.Store(r.Proto, true); return false }
+	be.Start()
+	t.Cleanup(be.Close)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
+	max_part_size 16MiB
+	transport http {
+		versions h2c
+	}
+}`, be.URL))
+
+	parts := sampleForm(8 << 20)
+	res, body := postForm(t, newClient(t), gatewayURL+"/upload", parts, false)
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %s", res.StatusCode, body)
+	}
+	got := be.waitRequests(t, 1)
+	if len(got) != 1 || got[0].Err != nil {
+		t.Fatalf("backend got %+v", got)
+	}
+	if want, have := comparableParts(expected(parts)), comparableParts(got[0].Parts); want != have {
+		t.Fatalf("backend saw\n%s\nwant\n%s", have, want)
+	}
+	if _, ok := protos.Load("HTTP/2.0"); !ok {
+		t.Fatal("the backend was not reached over HTTP/2")
+	}
+
+	over := []formPart{{field: "big", filename: "big.bin", size: 32 << 20, seed: 4}}
+	res, body = postForm(t, newClient(t), gatewayURL+"/upload", over, true)
+	if res.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %d: %s", res.StatusCode, body)
+	}
+	if got := be.waitRequests(t, 2); len(got) != 2 || got[1].Err == nil {
+		t.Fatalf("backend must see an aborted request, saw %+v", got)
 	}
 }
 
