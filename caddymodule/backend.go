@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,28 @@ func (e aborted) Unwrap() []error { return []error{e.err, context.Canceled} }
 // nextNone ends the chain of the embedded reverse_proxy, which calls it only
 // for handle_response routes, which it is never given.
 var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+
+// exchangeForm sends the backend one multipart/form-data request under a fresh
+// boundary, whose parts write adds while the client's body is read, and
+// hands the answer to w.
+func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer) error) *uploadError {
+	out := getWriter()
+	defer putWriter(out)
+	bw := newIdleFlusher(out)
+	mw := multipart.NewWriter(bw)
+	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
+	return u.roundTrip(w, header, func(body io.Writer) error {
+		out.Reset(body)
+		defer u.flushWhenIdle(bw)()
+		if err := write(mw); err != nil {
+			return err
+		}
+		if err := mw.Close(); err != nil {
+			return err
+		}
+		return bw.Flush()
+	})
+}
 
 // roundTrip sends the backend one request through the proxy, with the fields
 // of header set on it, whose body produce writes while the transport sends
@@ -262,6 +285,10 @@ func (t bodyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return t.HTTPTransport.RoundTrip(req)
 }
 
+// maxBackendAnswer bounds a backend's response body kept for per_part's JSON
+// report, one of the few things ever held whole.
+const maxBackendAnswer = 64 << 10
+
 // backendWriter takes the backend's answer from the proxy: it relays it to the
 // client (forward and store mode), or keeps its status and up to 64 KiB of
 // its body for the JSON report (per_part, client nil).
@@ -316,7 +343,6 @@ func (w *backendWriter) WriteHeader(code int) {
 	if !w.ended.Load() {
 		w.linger = w.u.closeAfter()
 	}
-	w.u.status = code
 	w.client.WriteHeader(code)
 }
 

@@ -55,8 +55,7 @@ type uploadError struct {
 	Limit   string   `json:"limit,omitempty"`
 	Part    *partRef `json:"part,omitempty"`
 
-	err        error // the cause, for logs and errors.Is
-	clientRead bool  // the client's body could not be read
+	err error // the cause, for logs and errors.Is
 }
 
 func (e *uploadError) Error() string {
@@ -75,7 +74,7 @@ func (e *uploadError) writeJSON(w http.ResponseWriter, parts []partResult) {
 		w.WriteHeader(e.Status) // for the access log only
 		return
 	}
-	_ = writeJSON(w, e.Status, struct {
+	writeJSON(w, e.Status, struct {
 		Error *uploadError `json:"error"`
 		Parts []partResult `json:"parts,omitempty"`
 	}{e, parts})
@@ -118,9 +117,9 @@ func clientReadError(err error) *uploadError {
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		return &uploadError{Status: http.StatusRequestTimeout, Code: CodeClientTimeout, Message: "client stopped sending", err: err, clientRead: true}
+		return &uploadError{Status: http.StatusRequestTimeout, Code: CodeClientTimeout, Message: "client stopped sending", err: err}
 	}
-	return &uploadError{Status: statusClientClosed, Code: CodeClientGone, Message: "client went away", err: err, clientRead: true}
+	return &uploadError{Status: statusClientClosed, Code: CodeClientGone, Message: "client went away", err: err}
 }
 
 // backendError classifies a failed round trip, as reverse_proxy does; 503 is
@@ -138,4 +137,20 @@ func backendError(err error, clientGone bool) *uploadError {
 		return &uploadError{Status: http.StatusGatewayTimeout, Code: CodeBackendTimeout, Message: "backend timed out", err: err}
 	}
 	return &uploadError{Status: http.StatusBadGateway, Code: CodeBackendFailed, Message: "backend failed", err: err}
+}
+
+// asStoreError passes a classified failure as it is and makes anything else
+// a failure of the store.
+func asStoreError(err error) error {
+	var ue *uploadError
+	var we writeError
+	if errors.As(err, &ue) || errors.As(err, &we) {
+		return err
+	}
+	return storeFailed(err)
+}
+
+// storeFailed is a failure of the store that has no status of its own.
+func storeFailed(err error) *uploadError {
+	return &uploadError{Status: http.StatusInternalServerError, Code: CodeStoreFailed, Message: "storing the upload failed", err: err}
 }

@@ -487,10 +487,3 @@ func readError(err error, p *formPart) error {
 	}
 	return ue
 }
-
-// isClientReadError reports whether err came from reading the client's body
-// rather than from what the body said.
-func isClientReadError(err error) bool {
-	var ue *uploadError
-	return errors.As(err, &ue) && ue.clientRead
-}

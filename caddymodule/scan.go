@@ -208,37 +208,6 @@ func (f *formReader) delimiterAt(buf []byte, n int) int {
 	return notDelimiter
 }
 
-// budgetReader lets through at most budget bytes while a part header is being
-// read (budget -1: no cap), so that an endless header never fills memory.
-// Once a read fails, it fails every read after with the same error.
-type budgetReader struct {
-	r         io.Reader
-	budget    int64
-	exhausted bool
-	err       error
-}
-
-var errHeaderBudget = errors.New("part header exceeds its budget")
-
-func (b *budgetReader) Read(p []byte) (int, error) {
-	if b.err != nil {
-		return 0, b.err
-	}
-	if b.budget == 0 {
-		b.exhausted = true
-		return 0, errHeaderBudget // not sticky: the header's end decides
-	}
-	if b.budget > 0 && int64(len(p)) > b.budget {
-		p = p[:b.budget]
-	}
-	n, err := b.r.Read(p)
-	if b.budget > 0 {
-		b.budget -= int64(n)
-	}
-	b.err = err
-	return n, err
-}
-
 // finder finds a delimiter ("\r\n--boundary") in part data: bytes.Index,
 // sped up for the data uploads carry. bytes.Index looks for the delimiter's
 // first byte with IndexByte, which in compressed media or model weights (any

@@ -1,7 +1,6 @@
 package streamproxy
 
 import (
-	"errors"
 	"io"
 	"mime/multipart"
 	"net/http"
@@ -175,7 +174,7 @@ func (st *storing) discard() {
 // serveStore writes file parts to the store. Without a backend it answers 201
 // with JSON describing them; with one, the backend gets the text fields and
 // each file's metadata, and the files are removed if it answers an error.
-func (h *Handler) serveStore(u *upload) error {
+func (h *Handler) serveStore(u *upload) result {
 	form := u.openBody()
 	defer u.closeBody()
 	st := &storing{u: u, batch: h.store.Begin(u.r.Context(), u.logger)}
@@ -183,14 +182,13 @@ func (h *Handler) serveStore(u *upload) error {
 	if h.proxy == nil {
 		if err := st.receive(form, nil); err != nil {
 			st.discard()
-			return u.failParts(asUploadError(err), st.parts)
+			return failed(asUploadError(err), st.parts)
 		}
 		if err := st.commit(); err != nil {
 			st.discard()
-			return u.failParts(asUploadError(err), st.parts)
+			return failed(asUploadError(err), st.parts)
 		}
-		u.status = http.StatusCreated
-		return writeJSON(u.w, u.status, map[string]any{"parts": st.answer(), "fields": st.fields})
+		return u.reply(http.StatusCreated, map[string]any{"parts": st.answer(), "fields": st.fields})
 	}
 
 	answer := u.relayTo(u.w)
@@ -202,12 +200,12 @@ func (h *Handler) serveStore(u *upload) error {
 	})
 	if uerr != nil {
 		st.discard()
-		return u.failParts(uerr, st.parts)
+		return failed(uerr, st.parts)
 	}
 	if answer.status >= 400 || answer.early {
 		st.discard() // nginx's upload_cleanup
 	}
-	return nil
+	return result{status: answer.status}
 }
 
 // answer lists the parts, the stored ones with where they are.
@@ -223,20 +221,4 @@ func (st *storing) answer() []any {
 		out = append(out, p)
 	}
 	return out
-}
-
-// asStoreError passes a classified failure as it is and makes anything else
-// a failure of the store.
-func asStoreError(err error) error {
-	var ue *uploadError
-	var we writeError
-	if errors.As(err, &ue) || errors.As(err, &we) {
-		return err
-	}
-	return storeFailed(err)
-}
-
-// storeFailed is a failure of the store that has no status of its own.
-func storeFailed(err error) *uploadError {
-	return &uploadError{Status: http.StatusInternalServerError, Code: CodeStoreFailed, Message: "storing the upload failed", err: err}
 }

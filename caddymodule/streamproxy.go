@@ -238,9 +238,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	u := newUpload(h, w, r)
 	u.begin()
-	defer u.end()
+	var res result
+	defer func() { u.end(res) }() // also when reverse_proxy aborts the response
+	res = h.serve(u)
+	if res.failure != nil {
+		return u.fail(res.failure, res.parts)
+	}
+	return nil
+}
+
+// serve handles the upload in the handler's mode.
+func (h *Handler) serve(u *upload) result {
 	if uerr := u.checkRequest(); uerr != nil {
-		return u.fail(uerr)
+		return failed(uerr, nil)
 	}
 	switch h.Mode {
 	case ModePerPart:

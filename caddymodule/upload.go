@@ -2,9 +2,6 @@ package streamproxy
 
 import (
 	"bufio"
-	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -17,72 +14,12 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// Part data is read from the client into one buffer per upload and written
-// on from there: to the backend connection (see pipeBody.WriteTo), into the
-// pipe, or to a file. A buffer-full costs one read from the client and one
-// write on, so larger buffers cost the gateway less: in `uploadbench compare`
-// (1 GiB, 9 runs) forward mode used 0.60, 0.52 to 0.61, 0.48 to 0.51 and 0.44
-// CPU s/GiB with 256 KiB, 512 KiB, 1 MiB and 2 MiB. Throughput stayed at 1.00
-// to 1.05x reverse_proxy's: on a shared machine, the client and backend spent
-// what the gateway saved, reading and writing in larger pieces. So that many
-// uploads at once stay within bounded memory, only largeUploads uploads at a
-// time get 512 KiB buffers; the others get 128 KiB.
-var (
-	largeBufs  = newBufSet(512 << 10)
-	smallBufs  = newBufSet(128 << 10)
-	largeTaken atomic.Int64 // uploads holding largeBufs
-)
-
-const largeUploads = 64
-
-// bufSet pools the read buffers of one size.
-type bufSet struct {
-	size    int
-	readers sync.Pool // *bufio.Reader
-}
-
-func newBufSet(size int) *bufSet {
-	s := &bufSet{size: size}
-	s.readers.New = func() any { return bufio.NewReaderSize(nil, size) }
-	return s
-}
-
-// takeBufs returns the buffer set for a new upload; release it with
-// releaseBufs.
-func takeBufs() *bufSet {
-	if largeTaken.Add(1) <= largeUploads {
-		return largeBufs
-	}
-	largeTaken.Add(-1)
-	return smallBufs
-}
-
-func releaseBufs(s *bufSet) {
-	if s == largeBufs {
-		largeTaken.Add(-1)
-	}
-}
-
-// writerSize is the size of the buffered writers in front of a backend
-// request or a stored file. They gather part headers, small fields and small
-// client reads (a TLS record each) into one write, so that each handoff to
-// the transport carries several of its 32 KiB reads; a run of part data
-// larger than them is written past them.
-const writerSize = 128 << 10
-
-var (
-	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writerSize) }}
-)
-
-// getWriter returns a pooled buffered writer; Reset it to its destination.
-func getWriter() *bufio.Writer { return writerPool.Get().(*bufio.Writer) }
-
-func putWriter(w *bufio.Writer) {
-	w.Reset(nil)
-	writerPool.Put(w)
-}
-
-// upload is the state of one intercepted request.
+// upload is the state of one intercepted request. The handler's goroutine
+// makes it and ends it. In between, the form is read, and the fields below
+// the client's body are written, by one goroutine at a time: the handler's,
+// or the producer of a backend body (see backendBody), which has always ended
+// when roundTrip returns. The admin API reads the atomics, and current under
+// mu, while the upload runs.
 type upload struct {
 	h      *Handler
 	w      http.ResponseWriter
@@ -104,10 +41,20 @@ type upload struct {
 	current   *partRef   // the part being read, nil between parts
 	partStart time.Time
 
-	fieldBytes int          // text field bytes kept as placeholders
-	partsSoFar []partResult // reported with an error in per_part and store mode
-	status     int          // what the client was answered
-	failure    *uploadError // why the upload failed, if it did
+	fieldBytes int // text field bytes kept as placeholders
+}
+
+// result is how a mode's handling of an upload ended: the status the client
+// was answered with, or the failure to answer it with, and the parts handled
+// so far, which per_part and store mode report beside a failure.
+type result struct {
+	status  int
+	failure *uploadError
+	parts   []partResult
+}
+
+func failed(e *uploadError, parts []partResult) result {
+	return result{status: e.Status, failure: e, parts: parts}
 }
 
 func newUpload(h *Handler, w http.ResponseWriter, r *http.Request) *upload {
@@ -130,7 +77,7 @@ func (u *upload) begin() {
 
 // end records how the upload ended: metrics, placeholders, the access log's
 // extra fields and a debug summary.
-func (u *upload) end() {
+func (u *upload) end(res result) {
 	mode := u.h.Mode
 	// Last, so that an upload no longer in flight has been counted.
 	defer func() {
@@ -151,7 +98,7 @@ func (u *upload) end() {
 
 	outcome := outcomeOK
 	code := ""
-	switch e := u.failure; {
+	switch e := res.failure; {
 	case e != nil:
 		code = e.Code
 		metrics.rejections.WithLabelValues(mode, e.Code).Inc()
@@ -165,7 +112,7 @@ func (u *upload) end() {
 		default:
 			outcome = outcomeRefused
 		}
-	case u.status >= 400:
+	case res.status >= 400:
 		outcome = outcomeBackendError
 	}
 	metrics.uploads.WithLabelValues(mode, outcome).Inc()
@@ -191,7 +138,7 @@ func (u *upload) end() {
 		extra.Add(summary)
 	}
 	if ce := u.logger.Check(zap.DebugLevel, "upload finished"); ce != nil {
-		ce.Write(summary, zap.Int("status", u.status), zap.Duration("duration", time.Since(u.start)))
+		ce.Write(summary, zap.Int("status", res.status), zap.Duration("duration", time.Since(u.start)))
 	}
 }
 
@@ -240,154 +187,4 @@ func (u *upload) snapshot(now time.Time) uploadStatus {
 		s.Rate = float64(s.Bytes) / secs
 	}
 	return s
-}
-
-// checkRequest refuses what can be refused before reading the body, so that
-// no 100 Continue is sent for it.
-func (u *upload) checkRequest() *uploadError {
-	if u.r.ContentLength > u.h.MaxBodySize {
-		return limitError(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "max_body_size", u.h.MaxBodySize,
-			fmt.Sprintf("Content-Length %d", u.r.ContentLength))
-	}
-	b, err := boundaryOf(u.r.Header.Get("Content-Type"))
-	if err != nil {
-		return malformed(err)
-	}
-	u.boundary = b
-	return nil
-}
-
-// openBody starts reading the client's body through a pooled buffer.
-// The caller must call closeBody.
-func (u *upload) openBody() *formReader {
-	u.body = &clientBody{r: u.r.Body, max: u.h.MaxBodySize}
-	src := &budgetReader{r: u.body, budget: -1}
-	u.bufs = takeBufs()
-	u.in = u.bufs.readers.Get().(*bufio.Reader)
-	u.in.Reset(src)
-	return newFormReader(u.in, src, u.boundary, u.h, u)
-}
-
-func (u *upload) closeBody() {
-	if u.in != nil {
-		u.in.Reset(nil)
-		u.bufs.readers.Put(u.in)
-		u.in = nil
-		releaseBufs(u.bufs)
-	}
-}
-
-// fail answers the client with e, or hands e to the site's handle_errors.
-func (u *upload) fail(e *uploadError) error {
-	u.failure, u.status = e, e.Status
-	u.repl.Set(placeholderPrefix+"error.code", e.Code)
-	u.repl.Set(placeholderPrefix+"error.limit", e.Limit)
-	if ce := u.logger.Check(zap.DebugLevel, "upload refused"); ce != nil || e.Status >= 500 {
-		fields := []zap.Field{
-			zap.Int("status", e.Status),
-			zap.String("code", e.Code),
-			zap.Duration("duration", time.Since(u.start)),
-		}
-		if u.body != nil {
-			fields = append(fields, zap.Int64("bytes", u.body.n.Load()))
-		}
-		if e.Part != nil {
-			fields = append(fields, zap.Int("part", e.Part.Index), zap.String("field", e.Part.Field))
-		}
-		if e.err != nil {
-			fields = append(fields, zap.Error(e.err))
-		}
-		if e.Status >= 500 && e.Status != statusClientClosed {
-			u.logger.Error("upload failed", fields...)
-		} else if ce != nil {
-			ce.Write(fields...)
-		}
-	}
-	if srv, ok := u.r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok &&
-		srv.Errors != nil && len(srv.Errors.Routes) > 0 && e.Status != statusClientClosed {
-		u.closeAfter()
-		return caddyhttp.Error(e.Status, e)
-	}
-	linger := e.Status != statusClientClosed && u.closeAfter()
-	e.writeJSON(u.w, u.partsSoFar)
-	if linger {
-		u.linger()
-	}
-	return nil
-}
-
-// closeAfter prepares an answer given before the client's body was read to
-// its end: the connection is not reused, and with Connection: close the
-// server neither sends 100 Continue to a client waiting for it nor drains the
-// body. It reports whether the answer should be followed by a lingering close
-// (a client already sending, over HTTP/1.x), and if so, allows it.
-func (u *upload) closeAfter() (linger bool) {
-	unread := u.body == nil || !u.body.eof.Load()
-	if !unread || u.r.ProtoMajor != 1 {
-		return false
-	}
-	u.w.Header().Set("Connection", "close")
-	waiting := (u.body == nil || u.body.n.Load() == 0) && u.r.Header.Get("Expect") != ""
-	return !waiting && http.NewResponseController(u.w).EnableFullDuplex() == nil
-}
-
-// Bounds of a lingering close.
-const (
-	lingerTime  = 2 * time.Second
-	lingerBytes = 64 << 20
-)
-
-// linger reads and discards what the client still sends after it has been
-// answered before its body ended (a refusal, a backend's early answer), for a
-// little while, as nginx's lingering close does: a client that sends its whole
-// body before it reads the answer then gets the answer instead of a reset.
-func (u *upload) linger() {
-	rc := http.NewResponseController(u.w)
-	if rc.Flush() != nil || rc.SetReadDeadline(time.Now().Add(lingerTime)) != nil {
-		return
-	}
-	_, _ = io.CopyN(io.Discard, u.r.Body, lingerBytes)
-}
-
-// clientBody counts the client's body and enforces max_body_size while it
-// streams. A failure to read is marked as the client's.
-type clientBody struct {
-	r    io.Reader
-	n    atomic.Int64 // read by the admin API while the upload runs
-	max  int64
-	eof  atomic.Bool  // the body was read to its end
-	idle *idleFlusher // if set, told of each read (see flushWhenIdle)
-	// deadline, if set, bounds each read (see storing.boundIdle).
-	deadline func()
-	// stop, once closed, fails reads: the backend request the body goes to
-	// has ended (answered early or failed), so nothing read would go anywhere.
-	stop <-chan struct{}
-}
-
-func (c *clientBody) Read(p []byte) (int, error) {
-	select {
-	case <-c.stop:
-		return 0, writeError{errBackendAnswered}
-	default:
-	}
-	if c.deadline != nil {
-		c.deadline()
-	}
-	if c.idle != nil {
-		c.idle.beforeRead()
-		defer c.idle.afterRead()
-	}
-	if c.n.Load() >= c.max {
-		// Allow one more byte through to tell "exactly max" from "over".
-		p = p[:min(len(p), 1)]
-	}
-	n, err := c.r.Read(p)
-	if c.n.Add(int64(n)) > c.max {
-		return 0, limitError(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "max_body_size", c.max, "request body")
-	}
-	if err != nil && !errors.Is(err, io.EOF) {
-		return n, clientReadError(err)
-	}
-	c.eof.Store(err == io.EOF)
-	return n, err
 }

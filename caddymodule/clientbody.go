@@ -1,0 +1,119 @@
+package streamproxy
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync/atomic"
+)
+
+// checkRequest refuses what can be refused before reading the body, so that
+// no 100 Continue is sent for it.
+func (u *upload) checkRequest() *uploadError {
+	if u.r.ContentLength > u.h.MaxBodySize {
+		return limitError(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "max_body_size", u.h.MaxBodySize,
+			fmt.Sprintf("Content-Length %d", u.r.ContentLength))
+	}
+	b, err := boundaryOf(u.r.Header.Get("Content-Type"))
+	if err != nil {
+		return malformed(err)
+	}
+	u.boundary = b
+	return nil
+}
+
+// openBody starts reading the client's body through a pooled buffer.
+// The caller must call closeBody.
+func (u *upload) openBody() *formReader {
+	u.body = &clientBody{r: u.r.Body, max: u.h.MaxBodySize}
+	src := &budgetReader{r: u.body, budget: -1}
+	u.bufs = takeBufs()
+	u.in = u.bufs.readers.Get().(*bufio.Reader)
+	u.in.Reset(src)
+	return newFormReader(u.in, src, u.boundary, u.h, u)
+}
+
+func (u *upload) closeBody() {
+	if u.in != nil {
+		u.in.Reset(nil)
+		u.bufs.readers.Put(u.in)
+		u.in = nil
+		releaseBufs(u.bufs)
+	}
+}
+
+// clientBody counts the client's body and enforces max_body_size while it
+// streams. A failure to read is marked as the client's.
+type clientBody struct {
+	r    io.Reader
+	n    atomic.Int64 // read by the admin API while the upload runs
+	max  int64
+	eof  atomic.Bool  // the body was read to its end
+	idle *idleFlusher // if set, told of each read (see flushWhenIdle)
+	// deadline, if set, bounds each read (see storing.boundIdle).
+	deadline func()
+	// stop, once closed, fails reads: the backend request the body goes to
+	// has ended (answered early or failed), so nothing read would go anywhere.
+	stop <-chan struct{}
+}
+
+func (c *clientBody) Read(p []byte) (int, error) {
+	select {
+	case <-c.stop:
+		return 0, writeError{errBackendAnswered}
+	default:
+	}
+	if c.deadline != nil {
+		c.deadline()
+	}
+	if c.idle != nil {
+		c.idle.beforeRead()
+		defer c.idle.afterRead()
+	}
+	if c.n.Load() >= c.max {
+		// Allow one more byte through to tell "exactly max" from "over".
+		p = p[:min(len(p), 1)]
+	}
+	n, err := c.r.Read(p)
+	if c.n.Add(int64(n)) > c.max {
+		return 0, limitError(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "max_body_size", c.max, "request body")
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		return n, clientReadError(err)
+	}
+	c.eof.Store(err == io.EOF)
+	return n, err
+}
+
+// budgetReader lets through at most budget bytes while a part header is being
+// read (budget -1: no cap), so that an endless header never fills memory.
+// Once a read fails, it fails every read after with the same error.
+type budgetReader struct {
+	r         io.Reader
+	budget    int64
+	exhausted bool
+	err       error
+}
+
+var errHeaderBudget = errors.New("part header exceeds its budget")
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if b.budget == 0 {
+		b.exhausted = true
+		return 0, errHeaderBudget // not sticky: the header's end decides
+	}
+	if b.budget > 0 && int64(len(p)) > b.budget {
+		p = p[:b.budget]
+	}
+	n, err := b.r.Read(p)
+	if b.budget > 0 {
+		b.budget -= int64(n)
+	}
+	b.err = err
+	return n, err
+}

@@ -1,0 +1,108 @@
+package streamproxy
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"mime/multipart"
+)
+
+// What the modes share about parts: copying their data on, the digest
+// fields that follow them, text fields kept as placeholders, and the JSON
+// that per_part and store mode report them in.
+
+const (
+	placeholderPrefix = "http.stream_proxy."
+	// Bounds on the text fields kept as placeholders, one of the few things
+	// ever held whole.
+	maxFieldValue  = 8 << 10  // one field
+	maxFieldValues = 64 << 10 // all fields of one upload
+)
+
+// copyPart writes one part's data to dst, straight from the client's read
+// buffer.
+func (u *upload) copyPart(dst io.Writer, p *formPart) error {
+	for {
+		b, err := p.next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := dst.Write(b); err != nil {
+			return err
+		}
+		u.sent.Add(int64(len(b)))
+	}
+}
+
+// writeDigestFields follows a file part with a text field per configured
+// digest: `<field>.sha256` and so on.
+func writeDigestFields(mw *multipart.Writer, p *formPart) error {
+	if !p.IsFile || p.digests == nil {
+		return nil
+	}
+	for i, name := range p.digests.names {
+		sum := hex.EncodeToString(p.digests.computed[i].Sum(nil))
+		if err := mw.WriteField(p.Field+"."+name, sum); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readField reads a text field. A value of up to 8 KiB (64 KiB for all fields
+// together) becomes the placeholder {http.stream_proxy.form.<name>}; a longer
+// one is read through and counted, but not kept.
+func (u *upload) readField(p *formPart) error {
+	var buf bytes.Buffer
+	keep := u.fieldBytes+len(p.Field) <= maxFieldValues
+	for {
+		var chunk [4096]byte
+		n, err := p.Read(chunk[:])
+		if keep && n > 0 {
+			if buf.Len()+n > maxFieldValue || u.fieldBytes+buf.Len()+n > maxFieldValues {
+				keep = false
+				buf.Reset()
+			} else {
+				buf.Write(chunk[:n])
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if keep {
+		u.fieldBytes += buf.Len()
+		u.repl.Set(placeholderPrefix+"form."+p.Field, buf.String())
+	}
+	return nil
+}
+
+// partResult is one part in per_part and store mode's JSON.
+type partResult struct {
+	Index       int               `json:"index"`
+	Field       string            `json:"field"`
+	Filename    *string           `json:"filename,omitempty"`
+	ContentType string            `json:"content_type,omitempty"`
+	Size        int64             `json:"size"`
+	Digests     map[string]string `json:"digests,omitempty"`
+	Path        string            `json:"path,omitempty"`      // store mode
+	Status      int               `json:"status,omitempty"`    // per_part: the backend's
+	Response    json.RawMessage   `json:"response,omitempty"`  // per_part: the backend's, JSON kept as JSON
+	Truncated   bool              `json:"truncated,omitempty"` // the response was longer than 64 KiB
+}
+
+func newPartResult(p *formPart) partResult {
+	r := partResult{Index: p.Index, Field: p.Field, ContentType: p.ContentType, Size: p.Size, Digests: p.digests.sums()}
+	if p.IsFile {
+		name := p.Filename
+		r.Filename = &name
+	}
+	return r
+}
