@@ -97,11 +97,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
-			switch d.Val() {
-			case ModeForward, ModePerPart, ModeStore:
-			default:
-				return d.Errf("unknown mode %q (want forward, per_part or store)", d.Val())
-			}
 			h.Mode = d.Val()
 			if d.NextArg() {
 				return d.ArgErr()
@@ -128,19 +123,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(h.AllowTypes) == 0 {
 				return d.ArgErr()
 			}
-			for _, p := range h.AllowTypes {
-				if !validTypePattern(p) {
-					return d.Errf("allow_types: %q is not a media type or type/* pattern", p)
-				}
-			}
 
 		case "hash":
 			h.Hash = append(h.Hash, d.RemainingArgs()...)
 			if len(h.Hash) == 0 {
 				return d.ArgErr()
-			}
-			if err := checkHashNames(h.Hash); err != nil {
-				return d.Err(err.Error())
 			}
 
 		case "max_body_size":

@@ -6,14 +6,16 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
 func TestUnmarshalCaddyfile(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		input string
-		want  string // JSON of the handler, or "" when an error is expected
-		err   string // part of the expected error
+		name    string
+		input   string
+		want    string // JSON of the handler, or "" when an error is expected
+		err     string // part of the expected error
+		invalid string // part of the error Validate gives for what parsed
 	}{
 		{
 			name:  "backend as argument",
@@ -80,7 +82,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "handle_response", input: "stream_proxy http://a:1 {\n handle_response {\n }\n}", err: "unrecognized subdirective handle_response"},
 		{name: "rewrite", input: "stream_proxy http://a:1 {\n rewrite /x\n}", err: "unrecognized subdirective rewrite"},
 		{name: "to without value", input: "stream_proxy {\n to\n}", err: "wrong argument count"},
-		{name: "unknown mode", input: "stream_proxy http://a:1 {\n mode fast\n}", err: `unknown mode "fast"`},
+		{name: "unknown mode", input: "stream_proxy http://a:1 {\n mode fast\n}", invalid: `unknown mode "fast"`},
 		{
 			name: "store mode",
 			input: `stream_proxy {
@@ -133,10 +135,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "unknown s3 option", input: "stream_proxy {\n store s3 {\n acl public\n }\n}", err: "unrecognized s3 store option acl"},
 		{name: "bad max_buffers", input: "stream_proxy {\n store s3 {\n max_buffers none\n }\n}", err: "positive whole number"},
 		{name: "use_path_style with a value", input: "stream_proxy {\n store s3 {\n use_path_style yes\n }\n}", err: "wrong argument count"},
-		{name: "unknown hash", input: "stream_proxy http://a:1 {\n hash sha3\n}", err: `unknown hash "sha3"`},
-		{name: "hash twice", input: "stream_proxy http://a:1 {\n hash md5 md5\n}", err: "listed twice"},
+		{name: "unknown hash", input: "stream_proxy http://a:1 {\n hash sha3\n}", invalid: `unknown hash "sha3"`},
+		{name: "hash twice", input: "stream_proxy http://a:1 {\n hash md5 md5\n}", invalid: "listed twice"},
 		{name: "hash without names", input: "stream_proxy http://a:1 {\n hash\n}", err: "wrong argument count"},
-		{name: "bad type pattern", input: "stream_proxy http://a:1 {\n allow_types audio\n}", err: "not a media type"},
+		{name: "bad type pattern", input: "stream_proxy http://a:1 {\n allow_types audio\n}", invalid: "not a media type"},
 		{name: "allow_fields without names", input: "stream_proxy http://a:1 {\n allow_fields\n}", err: "wrong argument count"},
 		{name: "bad size", input: "stream_proxy http://a:1 {\n max_body_size lots\n}", err: "parsing size"},
 		{name: "zero size", input: "stream_proxy http://a:1 {\n max_part_size 0\n}", err: "between 1 byte"},
@@ -157,6 +159,17 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatal(err)
+			}
+			if tc.invalid != "" {
+				// Parsed as written; Validate refuses it.
+				h.proxy = &reverseproxy.Handler{}
+				if h.Mode == "" {
+					h.Mode = ModeForward // Provision's default
+				}
+				if err := h.Validate(); err == nil || !strings.Contains(err.Error(), tc.invalid) {
+					t.Fatalf("Validate: error %v, want one containing %q", err, tc.invalid)
+				}
+				return
 			}
 			got, _ := json.Marshal(&h)
 			if string(got) != tc.want {
