@@ -16,10 +16,9 @@ import (
 // by a space, tab, CR, LF, "--" or the body's end. FuzzForward checks every
 // body against mime/multipart itself.
 //
-// It is not mime/multipart because that reads through a private 4 KiB buffer:
-// a GiB of part data costs 262,144 boundary scans, buffer refills and copies
-// out of that buffer: about a quarter of the gateway's CPU in a pprof profile
-// of a 4 GiB forward upload (README, Performance). Here part data is scanned
+// It is not mime/multipart because that reads through a private 4 KiB buffer,
+// which costs a boundary scan, a refill and a copy per 4 KiB of part data
+// (README, Performance). Here part data is scanned
 // in the upload's own buffer, as much as one read from the client brought,
 // and handed out as slices of it, which forward, per_part and store write on
 // without copying. Part headers are read by net/textproto, as mime/multipart
@@ -211,12 +210,10 @@ func (f *formReader) delimiterAt(buf []byte, n int) int {
 // finder finds a delimiter ("\r\n--boundary") in part data: bytes.Index,
 // sped up for the data uploads carry. bytes.Index looks for the delimiter's
 // first byte with IndexByte, which in compressed media or model weights (any
-// byte equally likely) stops every 256 bytes; in a pprof profile of the
-// gateway during a 4 GiB forward upload that was 0.18 s of CPU per GiB, a
-// fifth of the gateway's. finder looks at two adjacent bytes once every
-// len(delimiter)-1 bytes, which no delimiter can fall between, and searches
-// around them only when they are two adjacent bytes of the delimiter: on such
-// data, one search per 64 KiB; 0.10 s per GiB in the same profile. Data that
+// byte equally likely) stops every 256 bytes. finder looks at two adjacent
+// bytes once every len(delimiter)-1 bytes, which no delimiter can fall
+// between, and searches around them only when they are two adjacent bytes of
+// the delimiter (the gain is in the README's Performance section). Data that
 // keeps looking like the delimiter is handed to bytes.Index.
 type finder struct {
 	pat   []byte

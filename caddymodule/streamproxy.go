@@ -46,7 +46,7 @@ const (
 // Every backend request goes through a reverse_proxy handler provisioned
 // inside this one, with its pools, health checks and transports. In forward
 // mode (the default) the client's form is re-encoded under a fresh boundary
-// and streamed through a pipe into one backend request, whose response
+// and streamed into one backend request while it arrives, whose response
 // streams back. In per_part mode each file part is streamed as the
 // body of its own backend request, and the client gets JSON listing every part.
 // In store mode file parts are written under generated names into a store

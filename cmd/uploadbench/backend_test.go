@@ -197,7 +197,7 @@ func TestVerifyDetectsMismatch(t *testing.T) {
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]int64{
 		"4096": 4096, "1GiB": 1 << 30, "10MB": 10e6, "512kb": 512e3, "64MiB": 64 << 20,
-		"1.5GiB": 3 << 29, "2g": 2 << 30, "0": 0, "7B": 7,
+		"1.5GiB": 3 << 29, "2g": 2e9, "1K": 1000, "1KiB": 1024, "0": 0, "7B": 7,
 	} {
 		if got, err := parseSize(in); err != nil || got != want {
 			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dustin/go-humanize"
 )
 
 const (
@@ -16,41 +18,18 @@ const (
 	gib = 1 << 30
 )
 
-// sizeUnits are the suffixes parseSize knows, longest first so that "MiB"
-// is not read as "B".
-var sizeUnits = []struct {
-	suffix string
-	factor int64
-}{
-	{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30}, {"tib", 1 << 40},
-	{"kb", 1e3}, {"mb", 1e6}, {"gb", 1e9}, {"tb", 1e12},
-	{"k", 1 << 10}, {"m", 1 << 20}, {"g", 1 << 30}, {"t", 1 << 40},
-	{"b", 1},
-}
-
-// parseSize reads a byte count such as "1GiB", "10MB", "1.5GiB" or "4096".
-// KiB, MiB, GiB, TiB (and K, M, G, T) are powers of 1024; KB, MB, GB, TB are
-// powers of 1000. Case does not matter.
+// parseSize reads a byte count as the Caddyfile does (go-humanize): "1GiB",
+// "10MB", "1.5GiB", "4096". KiB, MiB, GiB, TiB are powers of 1024; K, KB,
+// M, MB and so on powers of 1000. Case does not matter.
 func parseSize(s string) (int64, error) {
-	t := strings.ToLower(strings.TrimSpace(s))
-	factor := int64(1)
-	for _, u := range sizeUnits {
-		if strings.HasSuffix(t, u.suffix) {
-			t, factor = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.factor
-			break
-		}
-	}
-	if n, err := strconv.ParseInt(t, 10, 64); err == nil {
-		if n < 0 || n > math.MaxInt64/factor {
-			return 0, fmt.Errorf("size %q out of range", s)
-		}
-		return n * factor, nil
-	}
-	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f < 0 || math.IsNaN(f) || f*float64(factor) >= math.MaxInt64 {
+	n, err := humanize.ParseBytes(s)
+	if err != nil {
 		return 0, fmt.Errorf("invalid size %q (want e.g. 1GiB, 10MB, 4096)", s)
 	}
-	return int64(f * float64(factor)), nil
+	if n > math.MaxInt64 {
+		return 0, fmt.Errorf("size %q out of range", s)
+	}
+	return int64(n), nil
 }
 
 // formatBytes writes n in binary units, e.g. "1.00 GiB".
