@@ -31,9 +31,12 @@ func newBufSet(size int) *bufSet {
 	return s
 }
 
-// takeBufs returns the buffer set for a new upload; release it with
-// releaseBufs.
-func takeBufs() *bufSet {
+// takeBufs returns the buffer set for a new upload, the small one if small;
+// release it with releaseBufs.
+func takeBufs(small bool) *bufSet {
+	if small {
+		return smallBufs
+	}
 	if largeTaken.Add(1) <= largeUploads {
 		return largeBufs
 	}

@@ -80,11 +80,14 @@ func BenchmarkFinder(b *testing.B) {
 }
 
 // TestTakeBufs checks that at most largeUploads uploads hold large buffers,
-// and that a released set is taken again.
+// that a small one takes none of them, and that a released set is taken again.
 func TestTakeBufs(t *testing.T) {
+	if s := takeBufs(true); s != smallBufs || largeTaken.Load() != 0 {
+		t.Fatalf("a small upload got %d-byte buffers, %d large ones taken", s.size, largeTaken.Load())
+	}
 	var taken []*bufSet
 	for range largeUploads + 3 {
-		taken = append(taken, takeBufs())
+		taken = append(taken, takeBufs(false))
 	}
 	for i, s := range taken {
 		want := largeBufs
@@ -96,7 +99,7 @@ func TestTakeBufs(t *testing.T) {
 		}
 	}
 	releaseBufs(taken[0])
-	if s := takeBufs(); s != largeBufs {
+	if s := takeBufs(false); s != largeBufs {
 		t.Fatalf("after a release: %d-byte buffers", s.size)
 	}
 	releaseBufs(largeBufs)

@@ -30,8 +30,6 @@ type storedPart struct {
 // when there is a backend (with each file's metadata after it), or are kept
 // for the JSON answer when there is none.
 func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
-	fw := getWriter()
-	defer putWriter(fw)
 	u := st.u
 	for {
 		p, err := form.next()
@@ -66,14 +64,10 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 		if err != nil {
 			return asStoreError(err)
 		}
-		fw.Reset(sf)
 		stop := st.boundIdle()
-		err = u.copyPart(fw, p)
+		err = u.copyPart(sf, p) // the store buffers as its medium needs
 		stop()
 		if err != nil {
-			return asStoreError(err)
-		}
-		if err := fw.Flush(); err != nil {
 			return asStoreError(err)
 		}
 		r := newPartResult(p)

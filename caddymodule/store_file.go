@@ -1,6 +1,7 @@
 package streamproxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -174,6 +175,7 @@ type diskFile struct {
 	rel       string // final path, relative to the store
 	tmp       string // where it is written until committed
 	f         *os.File
+	buf       *bufio.Writer // in front of f until Finish: client reads can be one TLS record each
 	committed bool
 }
 
@@ -201,24 +203,46 @@ func (b *fileBatch) Create(FileInfo) (StoredFile, error) {
 		return nil, diskError(err)
 	}
 	df.f = f
+	df.buf = getWriter()
+	df.buf.Reset(diskWriter{f})
 	b.files = append(b.files, df)
 	return df, nil
 }
 
 func (df *diskFile) Write(p []byte) (int, error) {
-	n, err := df.f.Write(p)
-	if err != nil {
-		return n, diskError(err)
-	}
-	return n, nil
+	return df.buf.Write(p)
 }
 
-// Finish makes the file's data durable.
+// Finish writes out what is buffered and makes the file's data durable.
 func (df *diskFile) Finish(FileInfo) error {
+	err := df.buf.Flush()
+	df.release()
+	if err != nil {
+		return err
+	}
 	if err := df.f.Sync(); err != nil {
 		return diskError(err)
 	}
 	return nil
+}
+
+// release gives the file's buffer back to the pool.
+func (df *diskFile) release() {
+	if df.buf != nil {
+		putWriter(df.buf)
+		df.buf = nil
+	}
+}
+
+// diskWriter classifies the failures of writes to the file.
+type diskWriter struct{ f *os.File }
+
+func (w diskWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if err != nil {
+		return n, diskError(err)
+	}
+	return n, nil
 }
 
 func (df *diskFile) Location() Location {
@@ -256,6 +280,7 @@ func (b *fileBatch) Commit() error {
 // Discard removes every file of the batch, committed or not.
 func (b *fileBatch) Discard() {
 	for _, df := range b.files {
+		df.release()
 		if df.f != nil {
 			df.f.Close()
 			df.f = nil

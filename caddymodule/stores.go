@@ -34,8 +34,10 @@ type Batch interface {
 	Discard()
 }
 
-// StoredFile is one file being written. Write errors are *uploadError when
-// the store knows what went wrong (a full disk, an unreachable server).
+// StoredFile is one file being written. Its writes come as the client's reads
+// do, as small as one TLS record: it buffers them as its medium needs. Write
+// errors are *uploadError when the store knows what went wrong (a full disk,
+// an unreachable server).
 type StoredFile interface {
 	io.Writer
 

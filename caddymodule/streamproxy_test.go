@@ -245,7 +245,7 @@ func TestServeForwardBufferSizes(t *testing.T) {
 	body := "--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n" + data + "\r\n--B--\r\n"
 	for _, held := range []int{0, largeUploads} {
 		for range held {
-			takeBufs()
+			takeBufs(false)
 		}
 		w := serve(h, formRequest(body), failNext)
 		for range held {
