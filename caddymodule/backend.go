@@ -60,8 +60,9 @@ func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer)
 // of header set on it, whose body produce writes while the transport sends
 // it (see backendBody). The backend's answer goes to w. produce has always
 // ended when roundTrip returns. It starts when the transport first reads the
-// body, once an upstream is connected and has the request header: an upstream that cannot be reached costs the client no body byte
-// and no 100 Continue, and reverse_proxy may try another.
+// body, once an upstream is connected and has the request header: an
+// upstream that cannot be reached costs the client no body byte and no 100
+// Continue, and reverse_proxy may try another.
 //
 // A failure of the upload itself (a broken limit, a malformed body) is
 // returned, and the backend request is aborted with it, so that it never
