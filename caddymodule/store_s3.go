@@ -25,6 +25,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/middleware"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
@@ -581,10 +582,20 @@ func (f *s3File) create() error {
 
 // unsignedPayload leaves a part's SHA-256 out of its signature: the part's
 // CRC32C, which the server checks, already covers its bytes, and hashing
-// every byte once more costs more CPU than all the rest of the way.
+// every byte once more costs more CPU than all the rest of the way. The
+// payload hash is set first in the finalize step: the SDK's checksum
+// middleware, which runs before the signer's, would otherwise compute the
+// SHA-256 beside the CRC32C, over plain HTTP.
 func unsignedPayload(o *s3.Options) {
-	o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
+	o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware, func(stack *middleware.Stack) error {
+		return stack.Finalize.Add(unsignedFirst, middleware.Before)
+	})
 }
+
+var unsignedFirst = middleware.FinalizeMiddlewareFunc("StreamProxyUnsignedPayload",
+	func(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
+		return next.HandleFinalize(v4.SetPayloadHash(ctx, "UNSIGNED-PAYLOAD"), in)
+	})
 
 func (f *s3File) failed() error {
 	f.mu.Lock()

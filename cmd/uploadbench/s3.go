@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go/middleware"
 )
 
 // The store-s3 path: stream_proxy in store mode into a versitygw, beside the
@@ -180,9 +181,7 @@ func (t *s3Target) putMultipart(ctx context.Context, key string, r io.Reader, bu
 			out, err := t.client.UploadPart(ctx, &s3.UploadPartInput{
 				Bucket: aws.String(s3Bucket), Key: aws.String(key), UploadId: up.UploadId, PartNumber: aws.Int32(num),
 				Body: bytes.NewReader(buf[:n]), ContentLength: aws.Int64(int64(n)), ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
-			}, func(o *s3.Options) { // as the gateway: the part's CRC32C, no SHA-256 in the signature
-				o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
-			})
+			}, unsignedPayload)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -285,4 +284,16 @@ func (t *s3Target) empty(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// unsignedPayload does as the gateway does: the part's CRC32C, no SHA-256 in
+// the signature, and none computed (the payload hash is set before the SDK's
+// checksum middleware would compute it beside the CRC32C).
+func unsignedPayload(o *s3.Options) {
+	o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware, func(stack *middleware.Stack) error {
+		return stack.Finalize.Add(middleware.FinalizeMiddlewareFunc("UploadbenchUnsignedPayload",
+			func(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
+				return next.HandleFinalize(v4.SetPayloadHash(ctx, "UNSIGNED-PAYLOAD"), in)
+			}), middleware.Before)
+	})
 }
