@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"net"
 	"net/http"
 	"net/url"
@@ -411,6 +414,7 @@ type s3File struct {
 	info     FileInfo
 	uploadID string
 	buf      []byte // being filled; nil when none is held
+	crc      uint32 // buf's CRC32C, computed while it is filled, when its bytes are still in cache
 	next     int32  // the next part's number, from 1
 	slots    chan struct{}
 	wg       sync.WaitGroup // part uploads in flight
@@ -472,6 +476,7 @@ func (f *s3File) Write(p []byte) (int, error) {
 			f.buf = buf
 		}
 		n := copy(f.buf[len(f.buf):cap(f.buf)], p)
+		f.crc = crc32.Update(f.crc, castagnoli, p[:n])
 		f.buf = f.buf[:len(f.buf)+n]
 		p = p[n:]
 		written += n
@@ -514,7 +519,10 @@ func (f *s3File) send() error {
 		return b.failure(b.ctx.Err())
 	}
 	buf, num := f.buf, f.next
-	f.buf = nil
+	var sum [4]byte
+	binary.BigEndian.PutUint32(sum[:], f.crc)
+	crc := base64.StdEncoding.EncodeToString(sum[:])
+	f.buf, f.crc = nil, 0
 	f.next++
 	f.wg.Add(1)
 	go func() {
@@ -534,6 +542,7 @@ func (f *s3File) send() error {
 			Body:              bytes.NewReader(buf),
 			ContentLength:     aws.Int64(int64(len(buf))),
 			ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
+			ChecksumCRC32C:    aws.String(crc),
 		}, unsignedPayload)
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -579,6 +588,8 @@ func (f *s3File) create() error {
 	f.uploadID = aws.ToString(out.UploadId)
 	return nil
 }
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // unsignedPayload leaves a part's SHA-256 out of its signature: the part's
 // CRC32C, which the server checks, already covers its bytes, and hashing
