@@ -2,6 +2,8 @@ package integration
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -158,11 +160,7 @@ func TestForwardStreamsBeforeUploadEnds(t *testing.T) {
 
 func TestNonMultipartGoesToNextHandlerUnread(t *testing.T) {
 	be := newBackend(t)
-	next := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n, _ := io.Copy(io.Discard, r.Body)
-		fmt.Fprintf(w, "next got %d bytes of %s", n, r.Header.Get("Content-Type"))
-	}))
-	t.Cleanup(next.Close)
+	next := newNextServer(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s
 reverse_proxy %s`, be.URL, strings.TrimPrefix(next.URL, "http://")))
 
@@ -176,7 +174,8 @@ reverse_proxy %s`, be.URL, strings.TrimPrefix(next.URL, "http://")))
 		}
 		b, _ := io.ReadAll(res.Body)
 		res.Body.Close()
-		if want := fmt.Sprintf("next got 7 bytes of %s", ct); string(b) != want {
+		sum := sha256.Sum256([]byte(`{"a":1}`))
+		if want := fmt.Sprintf("POST 7 %s %s", hex.EncodeToString(sum[:]), ct); string(b) != want {
 			t.Errorf("Content-Type %q: got %q, want %q", ct, b, want)
 		}
 	}
@@ -226,9 +225,7 @@ reverse_proxy %s {
 }
 
 func TestContentLengthOverLimitRefusedBeforeBody(t *testing.T) {
-	be := newBackend(t)
-	dialled := 0
-	be.Config.ConnState = func(net.Conn, http.ConnState) { dialled++ }
+	be, dials := countingBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
 	max_body_size 1MiB
 }`, be.URL))
@@ -253,8 +250,8 @@ func TestContentLengthOverLimitRefusedBeforeBody(t *testing.T) {
 	if e.Error.Code != "body_too_large" || e.Error.Limit != "max_body_size" {
 		t.Errorf("error %+v", e.Error)
 	}
-	if dialled != 0 {
-		t.Errorf("backend was dialled %d times", dialled)
+	if n := dials.Load(); n != 0 {
+		t.Errorf("backend was dialled %d times", n)
 	}
 }
 
@@ -360,8 +357,8 @@ func TestBackendUnreachable(t *testing.T) {
 	c := newClient(t)
 	c.Transport.(*http.Transport).ExpectContinueTimeout = time.Minute
 	body, ct, n := formBody(sampleForm(64 << 20))
-	counted := &readCounter{r: body}
-	req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/upload", counted)
+	sent := &countWriter{}
+	req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/upload", io.TeeReader(body, sent))
 	req.Header.Set("Content-Type", ct)
 	req.Header.Set("Expect", "100-continue")
 	req.ContentLength = n
@@ -378,20 +375,9 @@ func TestBackendUnreachable(t *testing.T) {
 	if e := decodeError(t, b); e.Error.Code != "backend_failed" {
 		t.Errorf("error %s", b)
 	}
-	if counted.n != 0 {
-		t.Errorf("the client sent %d body bytes; want none", counted.n)
+	if sent.n != 0 {
+		t.Errorf("the client sent %d body bytes; want none", sent.n)
 	}
-}
-
-type readCounter struct {
-	r io.Reader
-	n int64
-}
-
-func (c *readCounter) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }
 
 func TestMalformedMultipart(t *testing.T) {
