@@ -223,6 +223,18 @@ func (l *countingListener) Accept() (net.Conn, error) {
 	return c, err
 }
 
+// newH2CBackend is newBackend spoken to over HTTP/2 without TLS (h2c), whose
+// transport reads the body instead of having it written; before is its hook.
+func newH2CBackend(t *testing.T, before func(w http.ResponseWriter, r *http.Request) bool) *backend {
+	b := &backend{before: before}
+	b.Server = httptest.NewUnstartedServer(http.HandlerFunc(b.serve))
+	b.Config.Protocols = new(http.Protocols)
+	b.Config.Protocols.SetUnencryptedHTTP2(true)
+	b.Start()
+	t.Cleanup(b.Close)
+	return b
+}
+
 // partBackend is a per_part backend: each request is one part, its bytes as
 // the body and its name in headers. It records them and answers status with
 // the part's size and sha256 as JSON.

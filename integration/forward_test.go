@@ -288,14 +288,8 @@ func TestPartOverLimitAbortsBackendRequest(t *testing.T) {
 // (the transport's Read path): whole uploads arrive whole, and a broken limit
 // still aborts the backend's request.
 func TestForwardToH2CBackend(t *testing.T) {
-	be := &backend{}
-	be.Server = httptest.NewUnstartedServer(http.HandlerFunc(be.serve))
-	be.Config.Protocols = new(http.Protocols)
-	be.Config.Protocols.SetUnencryptedHTTP2(true)
 	var protos sync.Map
-	be.before = func(w http.ResponseWriter, r *http.Request) bool { protos.Store(r.Proto, true); return false }
-	be.Start()
-	t.Cleanup(be.Close)
+	be := newH2CBackend(t, func(w http.ResponseWriter, r *http.Request) bool { protos.Store(r.Proto, true); return false })
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
 	max_part_size 16MiB
 	transport http {
@@ -396,14 +390,7 @@ func TestMalformedMultipart(t *testing.T) {
 		{"duplicate parameter", "multipart/form-data; boundary=abc", "--abc\r\nContent-Disposition: form-data; name=\"a\"; name=\"b\"\r\n\r\nv\r\n--abc--\r\n"},
 		{"transfer encoding", "multipart/form-data; boundary=abc", "--abc\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nv=3D\r\n--abc--\r\n"},
 	} {
-		req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/upload", strings.NewReader(tc.body))
-		req.Header.Set("Content-Type", tc.contentType)
-		res, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(res.Body)
-		res.Body.Close()
+		res, body := postRaw(t, c, tc.contentType, []byte(tc.body), false)
 		if res.StatusCode != http.StatusBadRequest {
 			t.Errorf("%s: status %d, want 400: %s", tc.name, res.StatusCode, body)
 			continue
@@ -447,14 +434,8 @@ func TestClientGoneCancelsBackend(t *testing.T) {
 // A backend spoken to over HTTP/2 (h2c): the transport reads the body through
 // the pipe instead of copying it with WriteTo, and the parts arrive the same.
 func TestForwardToHTTP2Backend(t *testing.T) {
-	be := &backend{}
-	be.Server = httptest.NewUnstartedServer(http.HandlerFunc(be.serve))
-	be.Config.Protocols = new(http.Protocols)
-	be.Config.Protocols.SetUnencryptedHTTP2(true)
-	be.Start()
-	t.Cleanup(be.Close)
 	var proto string
-	be.before = func(w http.ResponseWriter, r *http.Request) bool { proto = r.Proto; return false }
+	be := newH2CBackend(t, func(w http.ResponseWriter, r *http.Request) bool { proto = r.Proto; return false })
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
 	transport http {
 		versions h2c

@@ -242,21 +242,10 @@ func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); retur
 func postForm(t *testing.T, c *http.Client, url string, parts []formPart, chunked bool) (*http.Response, []byte) {
 	t.Helper()
 	body, ct, n := formBody(parts)
-	req, err := http.NewRequest(http.MethodPost, url, body)
-	if err != nil {
-		t.Fatal(err)
+	if chunked {
+		n = -1
 	}
-	req.Header.Set("Content-Type", ct)
-	if !chunked {
-		req.ContentLength = n
-	}
-	res, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("POST %s: %v", url, err)
-	}
-	defer res.Body.Close()
-	out, _ := io.ReadAll(res.Body)
-	return res, out
+	return postTo(t, c, url, ct, body, n)
 }
 
 // errorBody is the JSON error the gateway answers with.

@@ -368,14 +368,7 @@ func TestS3StoreFailuresLeaveNothing(t *testing.T) {
 	t.Run("malformed", func(t *testing.T) {
 		data, _ := io.ReadAll(newFileData(6<<20, 3))
 		form := "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"f.bin\"\r\n\r\n" + string(data) // no closing delimiter
-		req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/upload", strings.NewReader(form))
-		req.Header.Set("Content-Type", "multipart/form-data; boundary=b")
-		res, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(res.Body)
-		res.Body.Close()
+		res, body := postRaw(t, c, "multipart/form-data; boundary=b", []byte(form), false)
 		if res.StatusCode != http.StatusBadRequest {
 			t.Fatalf("status %d: %s", res.StatusCode, body)
 		}
