@@ -5,8 +5,8 @@ import (
 	"testing"
 )
 
-// Part headers as real clients send them (EDGE rows 31 to 33), and what the
-// gateway makes of them.
+// Part headers as real clients send them (integration/README.md, rows 31 to
+// 33), and what the gateway makes of them.
 func TestParseHeaderRealClients(t *testing.T) {
 	for _, tc := range []struct {
 		name        string

@@ -11,16 +11,16 @@ import (
 	"fmt"
 	"io"
 	"mime"
-	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
-	"net/textproto"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
 	"go.uber.org/zap"
+
+	"github.com/streamproxy/caddy-stream-proxy/internal/formtest"
 )
 
 // The limits of the handler under fuzzing: small, so that inputs of a few
@@ -214,16 +214,12 @@ func (b *fuzzBackend) RoundTrip(req *http.Request) (*http.Response, error) {
 	}, nil
 }
 
-// refPart is a part as mime/multipart reads it.
+// refPart is a part as mime/multipart reads it, with what the gateway makes
+// of its filename.
 type refPart struct {
-	header      textproto.MIMEHeader
-	field       string
-	filename    string
-	isFile      bool // has a filename parameter, as mime/multipart sees it
-	sentFile    bool // a filename parameter is not empty: a file, as the gateway sees it
-	fileLimit   bool // has a filename parameter, even empty or undecodable: max_part_size bounds it
-	contentType string
-	data        []byte
+	formtest.Part
+	sentFile  bool // a filename parameter is not empty: a file, as the gateway sees it
+	fileLimit bool // has a filename parameter, even empty or undecodable: max_part_size bounds it
 }
 
 // filenameParam matches a filename parameter (filename, filename*,
@@ -246,41 +242,29 @@ func sentFile(cd string) bool {
 	return false
 }
 
-// parseParts reads every part of a form to its end, raw.
+// parseParts reads every part of a form to its end, raw, as formtest.Parse
+// does, and notes for each one what the gateway makes of its filename.
 func parseParts(r io.Reader, boundary string) ([]refPart, error) {
-	mr := multipart.NewReader(r, boundary)
-	var parts []refPart
-	for range 100_000 {
-		p, err := mr.NextRawPart()
-		if err == io.EOF {
-			return parts, nil
+	parts, err := formtest.Parse(r, boundary)
+	var out []refPart
+	for _, p := range parts {
+		rp := refPart{Part: p}
+		cd := p.Header.Get("Content-Disposition")
+		if _, _, err := mime.ParseMediaType(cd); err == nil {
+			rp.sentFile = sentFile(cd)
+			rp.fileLimit = filenameParam.MatchString(cd)
 		}
-		if err != nil {
-			return parts, err
-		}
-		data, err := io.ReadAll(p)
-		if err != nil {
-			return parts, err
-		}
-		rp := refPart{header: p.Header, contentType: p.Header.Get("Content-Type"), data: data}
-		if _, params, err := mime.ParseMediaType(p.Header.Get("Content-Disposition")); err == nil {
-			rp.field = params["name"]
-			rp.filename, rp.isFile = params["filename"]
-			rp.sentFile = sentFile(p.Header.Get("Content-Disposition"))
-			rp.fileLimit = filenameParam.MatchString(p.Header.Get("Content-Disposition"))
-		}
-		parts = append(parts, rp)
+		out = append(out, rp)
 	}
-	return parts, errors.New("too many parts")
+	return out, err
 }
 
 func describe(parts []refPart) string {
-	var sb strings.Builder
-	for _, p := range parts {
-		sum := sha256.Sum256(p.data)
-		fmt.Fprintf(&sb, "%q %q file=%v %q %d %x\n", p.field, p.filename, p.isFile, p.contentType, len(p.data), sum[:6])
+	plain := make([]formtest.Part, len(parts))
+	for i, p := range parts {
+		plain[i] = p.Part
 	}
-	return sb.String()
+	return formtest.Describe(plain)
 }
 
 // forwarded is what the backend should see for parts: the same, and after
@@ -290,8 +274,8 @@ func forwarded(parts []refPart) []refPart {
 	for _, p := range parts {
 		out = append(out, p)
 		if p.sentFile {
-			sum := sha256.Sum256(p.data)
-			out = append(out, refPart{field: p.field + ".sha256", data: []byte(hex.EncodeToString(sum[:]))})
+			sum := sha256.Sum256(p.Data)
+			out = append(out, refPart{Part: formtest.Part{Field: p.Field + ".sha256", Data: []byte(hex.EncodeToString(sum[:]))}})
 		}
 	}
 	return out
@@ -372,17 +356,17 @@ func reference(boundary string, body []byte) refResult {
 	// bytes outside part data than max_part_header_size may get 431 anywhere.
 	outside := len(body)
 	for _, p := range ref.parts {
-		outside -= len(p.data)
+		outside -= len(p.Data)
 	}
 	uncertain = outside > fuzzMaxHeader
 	for i, p := range ref.parts {
 		if i >= fuzzMaxParts {
 			return refuse(413, CodeTooManyParts, "too many parts")
 		}
-		if headerSize(p.header) > fuzzMaxHeader {
+		if headerSize(p.Header) > fuzzMaxHeader {
 			return refuse(431, CodePartHeaderTooBig, "part header too large")
 		}
-		cds := p.header["Content-Disposition"]
+		cds := p.Header["Content-Disposition"]
 		if len(cds) != 1 {
 			return refuse(400, CodeMalformed, "Content-Disposition count")
 		}
@@ -399,27 +383,27 @@ func reference(boundary string, body []byte) refResult {
 		if err != nil || disposition != "form-data" || params["name"] == "" {
 			return refuse(400, CodeMalformed, "Content-Disposition")
 		}
-		if ctes := p.header["Content-Transfer-Encoding"]; len(ctes) > 1 ||
+		if ctes := p.Header["Content-Transfer-Encoding"]; len(ctes) > 1 ||
 			len(ctes) == 1 && !slices.Contains([]string{"binary", "8bit", "7bit"}, strings.ToLower(strings.TrimSpace(ctes[0]))) {
 			return refuse(400, CodeTransferEncoding, "Content-Transfer-Encoding")
 		}
-		if cts := p.header["Content-Type"]; len(cts) > 1 {
+		if cts := p.Header["Content-Type"]; len(cts) > 1 {
 			return refuse(400, CodeMalformed, "Content-Type count")
 		} else if len(cts) == 1 {
 			if _, _, err := mime.ParseMediaType(cts[0]); err != nil {
 				return refuse(400, CodeMalformed, "Content-Type")
 			}
 		}
-		if len(p.header["Content-Md5"]) > 0 || len(p.header["Content-Digest"]) > 0 {
+		if len(p.Header["Content-Md5"]) > 0 || len(p.Header["Content-Digest"]) > 0 {
 			uncertain = true // declared digests: digest.go decides
 		}
 		if breaksHeader(params["name"]) {
 			return refuse(400, CodeMalformed, "a control character in a name cannot be forwarded")
 		}
-		if p.fileLimit && len(p.data) > fuzzMaxPart {
+		if p.fileLimit && len(p.Data) > fuzzMaxPart {
 			return refuse(413, CodePartTooLarge, "file part too large")
 		}
-		if !p.fileLimit && len(p.data) > fuzzMaxField {
+		if !p.fileLimit && len(p.Data) > fuzzMaxField {
 			return refuse(413, CodeFieldTooLarge, "field too large")
 		}
 	}
@@ -483,7 +467,7 @@ func TestForwardReference(t *testing.T) {
 	}
 }
 
-// fuzzSeeds are the edge cases of EDGE_CASES.md as (boundary, body) pairs.
+// fuzzSeeds are the edge cases of integration/README.md as (boundary, body) pairs.
 func fuzzSeeds() [][2]string {
 	part := func(b, hdr, data string) string { return "--" + b + "\r\n" + hdr + "\r\n" + data + "\r\n" }
 	field := func(b, name, v string) string {

@@ -69,8 +69,9 @@ func versitygw(t *testing.T) string {
 	return p
 }
 
-// Row 35: S3 stalls mid-file. The part upload times out, the upload fails
-// with 503, and the multipart upload is aborted: nothing is left.
+// integration/README.md, row 35: S3 stalls mid-file. The part upload times out,
+// the upload fails with 503, and the multipart upload is aborted: nothing is
+// left.
 func TestS3StoreStall(t *testing.T) {
 	bin := versitygw(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")

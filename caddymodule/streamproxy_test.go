@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -157,7 +158,7 @@ var failNext = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 func TestNotFormDataPassesUnread(t *testing.T) {
 	h := provision(t, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1")})
 	for _, ct := range []string{"application/json", "multipart/mixed; boundary=x", "text/plain", ""} {
-		body := &readCounter{r: strings.NewReader("payload")}
+		body := strings.NewReader("payload")
 		r := prepared(httptest.NewRequest(http.MethodPost, "/upload", body))
 		r.Header.Set("Content-Type", ct)
 		called := false
@@ -165,18 +166,11 @@ func TestNotFormDataPassesUnread(t *testing.T) {
 			called = true
 			return nil
 		}))
-		if !called || body.n != 0 {
-			t.Errorf("%q: next called=%v, body bytes read=%d", ct, called, body.n)
+		if read := body.Size() - int64(body.Len()); !called || read != 0 {
+			t.Errorf("%q: next called=%v, body bytes read=%d", ct, called, read)
 		}
 	}
 }
-
-type readCounter struct {
-	r io.Reader
-	n int
-}
-
-func (c *readCounter) Read(p []byte) (int, error) { n, err := c.r.Read(p); c.n += n; return n, err }
 
 // echoBackend answers with the parts it parsed, or 400 if the body is broken.
 func echoBackend(t testing.TB) *httptest.Server {
@@ -200,7 +194,7 @@ func echoBackend(t testing.TB) *httptest.Server {
 				return
 			}
 			out = append(out, p.FormName()+"|"+p.FileName()+"|"+p.Header.Get("Content-Type")+"|"+
-				hex.EncodeToString(sum.Sum(nil))[:16]+"|"+string(rune('0'+n%10)))
+				hex.EncodeToString(sum.Sum(nil))[:16]+"|"+strconv.FormatInt(n, 10))
 		}
 		_ = json.NewEncoder(w).Encode(out)
 	}))
@@ -226,7 +220,7 @@ func TestServeForward(t *testing.T) {
 	smallSum := sha256.Sum256([]byte("small"))
 	want := []string{
 		"model|||" + hex.EncodeToString(smallSum[:])[:16] + "|5",
-		"f|a.txt|text/plain|" + hex.EncodeToString(helloSum[:])[:16] + "|1",
+		"f|a.txt|text/plain|" + hex.EncodeToString(helloSum[:])[:16] + "|11",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("backend saw %q, want %q", got, want)
@@ -241,7 +235,7 @@ func TestServeForwardBufferSizes(t *testing.T) {
 	h := provision(t, &Handler{ProxyRaw: proxyTo(be.URL)})
 	data := strings.Repeat("0123456789abcdef\r\n--Bx\r\n-", 100_000)[:3*largeBufs.size+17]
 	sum := sha256.Sum256([]byte(data))
-	want := `["f|a.bin||` + hex.EncodeToString(sum[:])[:16] + "|" + string(rune('0'+len(data)%10)) + `"]`
+	want := `["f|a.bin||` + hex.EncodeToString(sum[:])[:16] + "|" + strconv.Itoa(len(data)) + `"]`
 	body := "--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n" + data + "\r\n--B--\r\n"
 	for _, held := range []int{0, largeUploads} {
 		for range held {

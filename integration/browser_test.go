@@ -50,11 +50,11 @@ type browserUpload struct {
 	} `json:"progress"`
 }
 
-// Real clients, EDGE rows 31 and 38: Debian's chromium, driven by
-// playwright-core, uses the upload page that Caddyfile.example serves, over
-// HTTP/1.1 and over HTTP/2 with `tls internal`. It submits the HTML form (a
-// text field, a file with a non-ASCII name, an optional file input left
-// empty), the page's XHR upload, and a fetch() with FormData. The backend
+// Real clients, integration/README.md, rows 31 and 38: Debian's chromium,
+// driven by playwright-core, uses the upload page that Caddyfile.example
+// serves, over HTTP/1.1 and over HTTP/2 with `tls internal`. It submits the
+// HTML form (a text field, a file with a non-ASCII name, an optional file input
+// left empty), the page's XHR upload, and a fetch() with FormData. The backend
 // checks every byte and field, and the browser gets the backend's answer.
 func TestBrowserUploads(t *testing.T) {
 	node := needTool(t, "node", "")

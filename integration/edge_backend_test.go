@@ -1,6 +1,6 @@
 package integration
 
-// Edge cases of EDGE_CASES.md about the backend: it answers early, dies
+// Edge cases of integration/README.md about the backend: it answers early, dies
 // mid-stream, or never reads or answers.
 
 import (
@@ -15,9 +15,10 @@ import (
 	"time"
 )
 
-// Row 15: a backend that answers 401 or 413 before it has read the body gets
-// its answer (status, headers, body) relayed to the client, not a 502, over
-// HTTP/1.1 and HTTP/2, whether the client's body is chunked or not.
+// integration/README.md, row 15: a backend that answers 401 or 413 before it
+// has read the body gets its answer (status, headers, body) relayed to the
+// client, not a 502, over HTTP/1.1 and HTTP/2, whether the client's body is
+// chunked or not.
 func TestEdgeBackendAnswersEarly(t *testing.T) {
 	be := newBackend(t)
 	be.before = func(w http.ResponseWriter, r *http.Request) bool {
@@ -78,10 +79,10 @@ func TestEdgeBackendAnswersEarly(t *testing.T) {
 	}
 }
 
-// Row 15 again, with a backend that reads 1 MiB, answers, and then keeps the
-// connection open without reading: the gateway's write to it blocks once the
-// socket buffers are full, and must be cut short for the answer to reach the
-// client.
+// integration/README.md, row 15 again, with a backend that reads 1 MiB,
+// answers, and then keeps the connection open without reading: the gateway's
+// write to it blocks once the socket buffers are full, and must be cut short
+// for the answer to reach the client.
 func TestEdgeBackendAnswersEarlyStopsReading(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -119,8 +120,9 @@ func TestEdgeBackendAnswersEarlyStopsReading(t *testing.T) {
 	}
 }
 
-// Row 16: a backend that dies mid-stream (its connection closed or reset
-// after it has read part of the upload) gives the client 502 backend_failed.
+// integration/README.md, row 16: a backend that dies mid-stream (its connection
+// closed or reset after it has read part of the upload) gives the client 502
+// backend_failed.
 func TestEdgeBackendDiesMidStream(t *testing.T) {
 	be := newBackend(t)
 	be.before = func(w http.ResponseWriter, r *http.Request) bool {
@@ -194,10 +196,10 @@ func newBlackhole(t *testing.T) *blackhole {
 	return b
 }
 
-// Row 17: a backend that accepts the connection but never reads, or reads the
-// whole upload and never answers, gives the client 504 backend_timeout after
-// the transport's timeouts (write_timeout while the upload is stuck,
-// response_header_timeout once it is all written).
+// integration/README.md, row 17: a backend that accepts the connection but
+// never reads, or reads the whole upload and never answers, gives the client
+// 504 backend_timeout after the transport's timeouts (write_timeout while the
+// upload is stuck, response_header_timeout once it is all written).
 func TestEdgeBackendNeverAnswers(t *testing.T) {
 	hole := newBlackhole(t)
 	silent := newBackend(t)

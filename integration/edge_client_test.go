@@ -1,6 +1,6 @@
 package integration
 
-// Edge cases of EDGE_CASES.md about the client: HTTP/2, early refusals,
+// Edge cases of integration/README.md about the client: HTTP/2, early refusals,
 // 100 Continue, clients that vanish, trickle or upload slowly.
 
 import (
@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -63,35 +62,9 @@ func readAnswer(t *testing.T, conn net.Conn, br *bufio.Reader) (res *http.Respon
 	return nil, nil, false
 }
 
-// countingBackend is newBackend whose listener counts the connections it
-// accepts.
-func countingBackend(t *testing.T) (*backend, *atomic.Int64) {
-	b := &backend{}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(b.serve))
-	cl := &countingListener{Listener: srv.Listener}
-	srv.Listener = cl
-	srv.Start()
-	b.Server = srv
-	t.Cleanup(srv.Close)
-	return b, &cl.n
-}
-
-type countingListener struct {
-	net.Listener
-	n atomic.Int64
-}
-
-func (l *countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err == nil {
-		l.n.Add(1)
-	}
-	return c, err
-}
-
-// Row 2: the same upload over HTTP/2 (h2c), with and without a
-// Content-Length, arrives byte-identical under a fresh boundary. (Chunked
-// HTTP/1.1 is TestForwardByteIdentical.)
+// integration/README.md, row 2: the same upload over HTTP/2 (h2c), with and
+// without a Content-Length, arrives byte-identical under a fresh boundary.
+// (Chunked HTTP/1.1 is TestForwardByteIdentical.)
 func TestEdgeHTTP2Upload(t *testing.T) {
 	be := newBackend(t)
 	startGatewayWith(t, h2cServers, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
@@ -119,10 +92,10 @@ func TestEdgeHTTP2Upload(t *testing.T) {
 	}
 }
 
-// Row 3: a Content-Length over max_body_size is refused before the body is
-// read, from a client that sends its body at once (no Expect), over HTTP/1.1
-// and HTTP/2, and the backend is never dialled. (With Expect: 100-continue it
-// is TestContentLengthOverLimitRefusedBeforeBody.)
+// integration/README.md, row 3: a Content-Length over max_body_size is refused
+// before the body is read, from a client that sends its body at once (no
+// Expect), over HTTP/1.1 and HTTP/2, and the backend is never dialled. (With
+// Expect: 100-continue it is TestContentLengthOverLimitRefusedBeforeBody.)
 func TestEdgeContentLengthOverLimitEagerClient(t *testing.T) {
 	be, dials := countingBackend(t)
 	startGatewayWith(t, h2cServers, fmt.Sprintf(`stream_proxy /upload* %s {
@@ -145,10 +118,11 @@ func TestEdgeContentLengthOverLimitEagerClient(t *testing.T) {
 	}
 }
 
-// Row 14: a client that vanishes cancels the backend request quickly, in
-// every phase and protocol: a reset mid-part (chunked), an HTTP/2 stream
-// cancelled mid-part, and a reset while the backend holds its answer after
-// taking the whole upload. The handler returning is checked by goleak.
+// integration/README.md, row 14: a client that vanishes cancels the backend
+// request quickly, in every phase and protocol: a reset mid-part (chunked), an
+// HTTP/2 stream cancelled mid-part, and a reset while the backend holds its
+// answer after taking the whole upload. The handler returning is checked by
+// goleak.
 func TestEdgeClientGoneCancelsBackendQuickly(t *testing.T) {
 	const generous = 2 * time.Second
 
@@ -334,10 +308,10 @@ func trickle(t *testing.T, step string, interval time.Duration) (res *http.Respo
 	return a.res, a.body, a.at.Sub(start), a.closed
 }
 
-// Row 18: a client that trickles is cut by Caddy's server timeouts: the
-// upload gets 408 and the connection is closed, whether it stalls for longer
-// than read_body_idle or keeps sending below its minimum rate; the backend
-// request is aborted.
+// integration/README.md, row 18: a client that trickles is cut by Caddy's
+// server timeouts: the upload gets 408 and the connection is closed, whether it
+// stalls for longer than read_body_idle or keeps sending below its minimum
+// rate; the backend request is aborted.
 func TestEdgeTrickleIsCut(t *testing.T) {
 	for _, tc := range []struct {
 		name, timeouts string
@@ -397,9 +371,10 @@ func (p *pacedReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// Row 19: a slow but steady upload (20 MiB over about 3.5 s, with a pause)
-// succeeds under the same server and transport timeouts that cut a trickle or
-// a stuck backend: nothing puts a hard deadline on a healthy upload.
+// integration/README.md, row 19: a slow but steady upload (20 MiB over about
+// 3.5 s, with a pause) succeeds under the same server and transport timeouts
+// that cut a trickle or a stuck backend: nothing puts a hard deadline on a
+// healthy upload.
 func TestEdgeSlowSteadyUpload(t *testing.T) {
 	be := newBackend(t)
 	startGatewayWith(t, "\t\ttimeouts {\n\t\t\tread_body_idle 1s 10000\n\t\t}", fmt.Sprintf(`stream_proxy /upload* %s {
@@ -423,11 +398,11 @@ func TestEdgeSlowSteadyUpload(t *testing.T) {
 	expectComplete(t, be, expected(parts))
 }
 
-// Row 20: with Expect: 100-continue, a request refused from its header (over
-// the limit, an invalid boundary, a dead backend) gets its final status at
-// once and no 100 Continue, whatever its declared size; a valid upload does
-// get 100 Continue. The server has no read timeout here, so an answer that
-// waits for the body never comes (the test gives up after 5 s).
+// integration/README.md, row 20: with Expect: 100-continue, a request refused
+// from its header (over the limit, an invalid boundary, a dead backend) gets
+// its final status at once and no 100 Continue, whatever its declared size; a
+// valid upload does get 100 Continue. The server has no read timeout here, so
+// an answer that waits for the body never comes (the test gives up after 5 s).
 func TestEdgeExpectContinue(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := l.Addr().String()

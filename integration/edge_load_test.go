@@ -1,6 +1,6 @@
 package integration
 
-// Edge cases of EDGE_CASES.md about what passes by, load, and reloads.
+// Edge cases of integration/README.md about what passes by, load, and reloads.
 
 import (
 	"crypto/sha256"
@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,21 +15,13 @@ import (
 	"time"
 )
 
-// Row 24: multipart/mixed, other multipart types, look-alikes and bodies that
-// are not multipart at all reach the next handler untouched: every byte, in
-// order, never read by stream_proxy, and its backend never called.
+// integration/README.md, row 24: multipart/mixed, other multipart types,
+// look-alikes and bodies that are not multipart at all reach the next handler
+// untouched: every byte, in order, never read by stream_proxy, and its backend
+// never called.
 func TestEdgeNotFormDataPassesThrough(t *testing.T) {
 	be := newBackend(t)
-	next := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := sha256.New()
-		n, err := io.Copy(h, r.Body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		fmt.Fprintf(w, "%s %d %s %s", r.Method, n, hex.EncodeToString(h.Sum(nil)), r.Header.Get("Content-Type"))
-	}))
-	t.Cleanup(next.Close)
+	next := newNextServer(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s
 reverse_proxy %s`, be.URL, strings.TrimPrefix(next.URL, "http://")))
 	c := newClient(t)
@@ -104,10 +95,10 @@ func (g *gatedBody) Read(p []byte) (int, error) {
 	return g.r.Read(p)
 }
 
-// Row 25: 256 uploads at once all succeed, byte-exact. They are held until
-// the backend has all 256 requests open, so they are truly concurrent; the
-// live heap at that point, when every upload holds its buffers, is logged and
-// bounded per stream.
+// integration/README.md, row 25: 256 uploads at once all succeed, byte-exact.
+// They are held until the backend has all 256 requests open, so they are truly
+// concurrent; the live heap at that point, when every upload holds its buffers,
+// is logged and bounded per stream.
 func TestEdgeConcurrentUploads(t *testing.T) {
 	const uploads = 256
 	be := newBackend(t)
@@ -200,9 +191,10 @@ func TestEdgeConcurrentUploads(t *testing.T) {
 	}
 }
 
-// Row 26: a config reload while an upload is in flight: the upload, held
-// open across the reload, finishes with 200 and the right bytes at the old
-// config's backend; new uploads use the new config (its backend, its limit).
+// integration/README.md, row 26: a config reload while an upload is in flight:
+// the upload, held open across the reload, finishes with 200 and the right
+// bytes at the old config's backend; new uploads use the new config (its
+// backend, its limit).
 func TestEdgeReloadDuringUpload(t *testing.T) {
 	oldBe, newBe := newBackend(t), newBackend(t)
 	oldBe.firstBytes = make(chan struct{}, 1)

@@ -6,20 +6,17 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"mime"
 	"mime/multipart"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 )
 
 // What real clients send, byte for byte, and what the backend must get from
-// it (EDGE rows 31 to 33).
+// it (integration/README.md, rows 31 to 33).
 
 // chromiumEmptyInput is what Chromium sends for a form with a text field, a
 // picked file and an optional file input left empty.
@@ -45,29 +42,22 @@ func rawPartHeaders(t *testing.T, r recorded) ([]map[string][]string, [][]byte) 
 	if r.err != nil {
 		t.Fatalf("backend: %v", r.err)
 	}
-	_, params, err := mime.ParseMediaType(r.contentType)
+	parts, err := r.parts()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("forwarded body: %v", err)
 	}
-	mr := multipart.NewReader(bytes.NewReader(r.body), params["boundary"])
 	var hs []map[string][]string
 	var data [][]byte
-	for {
-		p, err := mr.NextRawPart()
-		if err == io.EOF {
-			return hs, data
-		}
-		if err != nil {
-			t.Fatalf("forwarded body: %v", err)
-		}
-		b, _ := io.ReadAll(p)
+	for _, p := range parts {
 		hs = append(hs, p.Header)
-		data = append(data, b)
+		data = append(data, p.Data)
 	}
+	return hs, data
 }
 
-// Row 31: an optional file input left empty is not a file: no allow_types
-// check, no digest field; forward mode passes it on as the browser sent it.
+// integration/README.md, row 31: an optional file input left empty is not a
+// file: no allow_types check, no digest field; forward mode passes it on as the
+// browser sent it.
 func TestEdgeEmptyFileInputForward(t *testing.T) {
 	rec := newRecorder(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
@@ -114,10 +104,10 @@ func TestEdgeEmptyFileInputForward(t *testing.T) {
 	}
 }
 
-// Row 31 in per_part and store mode: the empty input is neither sent to a
-// backend nor stored.
+// integration/README.md, row 31 in per_part and store mode: the empty input is
+// neither sent to a backend nor stored.
 func TestEdgeEmptyFileInputPerPartAndStore(t *testing.T) {
-	pp := newPartRecorder(t)
+	pp := newPartBackend(t, http.StatusOK)
 	dir := t.TempDir()
 	startGateway(t, fmt.Sprintf(`stream_proxy /pp* {
 	to %s
@@ -168,65 +158,6 @@ stream_proxy /store* {
 	}
 }
 
-// postRawTo posts body to url, with a Content-Length.
-func postRawTo(t *testing.T, c *http.Client, url, contentType string, body []byte) (*http.Response, []byte) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", contentType)
-	res, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	return res, b
-}
-
-// partRecorder is a per_part backend that keeps each request's part headers
-// and a digest of its body.
-type partRecorder struct {
-	*httptest.Server
-	mu   sync.Mutex
-	seen []partRequest
-}
-
-type partRequest struct {
-	disposition, contentType, field, filename string
-	size                                      int64
-	sha256                                    string
-}
-
-func newPartRecorder(t *testing.T) *partRecorder {
-	pr := &partRecorder{}
-	pr.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := sha256.New()
-		n, err := io.Copy(h, r.Body)
-		if err != nil {
-			return
-		}
-		pr.mu.Lock()
-		pr.seen = append(pr.seen, partRequest{
-			disposition: r.Header.Get("Content-Disposition"), contentType: r.Header.Get("Content-Type"),
-			field: r.Header.Get("X-Stream-Proxy-Field"), filename: r.Header.Get("X-Stream-Proxy-Filename"),
-			size: n, sha256: hex.EncodeToString(h.Sum(nil)),
-		})
-		pr.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, `{"ok":true}`)
-	}))
-	t.Cleanup(pr.Close)
-	return pr
-}
-
-func (pr *partRecorder) requests() []partRequest {
-	pr.mu.Lock()
-	defer pr.mu.Unlock()
-	return append([]partRequest(nil), pr.seen...)
-}
-
 // apacheBoundary and apacheForm are what Apache HttpClient 4's
 // MultipartEntityBuilder (STRICT mode, its default) sends for addTextBody and
 // addBinaryBody: a Content-Type and a Content-Transfer-Encoding on every part.
@@ -246,11 +177,11 @@ func apacheForm(fileCTE, data string) string {
 		"--" + apacheBoundary + "--\r\n"
 }
 
-// Row 32: binary, 8bit and 7bit, in any case, are accepted and forwarded
-// unchanged, in forward and per_part mode.
+// integration/README.md, row 32: binary, 8bit and 7bit, in any case, are
+// accepted and forwarded unchanged, in forward and per_part mode.
 func TestEdgeIdentityTransferEncoding(t *testing.T) {
 	rec := newRecorder(t)
-	pp := newPartRecorder(t)
+	pp := newPartBackend(t, http.StatusOK)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s
 stream_proxy /pp* {
 	to %s
@@ -306,12 +237,13 @@ func dotnetForm(filenameParams string) string {
 		"--" + dotnetBoundary + "--\r\n"
 }
 
-// Row 33: the backend gets the filename parameters the client sent (both,
-// when both came; raw), in forward and per_part mode; store mode keeps the
-// name Go reads as metadata and never in a path; duplicates are still 400.
+// integration/README.md, row 33: the backend gets the filename parameters the
+// client sent (both, when both came; raw), in forward and per_part mode; store
+// mode keeps the name Go reads as metadata and never in a path; duplicates are
+// still 400.
 func TestEdgeFilenameStar(t *testing.T) {
 	rec := newRecorder(t)
-	pp := newPartRecorder(t)
+	pp := newPartBackend(t, http.StatusOK)
 	dir := t.TempDir()
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s
 stream_proxy /pp* {
@@ -386,7 +318,8 @@ stream_proxy /store* {
 		t.Error("a filename* left the store")
 	}
 
-	// Row 9 still holds: a parameter given twice with two values is refused.
+	// integration/README.md, row 9 still holds: a parameter given twice with
+	// two values is refused.
 	for _, dup := range []string{
 		`filename="a.txt"; filename="b.txt"`,
 		`filename*=utf-8''a.txt; FILENAME*=utf-8''b.txt`,

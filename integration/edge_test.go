@@ -1,294 +1,23 @@
 package integration
 
-// Edge cases of EDGE_CASES.md about the form itself: framing, limits and sizes.
-// The helpers shared by the edge_*_test.go files live here too.
+// Edge cases of integration/README.md about the form itself: framing, limits
+// and sizes. The helpers they share are in helpers_test.go.
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
-	"mime"
-	"mime/multipart"
-	"net/http"
-	"net/http/httptest"
-	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/streamproxy/caddy-stream-proxy/internal/formtest"
 )
 
-// rawPart is one part as Go's mime/multipart reads it, undecoded.
-type rawPart struct {
-	Field, Filename string
-	HasFilename     bool
-	ContentType     string
-	Data            []byte
-}
-
-// goParse reads body as Go's mime/multipart does, every part to its end.
-func goParse(body io.Reader, boundary string) ([]rawPart, error) {
-	mr := multipart.NewReader(body, boundary)
-	var parts []rawPart
-	for range 200_000 {
-		p, err := mr.NextRawPart()
-		if err == io.EOF {
-			return parts, nil
-		}
-		if err != nil {
-			return parts, err
-		}
-		data, err := io.ReadAll(p)
-		if err != nil {
-			return parts, err
-		}
-		rp := rawPart{ContentType: p.Header.Get("Content-Type"), Data: data}
-		if _, params, err := mime.ParseMediaType(p.Header.Get("Content-Disposition")); err == nil {
-			rp.Field = params["name"]
-			rp.Filename, rp.HasFilename = params["filename"]
-		}
-		parts = append(parts, rp)
-	}
-	return parts, errors.New("more than 200000 parts")
-}
-
-// describeParts is a comparable summary of parts.
-func describeParts(parts []rawPart) string {
-	var sb strings.Builder
-	for _, p := range parts {
-		sum := sha256.Sum256(p.Data)
-		fmt.Fprintf(&sb, "%q|%q|%v|%q|%d|%s\n", p.Field, p.Filename, p.HasFilename, p.ContentType, len(p.Data), hex.EncodeToString(sum[:8]))
-	}
-	return sb.String()
-}
-
-// recorder is a backend that keeps the raw bodies it receives (up to 64 MiB).
-type recorder struct {
-	*httptest.Server
-	mu     sync.Mutex
-	bodies []recorded
-}
-
-type recorded struct {
-	contentType string
-	body        []byte
-	err         error
-}
-
-func newRecorder(t *testing.T) *recorder {
-	rec := &recorder{}
-	rec.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
-		rec.mu.Lock()
-		rec.bodies = append(rec.bodies, recorded{contentType: r.Header.Get("Content-Type"), body: b, err: err})
-		rec.mu.Unlock()
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		_, _ = io.WriteString(w, "recorded")
-	}))
-	t.Cleanup(rec.Close)
-	return rec
-}
-
-// wait waits until the recorder has n bodies, for at most 10 seconds.
-func (rec *recorder) wait(n int) []recorded {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		rec.mu.Lock()
-		got := append([]recorded(nil), rec.bodies...)
-		rec.mu.Unlock()
-		if len(got) >= n || time.Now().After(deadline) {
-			return got
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// parts parses a recorded body with the boundary of its Content-Type.
-func (r recorded) parts() ([]rawPart, error) {
-	_, params, err := mime.ParseMediaType(r.contentType)
-	if err != nil {
-		return nil, err
-	}
-	return goParse(bytes.NewReader(r.body), params["boundary"])
-}
-
-// opaqueReader hides the length of its reader, so that a request is chunked.
-type opaqueReader struct{ r io.Reader }
-
-func (o opaqueReader) Read(p []byte) (int, error) { return o.r.Read(p) }
-
-// postRaw sends body as it is, with a Content-Length unless chunked.
-func postRaw(t *testing.T, c *http.Client, contentType string, body []byte, chunked bool) (*http.Response, []byte) {
-	t.Helper()
-	var rd io.Reader = bytes.NewReader(body)
-	if chunked {
-		rd = opaqueReader{rd}
-	}
-	return postStream(t, c, contentType, rd, !chunked, int64(len(body)))
-}
-
-// postStream sends body to the gateway's /upload, with a Content-Length if
-// withLength.
-func postStream(t *testing.T, c *http.Client, contentType string, body io.Reader, withLength bool, length int64) (*http.Response, []byte) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, gatewayURL+"/upload", body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", contentType)
-	req.ContentLength = -1
-	if withLength {
-		req.ContentLength = length
-	}
-	res, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("POST: %v", err)
-	}
-	defer res.Body.Close()
-	out, _ := io.ReadAll(res.Body)
-	return res, out
-}
-
-// expectRefusal checks a JSON error answer: its status, code and limit (if
-// not empty), and that the JSON repeats the status.
-func expectRefusal(t *testing.T, res *http.Response, body []byte, status int, code, limit string) errorBody {
-	t.Helper()
-	if res.StatusCode != status {
-		t.Fatalf("status %d, want %d: %s", res.StatusCode, status, body)
-	}
-	if ct := res.Header.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("error Content-Type %q, want application/json", ct)
-	}
-	e := decodeError(t, body)
-	if e.Error.Status != status || e.Error.Code != code || e.Error.Message == "" {
-		t.Errorf("error %s, want status %d code %s", body, status, code)
-	}
-	if limit != "" && e.Error.Limit != limit {
-		t.Errorf("error limit %q, want %q: %s", e.Error.Limit, limit, body)
-	}
-	return e
-}
-
-// expectPart checks the part an error names.
-func expectPart(t *testing.T, e errorBody, index int, field, filename string) {
-	t.Helper()
-	p := e.Error.Part
-	if p == nil || p.Index != index || p.Field != field || p.Filename != filename {
-		t.Errorf("error names part %+v, want index %d field %q filename %q", p, index, field, filename)
-	}
-}
-
-// expectAborted checks that the backend got exactly one request and saw it fail.
-func expectAborted(t *testing.T, be *backend) {
-	t.Helper()
-	got := be.waitRequests(t, 1)
-	if len(got) != 1 {
-		t.Fatalf("backend got %d requests, want 1 (aborted)", len(got))
-	}
-	if got[0].Err == nil {
-		t.Fatalf("backend saw a clean end of the upload, want an aborted request; parts %+v", got[0].Parts)
-	}
-}
-
-// expectComplete checks that the backend got exactly one request, complete,
-// with the parts want.
-func expectComplete(t *testing.T, be *backend, want []seenPart) {
-	t.Helper()
-	got := be.waitRequests(t, 1)
-	if len(got) != 1 {
-		t.Fatalf("backend got %d requests, want 1", len(got))
-	}
-	if got[0].Err != nil {
-		t.Fatalf("backend: %v", got[0].Err)
-	}
-	if w, h := comparableParts(want), comparableParts(got[0].Parts); w != h {
-		t.Fatalf("backend saw\n%s\nwant\n%s", h, w)
-	}
-}
-
-// formBodyBoundary is formBody with a boundary of one's choice.
-func formBodyBoundary(parts []formPart, boundary string) (io.Reader, string, int64) {
-	counter := &countWriter{}
-	cmw := multipart.NewWriter(counter)
-	if err := cmw.SetBoundary(boundary); err != nil {
-		panic(err)
-	}
-	_ = writeForm(cmw, parts)
-	pr, pw := io.Pipe()
-	mw := multipart.NewWriter(pw)
-	_ = mw.SetBoundary(boundary)
-	go func() { pw.CloseWithError(writeForm(mw, parts)) }()
-	return pr, mw.FormDataContentType(), counter.n
-}
-
-// formBytes is a whole form in memory, for small forms.
-func formBytes(t *testing.T, parts []formPart, boundary string) ([]byte, string) {
-	t.Helper()
-	var buf bytes.Buffer
-	mw := multipart.NewWriter(&buf)
-	if boundary != "" {
-		if err := mw.SetBoundary(boundary); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := writeForm(mw, parts); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes(), mw.FormDataContentType()
-}
-
-// partStream generates a form of n parts lazily: only the part being sent is
-// ever in memory. The client's transport may still be reading it after the
-// answer came, hence the atomic counts.
-type partStream struct {
-	boundary string
-	n        int
-	part     func(i int) string // headers, blank line, data; without delimiters
-	i        int
-	closed   bool
-	buf      []byte
-	parts    atomic.Int64 // generated so far
-	sent     atomic.Int64
-}
-
-func (s *partStream) Read(p []byte) (int, error) {
-	for len(s.buf) == 0 {
-		switch {
-		case s.i < s.n:
-			s.buf = []byte("--" + s.boundary + "\r\n" + s.part(s.i) + "\r\n")
-			s.i++
-			s.parts.Add(1)
-		case !s.closed:
-			s.buf = []byte("--" + s.boundary + "--\r\n")
-			s.closed = true
-		default:
-			return 0, io.EOF
-		}
-	}
-	n := copy(p, s.buf)
-	s.buf = s.buf[n:]
-	s.sent.Add(int64(n))
-	return n, nil
-}
-
-// liveHeap returns the heap in use after a collection.
-func liveHeap() uint64 {
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
-
-// Row 1: the heap stays flat while a large upload streams through (the 1 GiB
-// byte-identical transfer itself is TestForwardByteIdentical). The live heap
-// is sampled after forced collections, so garbage does not count.
+// integration/README.md, row 1: the heap stays flat while a large upload
+// streams through (the 1 GiB byte-identical transfer itself is
+// TestForwardByteIdentical). The live heap is sampled after forced collections,
+// so garbage does not count.
 func TestEdgeHeapFlatDuringUpload(t *testing.T) {
 	be := newBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
@@ -335,9 +64,9 @@ func TestEdgeHeapFlatDuringUpload(t *testing.T) {
 	}
 }
 
-// Row 4: the body limit is exact (a body of exactly max_body_size passes, one
-// byte more is refused mid-stream), and Caddy's own request_body max_size is
-// reported the same way.
+// integration/README.md, row 4: the body limit is exact (a body of exactly
+// max_body_size passes, one byte more is refused mid-stream), and Caddy's own
+// request_body max_size is reported the same way.
 func TestEdgeBodyLimitExact(t *testing.T) {
 	const limit = 1 << 20
 	// The size of a form whose file is empty: every formBody boundary has the
@@ -390,8 +119,8 @@ stream_proxy /upload* %s`, limit, be.URL))
 	})
 }
 
-// Row 5: part and field limits are exact and name the part; a field over
-// max_field_size is refused like a file over max_part_size.
+// integration/README.md, row 5: part and field limits are exact and name the
+// part; a field over max_field_size is refused like a file over max_part_size.
 func TestEdgePartAndFieldLimitsExact(t *testing.T) {
 	be := newBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
@@ -452,8 +181,8 @@ func TestEdgePartAndFieldLimitsExact(t *testing.T) {
 	}
 }
 
-// Row 6: 100 000 empty parts, streamed from a generator, are refused by the
-// default max_parts (1000); exactly 1000 pass.
+// integration/README.md, row 6: 100 000 empty parts, streamed from a generator,
+// are refused by the default max_parts (1000); exactly 1000 pass.
 func TestEdgeManyEmptyParts(t *testing.T) {
 	be := newBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
@@ -487,9 +216,9 @@ func TestEdgeManyEmptyParts(t *testing.T) {
 	}
 }
 
-// Row 7: a part header of 1 MiB, or of 20 000 lines, is refused with 431 at
-// max_part_header_size (default 16 KiB), wherever the part is; a header just
-// under the limit passes.
+// integration/README.md, row 7: a part header of 1 MiB, or of 20 000 lines, is
+// refused with 431 at max_part_header_size (default 16 KiB), wherever the part
+// is; a header just under the limit passes.
 func TestEdgePartHeaderTooLarge(t *testing.T) {
 	be := newBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
@@ -540,9 +269,9 @@ func TestEdgePartHeaderTooLarge(t *testing.T) {
 	}
 }
 
-// Rows 8 and 9: boundary parameters and part headers the gateway must refuse,
-// with the code and the part named, and the backend aborted once it was
-// dialled; and the boundaries RFC 2046 allows, accepted.
+// integration/README.md, rows 8 and 9: boundary parameters and part headers the
+// gateway must refuse, with the code and the part named, and the backend
+// aborted once it was dialled; and the boundaries RFC 2046 allows, accepted.
 func TestEdgeBoundaryAndDisposition(t *testing.T) {
 	be := newBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
@@ -607,9 +336,9 @@ func TestEdgeBoundaryAndDisposition(t *testing.T) {
 	}
 }
 
-// Row 10: data containing the client's boundary without the leading CR (or
-// followed by other characters) is data; the backend sees exactly the parts
-// Go's parser sees in the client's body.
+// integration/README.md, row 10: data containing the client's boundary without
+// the leading CR (or followed by other characters) is data; the backend sees
+// exactly the parts Go's parser sees in the client's body.
 func TestEdgeBoundaryLookalikesInData(t *testing.T) {
 	rec := newRecorder(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, rec.URL))
@@ -632,12 +361,12 @@ func TestEdgeBoundaryLookalikesInData(t *testing.T) {
 			"--"+b+"\r\nContent-Disposition: form-data; name=\"smuggled\"\r\n\r\nvalue") +
 		"--" + b + "--\r\n"
 
-	want, err := goParse(strings.NewReader(body), b)
+	want, err := formtest.Parse(strings.NewReader(body), b)
 	if err != nil {
 		t.Fatalf("Go's parser refuses the test body: %v", err)
 	}
 	if len(want) != 8 || want[6].Field != "starts" || len(want[6].Data) != 0 || want[7].Field != "smuggled" {
-		t.Fatalf("Go's parser sees %d parts, the test expects 8:\n%s", len(want), describeParts(want))
+		t.Fatalf("Go's parser sees %d parts, the test expects 8:\n%s", len(want), formtest.Describe(want))
 	}
 	for _, chunked := range []bool{false, true} {
 		res, out := postRaw(t, c, "multipart/form-data; boundary="+b, []byte(body), chunked)
@@ -654,14 +383,15 @@ func TestEdgeBoundaryLookalikesInData(t *testing.T) {
 		if err != nil || r.err != nil {
 			t.Fatalf("request %d: backend stream does not parse: %v %v", i, err, r.err)
 		}
-		if w, h := describeParts(want), describeParts(parts); w != h {
+		if w, h := formtest.Describe(want), formtest.Describe(parts); w != h {
 			t.Errorf("request %d: backend saw\n%s\nGo's parser sees\n%s", i, h, w)
 		}
 	}
 }
 
-// Row 11: LF-only line endings, a preamble, an epilogue and transport padding
-// are accepted; the preamble and the epilogue are not forwarded.
+// integration/README.md, row 11: LF-only line endings, a preamble, an epilogue
+// and transport padding are accepted; the preamble and the epilogue are not
+// forwarded.
 func TestEdgeLenientFraming(t *testing.T) {
 	rec := newRecorder(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, rec.URL))
@@ -687,7 +417,7 @@ func TestEdgeLenientFraming(t *testing.T) {
 		{"preamble of 64 KiB in short lines", longPreamble},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			want, err := goParse(strings.NewReader(tc.body), b)
+			want, err := formtest.Parse(strings.NewReader(tc.body), b)
 			if err != nil || len(want) != 2 {
 				t.Fatalf("Go's parser: %d parts, %v", len(want), err)
 			}
@@ -705,7 +435,7 @@ func TestEdgeLenientFraming(t *testing.T) {
 			if err != nil || r.err != nil {
 				t.Fatalf("backend stream does not parse: %v %v", err, r.err)
 			}
-			if w, h := describeParts(want), describeParts(parts); w != h {
+			if w, h := formtest.Describe(want), formtest.Describe(parts); w != h {
 				t.Errorf("backend saw\n%s\nGo's parser sees\n%s", h, w)
 			}
 			for _, s := range []string{"PREAMBLE", "Lenientish", "EPILOGUE"} {
@@ -720,9 +450,9 @@ func TestEdgeLenientFraming(t *testing.T) {
 	}
 }
 
-// Row 12: parts of every size from 4000 to 4200 bytes, around the parser's
-// 4 KiB buffer, arrive byte-exact: files and fields, with the shortest and
-// the longest boundaries.
+// integration/README.md, row 12: parts of every size from 4000 to 4200 bytes,
+// around the parser's 4 KiB buffer, arrive byte-exact: files and fields, with
+// the shortest and the longest boundaries.
 func TestEdgeEverySize4000To4200(t *testing.T) {
 	be := newBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
@@ -768,9 +498,9 @@ func TestEdgeEverySize4000To4200(t *testing.T) {
 	}
 }
 
-// Row 13: a body that ends inside a part, or without the closing delimiter,
-// is refused with 400 naming the part, and the backend request fails; it never
-// ends cleanly.
+// integration/README.md, row 13: a body that ends inside a part, or without the
+// closing delimiter, is refused with 400 naming the part, and the backend
+// request fails; it never ends cleanly.
 func TestEdgeTruncatedBody(t *testing.T) {
 	be := newBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
@@ -820,10 +550,10 @@ func TestEdgeTruncatedBody(t *testing.T) {
 	}
 }
 
-// Row 23: a Content-Transfer-Encoding that changes the bytes (or that the
-// gateway does not know) is refused with 400, even after a file has already
-// been streamed; the backend request is aborted. (The identity ones, binary,
-// 8bit and 7bit, pass: TestEdgeIdentityTransferEncoding, row 32.)
+// integration/README.md, row 23: a Content-Transfer-Encoding that changes the
+// bytes (or that the gateway does not know) is refused with 400, even after a
+// file has already been streamed; the backend request is aborted. (The identity
+// ones, binary, 8bit and 7bit, pass: TestEdgeIdentityTransferEncoding, row 32.)
 func TestEdgeContentTransferEncoding(t *testing.T) {
 	be := newBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
@@ -856,8 +586,8 @@ func TestEdgeContentTransferEncoding(t *testing.T) {
 	}
 }
 
-// Row 23, continued: the refusal names the part by its field and filename too,
-// as the other refusals do.
+// integration/README.md, row 23, continued: the refusal names the part by its
+// field and filename too, as the other refusals do.
 func TestEdgeContentTransferEncodingNamesField(t *testing.T) {
 	be := newBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
@@ -869,9 +599,10 @@ func TestEdgeContentTransferEncodingNamesField(t *testing.T) {
 	expectAborted(t, be)
 }
 
-// Row 9, continued: names and filenames are forwarded so that the backend
-// reads back what the gateway checked: quotes and backslashes escaped, CR and
-// LF from RFC 2231 (filename*=) percent-encoded, never a header line broken.
+// integration/README.md, row 9, continued: names and filenames are forwarded so
+// that the backend reads back what the gateway checked: quotes and backslashes
+// escaped, CR and LF from RFC 2231 (filename*=) percent-encoded, never a header
+// line broken.
 func TestEdgeForwardedNames(t *testing.T) {
 	be := newBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))

@@ -2,6 +2,8 @@ package integration
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -158,11 +160,7 @@ func TestForwardStreamsBeforeUploadEnds(t *testing.T) {
 
 func TestNonMultipartGoesToNextHandlerUnread(t *testing.T) {
 	be := newBackend(t)
-	next := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n, _ := io.Copy(io.Discard, r.Body)
-		fmt.Fprintf(w, "next got %d bytes of %s", n, r.Header.Get("Content-Type"))
-	}))
-	t.Cleanup(next.Close)
+	next := newNextServer(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s
 reverse_proxy %s`, be.URL, strings.TrimPrefix(next.URL, "http://")))
 
@@ -176,7 +174,8 @@ reverse_proxy %s`, be.URL, strings.TrimPrefix(next.URL, "http://")))
 		}
 		b, _ := io.ReadAll(res.Body)
 		res.Body.Close()
-		if want := fmt.Sprintf("next got 7 bytes of %s", ct); string(b) != want {
+		sum := sha256.Sum256([]byte(`{"a":1}`))
+		if want := fmt.Sprintf("POST 7 %s %s", hex.EncodeToString(sum[:]), ct); string(b) != want {
 			t.Errorf("Content-Type %q: got %q, want %q", ct, b, want)
 		}
 	}
@@ -226,9 +225,7 @@ reverse_proxy %s {
 }
 
 func TestContentLengthOverLimitRefusedBeforeBody(t *testing.T) {
-	be := newBackend(t)
-	dialled := 0
-	be.Config.ConnState = func(net.Conn, http.ConnState) { dialled++ }
+	be, dials := countingBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
 	max_body_size 1MiB
 }`, be.URL))
@@ -253,8 +250,8 @@ func TestContentLengthOverLimitRefusedBeforeBody(t *testing.T) {
 	if e.Error.Code != "body_too_large" || e.Error.Limit != "max_body_size" {
 		t.Errorf("error %+v", e.Error)
 	}
-	if dialled != 0 {
-		t.Errorf("backend was dialled %d times", dialled)
+	if n := dials.Load(); n != 0 {
+		t.Errorf("backend was dialled %d times", n)
 	}
 }
 
@@ -291,14 +288,8 @@ func TestPartOverLimitAbortsBackendRequest(t *testing.T) {
 // (the transport's Read path): whole uploads arrive whole, and a broken limit
 // still aborts the backend's request.
 func TestForwardToH2CBackend(t *testing.T) {
-	be := &backend{}
-	be.Server = httptest.NewUnstartedServer(http.HandlerFunc(be.serve))
-	be.Config.Protocols = new(http.Protocols)
-	be.Config.Protocols.SetUnencryptedHTTP2(true)
 	var protos sync.Map
-	be.before = func(w http.ResponseWriter, r *http.Request) bool { protos.Store(r.Proto, true); return false }
-	be.Start()
-	t.Cleanup(be.Close)
+	be := newH2CBackend(t, func(w http.ResponseWriter, r *http.Request) bool { protos.Store(r.Proto, true); return false })
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
 	max_part_size 16MiB
 	transport http {
@@ -360,8 +351,8 @@ func TestBackendUnreachable(t *testing.T) {
 	c := newClient(t)
 	c.Transport.(*http.Transport).ExpectContinueTimeout = time.Minute
 	body, ct, n := formBody(sampleForm(64 << 20))
-	counted := &readCounter{r: body}
-	req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/upload", counted)
+	sent := &countWriter{}
+	req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/upload", io.TeeReader(body, sent))
 	req.Header.Set("Content-Type", ct)
 	req.Header.Set("Expect", "100-continue")
 	req.ContentLength = n
@@ -378,20 +369,9 @@ func TestBackendUnreachable(t *testing.T) {
 	if e := decodeError(t, b); e.Error.Code != "backend_failed" {
 		t.Errorf("error %s", b)
 	}
-	if counted.n != 0 {
-		t.Errorf("the client sent %d body bytes; want none", counted.n)
+	if sent.n != 0 {
+		t.Errorf("the client sent %d body bytes; want none", sent.n)
 	}
-}
-
-type readCounter struct {
-	r io.Reader
-	n int64
-}
-
-func (c *readCounter) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }
 
 func TestMalformedMultipart(t *testing.T) {
@@ -410,14 +390,7 @@ func TestMalformedMultipart(t *testing.T) {
 		{"duplicate parameter", "multipart/form-data; boundary=abc", "--abc\r\nContent-Disposition: form-data; name=\"a\"; name=\"b\"\r\n\r\nv\r\n--abc--\r\n"},
 		{"transfer encoding", "multipart/form-data; boundary=abc", "--abc\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nv=3D\r\n--abc--\r\n"},
 	} {
-		req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/upload", strings.NewReader(tc.body))
-		req.Header.Set("Content-Type", tc.contentType)
-		res, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(res.Body)
-		res.Body.Close()
+		res, body := postRaw(t, c, tc.contentType, []byte(tc.body), false)
 		if res.StatusCode != http.StatusBadRequest {
 			t.Errorf("%s: status %d, want 400: %s", tc.name, res.StatusCode, body)
 			continue
@@ -461,14 +434,8 @@ func TestClientGoneCancelsBackend(t *testing.T) {
 // A backend spoken to over HTTP/2 (h2c): the transport reads the body through
 // the pipe instead of copying it with WriteTo, and the parts arrive the same.
 func TestForwardToHTTP2Backend(t *testing.T) {
-	be := &backend{}
-	be.Server = httptest.NewUnstartedServer(http.HandlerFunc(be.serve))
-	be.Config.Protocols = new(http.Protocols)
-	be.Config.Protocols.SetUnencryptedHTTP2(true)
-	be.Start()
-	t.Cleanup(be.Close)
 	var proto string
-	be.before = func(w http.ResponseWriter, r *http.Request) bool { proto = r.Proto; return false }
+	be := newH2CBackend(t, func(w http.ResponseWriter, r *http.Request) bool { proto = r.Proto; return false })
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
 	transport http {
 		versions h2c

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -9,14 +10,13 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"mime"
 	"mime/multipart"
 	"net/http"
-	"net/http/httptest"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -123,122 +123,6 @@ func newClient(t *testing.T) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 5 * time.Minute}
 }
 
-// seenPart is what a backend received for one part.
-type seenPart struct {
-	Field       string `json:"field"`
-	Filename    string `json:"filename,omitempty"`
-	ContentType string `json:"content_type,omitempty"`
-	Size        int64  `json:"size"`
-	SHA256      string `json:"sha256"`
-}
-
-// backendRequest is what a backend received for one request.
-type backendRequest struct {
-	Header http.Header
-	Parts  []seenPart
-	Err    error // the body did not end cleanly
-}
-
-// backend is a real HTTP server on loopback that parses what it receives as
-// multipart, streaming, and records it.
-type backend struct {
-	*httptest.Server
-	mu       sync.Mutex
-	requests []backendRequest
-	// firstBytes, if not nil, receives once the first data bytes of a file.
-	firstBytes chan struct{}
-	// before, if not nil, may answer instead of reading the body.
-	before func(w http.ResponseWriter, r *http.Request) bool
-}
-
-func newBackend(t *testing.T) *backend {
-	b := &backend{}
-	b.Server = httptest.NewServer(http.HandlerFunc(b.serve))
-	t.Cleanup(b.Close)
-	return b
-}
-
-func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
-	if b.before != nil && b.before(w, r) {
-		return
-	}
-	rec := backendRequest{Header: r.Header.Clone()}
-	defer func() {
-		b.mu.Lock()
-		b.requests = append(b.requests, rec)
-		b.mu.Unlock()
-	}()
-	_, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil {
-		rec.Err = err
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	mr := multipart.NewReader(r.Body, params["boundary"])
-	for {
-		p, err := mr.NextPart()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			rec.Err = err
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		h := sha256.New()
-		var n int64
-		if p.FileName() != "" && b.firstBytes != nil {
-			buf := make([]byte, 1)
-			k, err := p.Read(buf)
-			if k > 0 {
-				h.Write(buf[:k])
-				n += int64(k)
-				select {
-				case b.firstBytes <- struct{}{}:
-				default:
-				}
-			}
-			if err != nil && err != io.EOF {
-				rec.Err = err
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-		}
-		m, err := io.Copy(h, p)
-		n += m
-		if err != nil {
-			rec.Err = err
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		rec.Parts = append(rec.Parts, seenPart{
-			Field: p.FormName(), Filename: p.FileName(), ContentType: p.Header.Get("Content-Type"),
-			Size: n, SHA256: hex.EncodeToString(h.Sum(nil)),
-		})
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]any{"parts": rec.Parts})
-}
-
-func (b *backend) received() []backendRequest {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]backendRequest(nil), b.requests...)
-}
-
-// waitRequests waits until the backend has finished n requests.
-func (b *backend) waitRequests(t *testing.T, n int) []backendRequest {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := b.received()
-		if len(got) >= n || time.Now().After(deadline) {
-			return got
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // formPart describes one part of a generated form.
 type formPart struct {
 	field, filename, contentType string
@@ -325,11 +209,21 @@ func writeForm(mw *multipart.Writer, parts []formPart) error {
 	return mw.Close()
 }
 
-// formBody streams parts as a multipart body. With length, the request also
-// gets a Content-Length, computed by writing the form once to a counter.
+// formBody streams parts as a multipart body under a random boundary. The
+// length is the body's, computed by writing the form once to a counter.
 func formBody(parts []formPart) (body io.ReadCloser, contentType string, length int64) {
+	return formBodyBoundary(parts, "")
+}
+
+// formBodyBoundary is formBody under boundary ("": a random one).
+func formBodyBoundary(parts []formPart, boundary string) (body io.ReadCloser, contentType string, length int64) {
 	counter := &countWriter{}
 	cmw := multipart.NewWriter(counter)
+	if boundary != "" {
+		if err := cmw.SetBoundary(boundary); err != nil {
+			panic(err)
+		}
+	}
 	_ = writeForm(cmw, parts)
 
 	pr, pw := io.Pipe()
@@ -339,6 +233,7 @@ func formBody(parts []formPart) (body io.ReadCloser, contentType string, length 
 	return pr, mw.FormDataContentType(), counter.n
 }
 
+// countWriter counts the bytes written to it.
 type countWriter struct{ n int64 }
 
 func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
@@ -347,21 +242,10 @@ func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); retur
 func postForm(t *testing.T, c *http.Client, url string, parts []formPart, chunked bool) (*http.Response, []byte) {
 	t.Helper()
 	body, ct, n := formBody(parts)
-	req, err := http.NewRequest(http.MethodPost, url, body)
-	if err != nil {
-		t.Fatal(err)
+	if chunked {
+		n = -1
 	}
-	req.Header.Set("Content-Type", ct)
-	if !chunked {
-		req.ContentLength = n
-	}
-	res, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("POST %s: %v", url, err)
-	}
-	defer res.Body.Close()
-	out, _ := io.ReadAll(res.Body)
-	return res, out
+	return postTo(t, c, url, ct, body, n)
 }
 
 // errorBody is the JSON error the gateway answers with.
@@ -397,3 +281,169 @@ func comparableParts(parts []seenPart) string {
 }
 
 var errAny = errors.New("any")
+
+// opaqueReader hides the length of its reader, so that a request is chunked.
+type opaqueReader struct{ r io.Reader }
+
+func (o opaqueReader) Read(p []byte) (int, error) { return o.r.Read(p) }
+
+// postRaw sends body as it is to the gateway's /upload, with a
+// Content-Length unless chunked.
+func postRaw(t *testing.T, c *http.Client, contentType string, body []byte, chunked bool) (*http.Response, []byte) {
+	t.Helper()
+	var rd io.Reader = bytes.NewReader(body)
+	if chunked {
+		rd = opaqueReader{rd}
+	}
+	return postStream(t, c, contentType, rd, !chunked, int64(len(body)))
+}
+
+// postStream sends body to the gateway's /upload, with a Content-Length if
+// withLength.
+func postStream(t *testing.T, c *http.Client, contentType string, body io.Reader, withLength bool, length int64) (*http.Response, []byte) {
+	t.Helper()
+	if !withLength {
+		length = -1
+	}
+	return postTo(t, c, gatewayURL+"/upload", contentType, body, length)
+}
+
+// postRawTo posts body to url, with a Content-Length.
+func postRawTo(t *testing.T, c *http.Client, url, contentType string, body []byte) (*http.Response, []byte) {
+	t.Helper()
+	return postTo(t, c, url, contentType, bytes.NewReader(body), int64(len(body)))
+}
+
+// postTo posts body to url with the Content-Length length (-1: chunked) and
+// returns the answer with its whole body.
+func postTo(t *testing.T, c *http.Client, url, contentType string, body io.Reader, length int64) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", contentType)
+	req.ContentLength = length
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	defer res.Body.Close()
+	out, _ := io.ReadAll(res.Body)
+	return res, out
+}
+
+// expectRefusal checks a JSON error answer: its status, code and limit (if
+// not empty), and that the JSON repeats the status.
+func expectRefusal(t *testing.T, res *http.Response, body []byte, status int, code, limit string) errorBody {
+	t.Helper()
+	if res.StatusCode != status {
+		t.Fatalf("status %d, want %d: %s", res.StatusCode, status, body)
+	}
+	if ct := res.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("error Content-Type %q, want application/json", ct)
+	}
+	e := decodeError(t, body)
+	if e.Error.Status != status || e.Error.Code != code || e.Error.Message == "" {
+		t.Errorf("error %s, want status %d code %s", body, status, code)
+	}
+	if limit != "" && e.Error.Limit != limit {
+		t.Errorf("error limit %q, want %q: %s", e.Error.Limit, limit, body)
+	}
+	return e
+}
+
+// expectPart checks the part an error names.
+func expectPart(t *testing.T, e errorBody, index int, field, filename string) {
+	t.Helper()
+	p := e.Error.Part
+	if p == nil || p.Index != index || p.Field != field || p.Filename != filename {
+		t.Errorf("error names part %+v, want index %d field %q filename %q", p, index, field, filename)
+	}
+}
+
+// expectAborted checks that the backend got exactly one request and saw it fail.
+func expectAborted(t *testing.T, be *backend) {
+	t.Helper()
+	got := be.waitRequests(t, 1)
+	if len(got) != 1 {
+		t.Fatalf("backend got %d requests, want 1 (aborted)", len(got))
+	}
+	if got[0].Err == nil {
+		t.Fatalf("backend saw a clean end of the upload, want an aborted request; parts %+v", got[0].Parts)
+	}
+}
+
+// expectComplete checks that the backend got exactly one request, complete,
+// with the parts want.
+func expectComplete(t *testing.T, be *backend, want []seenPart) {
+	t.Helper()
+	got := be.waitRequests(t, 1)
+	if len(got) != 1 {
+		t.Fatalf("backend got %d requests, want 1", len(got))
+	}
+	if got[0].Err != nil {
+		t.Fatalf("backend: %v", got[0].Err)
+	}
+	if w, h := comparableParts(want), comparableParts(got[0].Parts); w != h {
+		t.Fatalf("backend saw\n%s\nwant\n%s", h, w)
+	}
+}
+
+// formBytes is a whole form in memory, for small forms.
+func formBytes(t *testing.T, parts []formPart, boundary string) ([]byte, string) {
+	t.Helper()
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	if boundary != "" {
+		if err := mw.SetBoundary(boundary); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := writeForm(mw, parts); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes(), mw.FormDataContentType()
+}
+
+// partStream generates a form of n parts lazily: only the part being sent is
+// ever in memory. The client's transport may still be reading it after the
+// answer came, hence the atomic counts.
+type partStream struct {
+	boundary string
+	n        int
+	part     func(i int) string // headers, blank line, data; without delimiters
+	i        int
+	closed   bool
+	buf      []byte
+	parts    atomic.Int64 // generated so far
+	sent     atomic.Int64
+}
+
+func (s *partStream) Read(p []byte) (int, error) {
+	for len(s.buf) == 0 {
+		switch {
+		case s.i < s.n:
+			s.buf = []byte("--" + s.boundary + "\r\n" + s.part(s.i) + "\r\n")
+			s.i++
+			s.parts.Add(1)
+		case !s.closed:
+			s.buf = []byte("--" + s.boundary + "--\r\n")
+			s.closed = true
+		default:
+			return 0, io.EOF
+		}
+	}
+	n := copy(p, s.buf)
+	s.buf = s.buf[n:]
+	s.sent.Add(int64(n))
+	return n, nil
+}
+
+// liveHeap returns the heap in use after a collection.
+func liveHeap() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}

@@ -10,10 +10,10 @@ import (
 	"github.com/quic-go/quic-go/http3"
 )
 
-// Row 38: the same 256 MiB form, generated while it is sent, goes through
-// stream_proxy over HTTP/1.1, HTTP/2 and HTTP/3 (quic-go's client against
-// Caddy's HTTP/3 server, `tls internal`), and the backend gets it
-// byte-identical each time (size and sha256 of every part).
+// integration/README.md, row 38: the same 256 MiB form, generated while it is
+// sent, goes through stream_proxy over HTTP/1.1, HTTP/2 and HTTP/3 (quic-go's
+// client against Caddy's HTTP/3 server, `tls internal`), and the backend gets
+// it byte-identical each time (size and sha256 of every part).
 func TestEdgeUploadOverHTTP123(t *testing.T) {
 	be := newBackend(t)
 	storage := startGatewayTLS(t, fmt.Sprintf(`	stream_proxy /upload* %s {

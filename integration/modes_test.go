@@ -9,43 +9,13 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
-
-// rawBackend records per_part requests: path, headers and a digest of the body.
-type rawBackend struct {
-	*httptest.Server
-	mu   sync.Mutex
-	seen []string
-}
-
-func newRawBackend(t *testing.T, status int) *rawBackend {
-	b := &rawBackend{}
-	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := sha256.New()
-		n, err := io.Copy(h, r.Body)
-		if err != nil {
-			return
-		}
-		sum := hex.EncodeToString(h.Sum(nil))
-		b.mu.Lock()
-		b.seen = append(b.seen, fmt.Sprintf("%s %s %s %s %d %s", r.URL.Path, r.Header.Get("X-Stream-Proxy-Field"),
-			r.Header.Get("X-Stream-Proxy-Filename"), r.Header.Get("Content-Type"), n, sum))
-		b.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		json.NewEncoder(w).Encode(map[string]any{"bytes": n, "sha256": sum})
-	}))
-	t.Cleanup(b.Close)
-	return b
-}
 
 type perPartAnswer struct {
 	Parts []struct {
@@ -60,7 +30,7 @@ type perPartAnswer struct {
 }
 
 func TestPerPartRoutesByEarlierField(t *testing.T) {
-	be := newRawBackend(t, http.StatusOK)
+	be := newPartBackend(t, http.StatusOK)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
 	to %s/asr/{http.stream_proxy.form.model}
 	mode per_part
@@ -82,7 +52,7 @@ func TestPerPartRoutesByEarlierField(t *testing.T) {
 		fmt.Sprintf("/asr/whisper-large audio talk.wav audio/wav %d %s", want[1].Size, want[1].SHA256),
 		fmt.Sprintf("/asr/tiny audio clip.wav audio/wav %d %s", want[3].Size, want[3].SHA256),
 	}
-	if got := strings.Join(be.seen, "\n"); got != strings.Join(wantSeen, "\n") {
+	if got := be.lines(); got != strings.Join(wantSeen, "\n") {
 		t.Fatalf("backend saw\n%s\nwant\n%s", got, strings.Join(wantSeen, "\n"))
 	}
 	var a perPartAnswer
@@ -96,7 +66,7 @@ func TestPerPartRoutesByEarlierField(t *testing.T) {
 }
 
 func TestPerPartBackendErrorStopsUpload(t *testing.T) {
-	be := newRawBackend(t, http.StatusUnprocessableEntity)
+	be := newPartBackend(t, http.StatusUnprocessableEntity)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
 	mode per_part
 }`, be.URL))
@@ -107,8 +77,8 @@ func TestPerPartBackendErrorStopsUpload(t *testing.T) {
 	if e := decodeError(t, body); e.Error.Code != "backend_rejected" || e.Error.Part == nil || e.Error.Part.Field != "audio" {
 		t.Errorf("error %s", body)
 	}
-	if len(be.seen) != 1 {
-		t.Errorf("the backend got %d parts after refusing the first", len(be.seen))
+	if n := len(be.requests()); n != 1 {
+		t.Errorf("the backend got %d parts after refusing the first", n)
 	}
 }
 
@@ -137,8 +107,8 @@ type storeAnswer struct {
 	Fields map[string]string `json:"fields"`
 }
 
-// Row 21: hostile filenames are metadata only; files get generated names
-// inside the store.
+// integration/README.md, row 21: hostile filenames are metadata only; files get
+// generated names inside the store.
 func TestStoreHostileFilenames(t *testing.T) {
 	outer := t.TempDir()
 	dir := filepath.Join(outer, "store")
@@ -236,18 +206,7 @@ func TestStoreClientAbortLeavesNothing(t *testing.T) {
 // With a backend, it gets metadata; when it answers an error the files go.
 func TestStoreWithBackend(t *testing.T) {
 	dir := t.TempDir()
-	status := http.StatusOK
-	var got map[string][]string
-	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := r.ParseMultipartForm(1 << 20); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		got = r.MultipartForm.Value
-		w.WriteHeader(status)
-		fmt.Fprint(w, `{"ok":true}`)
-	}))
-	t.Cleanup(be.Close)
+	be := newMetadataBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
 	mode store
 	store %s {
@@ -262,6 +221,7 @@ func TestStoreWithBackend(t *testing.T) {
 	if res.StatusCode != 200 || string(body) != `{"ok":true}` {
 		t.Fatalf("status %d: %s", res.StatusCode, body)
 	}
+	got := be.values()
 	if got["model"][0] != "whisper-large" || got["audio.name"][0] != "talk.wav" || got["audio.content_type"][0] != "audio/wav" ||
 		got["audio.size"][0] != fmt.Sprint(want[2].Size) || got["audio.sha256"][0] != want[2].SHA256 {
 		t.Fatalf("backend got %v", got)
@@ -271,7 +231,7 @@ func TestStoreWithBackend(t *testing.T) {
 		t.Fatalf("stored file %v %v", info, err)
 	}
 
-	status = http.StatusUnauthorized
+	be.setStatus(http.StatusUnauthorized)
 	before := len(filesUnder(t, dir))
 	res, _ = postForm(t, newClient(t), gatewayURL+"/upload", parts, true)
 	if res.StatusCode != http.StatusUnauthorized {
@@ -282,8 +242,9 @@ func TestStoreWithBackend(t *testing.T) {
 	}
 }
 
-// Row 22: a full disk gives 507, removes the partial file, and the next
-// upload works. It needs a small filesystem: a tmpfs it mounts (root only).
+// integration/README.md, row 22: a full disk gives 507, removes the partial
+// file, and the next upload works. It needs a small filesystem: a tmpfs it
+// mounts (root only).
 func TestStoreDiskFull(t *testing.T) {
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dir).CombinedOutput(); err != nil {

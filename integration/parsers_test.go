@@ -49,9 +49,9 @@ func startNodeParsers(t *testing.T, port int) {
 	}
 }
 
-// Rows 31 to 33 against Node backends: busboy and multer, with their
-// default settings, read from each real client's bytes through the gateway
-// exactly what they read from them directly.
+// integration/README.md, rows 31 to 33 against Node backends: busboy and
+// multer, with their default settings, read from each real client's bytes
+// through the gateway exactly what they read from them directly.
 func TestEdgeNodeParsersReadTheSame(t *testing.T) {
 	port := httpPort + 364
 	startNodeParsers(t, port)

@@ -94,7 +94,7 @@ func requestCounts(bs ...*backend) []int {
 
 func TestPoolRoundRobin(t *testing.T) {
 	a, b, c := newBackend(t), newBackend(t), newBackend(t)
-	ra, rb, rc := newRawBackend(t, http.StatusOK), newRawBackend(t, http.StatusOK), newRawBackend(t, http.StatusOK)
+	ra, rb, rc := newPartBackend(t, http.StatusOK), newPartBackend(t, http.StatusOK), newPartBackend(t, http.StatusOK)
 	startGateway(t, fmt.Sprintf(`stream_proxy /forward* %s %s %s {
 	lb_policy round_robin
 }
@@ -121,10 +121,8 @@ stream_proxy /parts* {
 		t.Fatalf("per_part: status %d: %s", res.StatusCode, body)
 	}
 	var seen []string
-	for _, rb := range []*rawBackend{ra, rb, rc} {
-		rb.mu.Lock()
-		seen = append(seen, fmt.Sprint(len(rb.seen)))
-		rb.mu.Unlock()
+	for _, rb := range []*partBackend{ra, rb, rc} {
+		seen = append(seen, fmt.Sprint(len(rb.requests())))
 	}
 	if got := strings.Join(seen, " "); got != "2 2 2" {
 		t.Errorf("parts per backend %s, want 2 2 2", got)

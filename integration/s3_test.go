@@ -1,7 +1,7 @@
 package integration
 
 // Store mode into S3-compatible object storage, against a real S3 server
-// (versitygw): the rows of EDGE_CASES.md about S3 (21 in S3, 34 to 37).
+// (versitygw): the rows of integration/README.md about S3 (21 in S3, 34 to 37).
 
 import (
 	"context"
@@ -327,8 +327,8 @@ func TestS3StoreForm(t *testing.T) {
 	}
 }
 
-// Rows 35, 36 and the limits: whatever fails, nothing is left in the
-// bucket, neither object nor multipart upload.
+// integration/README.md, rows 35, 36 and the limits: whatever fails, nothing is
+// left in the bucket, neither object nor multipart upload.
 func TestS3StoreFailuresLeaveNothing(t *testing.T) {
 	s := startS3(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
@@ -368,14 +368,7 @@ func TestS3StoreFailuresLeaveNothing(t *testing.T) {
 	t.Run("malformed", func(t *testing.T) {
 		data, _ := io.ReadAll(newFileData(6<<20, 3))
 		form := "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"f.bin\"\r\n\r\n" + string(data) // no closing delimiter
-		req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/upload", strings.NewReader(form))
-		req.Header.Set("Content-Type", "multipart/form-data; boundary=b")
-		res, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(res.Body)
-		res.Body.Close()
+		res, body := postRaw(t, c, "multipart/form-data; boundary=b", []byte(form), false)
 		if res.StatusCode != http.StatusBadRequest {
 			t.Fatalf("status %d: %s", res.StatusCode, body)
 		}
@@ -403,8 +396,9 @@ func TestS3StoreFailuresLeaveNothing(t *testing.T) {
 	})
 }
 
-// Rows 34 and 35: S3 failing mid-file, refused credentials, a missing bucket
-// or an unreachable server give their documented answer, and leave nothing.
+// integration/README.md, rows 34 and 35: S3 failing mid-file, refused
+// credentials, a missing bucket or an unreachable server give their documented
+// answer, and leave nothing.
 func TestS3StoreServerFailures(t *testing.T) {
 	s := startS3(t)
 	// A proxy in front of versitygw that fails part uploads when told to.
@@ -506,21 +500,7 @@ stream_proxy /unreachable* {
 // answer from it deletes the objects.
 func TestS3StoreWithBackend(t *testing.T) {
 	s := startS3(t)
-	var mu sync.Mutex
-	status := http.StatusOK
-	var got map[string][]string
-	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := r.ParseMultipartForm(1 << 20); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		got = r.MultipartForm.Value
-		w.WriteHeader(status)
-		fmt.Fprint(w, `{"ok":true}`)
-	}))
-	t.Cleanup(be.Close)
+	be := newMetadataBackend(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
 	mode store
 	%s
@@ -533,9 +513,7 @@ func TestS3StoreWithBackend(t *testing.T) {
 	if res.StatusCode != 200 || string(body) != `{"ok":true}` {
 		t.Fatalf("status %d: %s", res.StatusCode, body)
 	}
-	mu.Lock()
-	g := got
-	mu.Unlock()
+	g := be.values()
 	if g["model"][0] != "m" || g["audio.name"][0] != "talk.wav" || g["audio.content_type"][0] != "audio/wav" ||
 		g["audio.bucket"][0] != s3Bucket || !keyPattern.MatchString(g["audio.key"][0]) ||
 		g["audio.size"][0] != fmt.Sprint(want[1].Size) || g["audio.sha256"][0] != want[1].SHA256 || len(g["audio.md5"]) != 1 {
@@ -546,9 +524,7 @@ func TestS3StoreWithBackend(t *testing.T) {
 	}
 	s.client.DeleteObject(context.Background(), &s3.DeleteObjectInput{Bucket: aws.String(s3Bucket), Key: aws.String(g["audio.key"][0])})
 
-	mu.Lock()
-	status = http.StatusUnprocessableEntity
-	mu.Unlock()
+	be.setStatus(http.StatusUnprocessableEntity)
 	res, _ = postForm(t, c, gatewayURL+"/upload", parts, true)
 	if res.StatusCode != http.StatusUnprocessableEntity {
 		t.Fatalf("status %d, want the backend's 422", res.StatusCode)
@@ -556,7 +532,8 @@ func TestS3StoreWithBackend(t *testing.T) {
 	s.empty(t)
 }
 
-// Row 21 in S3: hostile filenames are metadata only, never in a key.
+// integration/README.md, row 21 in S3: hostile filenames are metadata only,
+// never in a key.
 func TestS3StoreHostileFilenames(t *testing.T) {
 	s := startS3(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
@@ -689,9 +666,9 @@ func inFlight(t *testing.T, n int) []struct {
 	}
 }
 
-// Row 37: the part buffers are one pool per handler. While S3 takes no part,
-// uploads read no more from their clients than the pool holds, and go on
-// once S3 does.
+// integration/README.md, row 37: the part buffers are one pool per handler.
+// While S3 takes no part, uploads read no more from their clients than the pool
+// holds, and go on once S3 does.
 func TestS3StoreBackpressure(t *testing.T) {
 	s := startS3(t)
 	release := make(chan struct{})
