@@ -70,7 +70,7 @@ browser-deps:
 	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
 unit: $(VERSITYGW)
-	test -z "$$(gofmt -l caddymodule cmd integration internal)" || { gofmt -l caddymodule cmd integration internal; exit 1; }
+	test -z "$$(gofmt -l caddymodule cmd integration)" || { gofmt -l caddymodule cmd integration; exit 1; }
 	go vet ./...
 	SP_VERSITYGW=$(VERSITYGW) go test -count=1 -timeout 20m ./...
 

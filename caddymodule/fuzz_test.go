@@ -20,7 +20,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/streamproxy/caddy-stream-proxy/internal/formtest"
+	"github.com/streamproxy/caddy-stream-proxy/integration/formtest"
 )
 
 // The limits of the handler under fuzzing: small, so that inputs of a few

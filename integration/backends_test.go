@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/streamproxy/caddy-stream-proxy/internal/formtest"
+	"github.com/streamproxy/caddy-stream-proxy/integration/formtest"
 )
 
 // seenPart is what a backend received for one part.

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/streamproxy/caddy-stream-proxy/internal/formtest"
+	"github.com/streamproxy/caddy-stream-proxy/integration/formtest"
 )
 
 // integration/README.md, row 1: the heap stays flat while a large upload
