@@ -70,8 +70,8 @@ var s3OpTimeout = 2 * time.Minute
 // reading from their clients. Up to 4 parts of a file go up at once.
 //
 // Objects carry the part's Content-Type and, as user metadata, `field`,
-// `filename` (both percent-encoded, so that any UTF-8 survives) and, for a
-// file that fits in one part, the configured digests. Each part carries its
+// `filename` (both percent-encoded, so that any UTF-8 survives) and the
+// configured digests (up to 5 GiB; see addDigests). Each part carries its
 // CRC32C (x-amz-checksum-crc32c), checked by the server.
 type S3Store struct {
 	// Bucket is the bucket objects are written to. Required.
@@ -423,8 +423,10 @@ type s3File struct {
 	parts []types.CompletedPart
 	err   error
 
-	completing bool // CompleteMultipartUpload was called
-	completed  bool // and succeeded
+	completing  bool // CompleteMultipartUpload was called
+	completed   bool // and succeeded
+	finishing   bool // Finish was called: info is whole
+	lateDigests bool // created before Finish, without the digests: see addDigests
 }
 
 // Create checks, for the request's first file, that the bucket answers, so
@@ -486,7 +488,7 @@ func (f *s3File) Write(p []byte) (int, error) {
 
 // Finish sends the last part and waits for every part of the file.
 func (f *s3File) Finish(info FileInfo) error {
-	f.info = info
+	f.info, f.finishing = info, true
 	if f.buf == nil && f.next == 1 { // an empty file is one empty part
 		buf, err := f.b.pool.get(f.b.ctx)
 		if err != nil {
@@ -557,20 +559,28 @@ func (f *s3File) send() error {
 	return nil
 }
 
-// create starts the file's multipart upload, with its metadata.
-func (f *s3File) create() error {
-	b := f.b
-	meta := map[string]string{
+// metadata is the object's user metadata and Content-Type, from what is
+// known of the file now.
+func (f *s3File) metadata() (meta map[string]string, contentType string) {
+	meta = map[string]string{
 		"field":    url.PathEscape(f.info.Field),
 		"filename": url.PathEscape(f.info.Filename),
 	}
 	for name, sum := range f.info.Digests {
 		meta[name] = sum
 	}
-	ct := f.info.ContentType
-	if ct == "" {
-		ct = "application/octet-stream"
+	contentType = f.info.ContentType
+	if contentType == "" {
+		contentType = "application/octet-stream"
 	}
+	return meta, contentType
+}
+
+// create starts the file's multipart upload, with its metadata.
+func (f *s3File) create() error {
+	b := f.b
+	meta, ct := f.metadata()
+	f.lateDigests = !f.finishing
 	// Not cancelled with the request: an upload created while the client
 	// goes away must be known, to be aborted.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(b.ctx), s3OpTimeout)
@@ -637,6 +647,39 @@ func (b *s3Batch) Commit() error {
 			return b.failure(err)
 		}
 		f.completed = true
+		if err := f.addDigests(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxCopySize is the largest object one CopyObject takes.
+const maxCopySize = 5 << 30
+
+// addDigests gives a completed object that was created before its digests
+// were known (it took more than one part) its full metadata, by copying it
+// onto itself with the metadata replaced: S3 takes metadata only when an
+// upload is created. The copy is the server's, not the gateway's bandwidth.
+// An object over 5 GiB keeps its metadata without the digests.
+func (f *s3File) addDigests() error {
+	if !f.lateDigests || len(f.info.Digests) == 0 || f.info.Size > maxCopySize {
+		return nil
+	}
+	b := f.b
+	meta, ct := f.metadata()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(b.ctx), s3OpTimeout)
+	defer cancel()
+	_, err := b.s.client.CopyObject(ctx, &s3.CopyObjectInput{
+		Bucket:            aws.String(b.s.Bucket),
+		Key:               aws.String(f.key),
+		CopySource:        aws.String(url.PathEscape(b.s.Bucket) + "/" + (&url.URL{Path: f.key}).EscapedPath()),
+		MetadataDirective: types.MetadataDirectiveReplace,
+		Metadata:          meta,
+		ContentType:       aws.String(ct),
+	})
+	if err != nil {
+		return b.failure(err)
 	}
 	return nil
 }

@@ -318,7 +318,7 @@ func TestS3StoreForm(t *testing.T) {
 		if ctype != wantType || name != parts[i].filename || field != parts[i].field {
 			t.Errorf("part %d: content type %q, metadata %v", i, ctype, meta)
 		}
-		if want[i].Size <= s3PartSize && meta["sha256"] != want[i].SHA256 {
+		if meta["sha256"] != want[i].SHA256 {
 			t.Errorf("part %d: metadata %v lacks its sha256", i, meta)
 		}
 	}
