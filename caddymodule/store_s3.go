@@ -668,7 +668,9 @@ func (f *s3File) addDigests() error {
 	}
 	b := f.b
 	meta, ct := f.metadata()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(b.ctx), s3OpTimeout)
+	// The server copies the whole object before it answers: allow it 20 MiB/s.
+	limit := s3OpTimeout + time.Duration(f.info.Size/(20<<20))*time.Second
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(b.ctx), limit)
 	defer cancel()
 	_, err := b.s.client.CopyObject(ctx, &s3.CopyObjectInput{
 		Bucket:            aws.String(b.s.Bucket),
