@@ -203,6 +203,27 @@ func TestStoreClientAbortLeavesNothing(t *testing.T) {
 	}
 }
 
+// integration/README.md, row 4 in store mode: a chunked body that crosses
+// max_body_size in the middle of a file is refused, and the file part already
+// on disk goes.
+func TestStoreBodyOverLimitLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
+	mode store
+	store %s
+	max_body_size 2MiB
+}`, dir))
+	parts := []formPart{
+		{field: "first", filename: "first.bin", size: 1 << 20, seed: 1},
+		{field: "second", filename: "second.bin", size: 4 << 20, seed: 2},
+	}
+	res, body := postForm(t, newClient(t), gatewayURL+"/upload", parts, true)
+	expectRefusal(t, res, body, http.StatusRequestEntityTooLarge, "body_too_large", "max_body_size")
+	if left := filesUnder(t, dir); len(left) > 0 {
+		t.Fatalf("left in the store: %v", left)
+	}
+}
+
 // With a backend, it gets metadata; when it answers an error the files go.
 func TestStoreWithBackend(t *testing.T) {
 	dir := t.TempDir()
