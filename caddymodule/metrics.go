@@ -36,50 +36,27 @@ const (
 func initMetrics(registry *prometheus.Registry) error {
 	const ns, sub = "caddy", "stream_proxy"
 	metrics.once.Do(func() {
-		modeOutcome := []string{"mode", "outcome"}
-		mode := []string{"mode"}
-		metrics.uploads = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "uploads_total",
-			Help: "Multipart uploads handled, by mode and outcome.",
-		}, modeOutcome)
-		metrics.parts = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "parts_total",
-			Help: "Parts read, by mode and outcome (ok, or failed when the upload ended inside the part).",
-		}, modeOutcome)
-		metrics.received = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "received_bytes_total",
-			Help: "Request body bytes read from clients.",
-		}, mode)
-		metrics.sent = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "sent_bytes_total",
-			Help: "Part data bytes delivered to backends or to the store.",
-		}, mode)
-		metrics.rejections = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "rejections_total",
-			Help: "Uploads refused or failed, by error code (see the README).",
-		}, []string{"mode", "reason"})
-		metrics.inFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: ns, Subsystem: sub, Name: "uploads_in_flight",
-			Help: "Uploads being handled now.",
-		}, mode)
-		metrics.partSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: ns, Subsystem: sub, Name: "part_duration_seconds",
-			Help:    "Time from a part's header to its end.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10), // 1 ms to 4.4 min
-		}, mode)
-		metrics.backendTTFB = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: ns, Subsystem: sub, Name: "backend_ttfb_seconds",
-			Help:    "Time from the start of a backend request to its response header.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
-		}, mode)
-		metrics.bufInUse = prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: ns, Subsystem: sub, Name: "store_buffers_in_use",
-			Help: "S3 part buffers in use, all handlers together.",
-		})
-		metrics.bufWaits = prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: ns, Subsystem: sub, Name: "store_buffer_waits_total",
-			Help: "Times an S3 upload found no free part buffer and stopped reading from its client until one was.",
-		})
+		counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+			return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, labels)
+		}
+		seconds := func(name, help string) *prometheus.HistogramVec {
+			return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help,
+				Buckets: prometheus.ExponentialBuckets(0.001, 4, 10), // 1 ms to 4.4 min
+			}, []string{"mode"})
+		}
+		metrics.uploads = counter("uploads_total", "Multipart uploads handled, by mode and outcome.", "mode", "outcome")
+		metrics.parts = counter("parts_total", "Parts read, by mode and outcome (ok, or failed when the upload ended inside the part).", "mode", "outcome")
+		metrics.received = counter("received_bytes_total", "Request body bytes read from clients.", "mode")
+		metrics.sent = counter("sent_bytes_total", "Part data bytes delivered to backends or to the store.", "mode")
+		metrics.rejections = counter("rejections_total", "Uploads refused or failed, by error code (see the README).", "mode", "reason")
+		metrics.inFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "uploads_in_flight",
+			Help: "Uploads being handled now."}, []string{"mode"})
+		metrics.partSeconds = seconds("part_duration_seconds", "Time from a part's header to its end.")
+		metrics.backendTTFB = seconds("backend_ttfb_seconds", "Time from the start of a backend request to its response header.")
+		metrics.bufInUse = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "store_buffers_in_use",
+			Help: "S3 part buffers in use, all handlers together."})
+		metrics.bufWaits = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "store_buffer_waits_total",
+			Help: "Times an S3 upload found no free part buffer and stopped reading from its client until one was."})
 	})
 	for _, c := range []prometheus.Collector{
 		metrics.uploads, metrics.parts, metrics.received, metrics.sent, metrics.rejections,

@@ -141,33 +141,25 @@ func (s *S3Store) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	text := map[string]*string{
+		"bucket": &s.Bucket, "prefix": &s.Prefix, "endpoint": &s.Endpoint, "region": &s.Region,
+		"access_key_id": &s.AccessKeyID, "secret_access_key": &s.SecretAccessKey,
+	}
 	for d.NextBlock(0) {
-		var dst *string
-		switch d.Val() {
-		case "bucket":
-			dst = &s.Bucket
-		case "prefix":
-			dst = &s.Prefix
-		case "endpoint":
-			dst = &s.Endpoint
-		case "region":
-			dst = &s.Region
-		case "access_key_id":
-			dst = &s.AccessKeyID
-		case "secret_access_key":
-			dst = &s.SecretAccessKey
-		case "use_path_style":
-			if d.NextArg() {
+		switch name := d.Val(); {
+		case text[name] != nil:
+			if !d.NextArg() {
 				return d.ArgErr()
 			}
+			*text[name] = d.Val()
+		case name == "use_path_style":
 			s.UsePathStyle = true
-			continue
-		case "part_size":
+		case name == "part_size":
 			if err := parseSize(d, &s.PartSize); err != nil {
 				return err
 			}
 			continue
-		case "max_buffers":
+		case name == "max_buffers":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -176,17 +168,9 @@ func (s *S3Store) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_buffers must be a positive whole number, got %q", d.Val())
 			}
 			s.MaxBuffers = n
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			continue
 		default:
 			return d.Errf("unrecognized s3 store option %s", d.Val())
 		}
-		if !d.NextArg() {
-			return d.ArgErr()
-		}
-		*dst = d.Val()
 		if d.NextArg() {
 			return d.ArgErr()
 		}
