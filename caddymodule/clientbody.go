@@ -29,9 +29,7 @@ func (u *upload) checkRequest() *uploadError {
 func (u *upload) openBody() *formReader {
 	u.body = &clientBody{r: u.r.Body, max: u.h.MaxBodySize}
 	src := &budgetReader{r: u.body, budget: -1}
-	// A store with a buffer pool of its own has the memory for part data
-	// there: its uploads read through small buffers.
-	_, pooled := u.h.store.(idleBounder)
+	_, pooled := u.h.store.(idleBounder) // see idleBounder
 	u.bufs = takeBufs(pooled)
 	u.in = u.bufs.readers.Get().(*bufio.Reader)
 	u.in.Reset(src)

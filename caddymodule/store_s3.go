@@ -638,8 +638,10 @@ func (b *s3Batch) Commit() error {
 	return nil
 }
 
-// maxCopySize is the largest object one CopyObject takes.
-const maxCopySize = 5 << 30
+const (
+	maxCopySize = 5 << 30  // the largest object one CopyObject takes
+	minCopyRate = 20 << 20 // bytes per second a server's copy is allowed
+)
 
 // addDigests gives a completed object that was created before its digests
 // were known (it took more than one part) its full metadata, by copying it
@@ -652,8 +654,9 @@ func (f *s3File) addDigests() error {
 	}
 	b := f.b
 	meta, ct := f.metadata()
-	// The server copies the whole object before it answers: allow it 20 MiB/s.
-	limit := s3OpTimeout + time.Duration(f.info.Size/(20<<20))*time.Second
+	// The server copies the whole object before it answers: the time allowed
+	// grows with the object.
+	limit := s3OpTimeout + time.Duration(f.info.Size/minCopyRate)*time.Second
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(b.ctx), limit)
 	defer cancel()
 	_, err := b.s.client.CopyObject(ctx, &s3.CopyObjectInput{

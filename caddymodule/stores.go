@@ -76,7 +76,9 @@ type partLimiter interface {
 }
 
 // idleBounder is implemented by stores that hold a scarce buffer while a
-// file arrives: each read from the client then gets idleBound to return.
+// file arrives: each read from the client then gets idleBound to return, and
+// the upload reads through the small read buffers, the memory for its part
+// data being the store's pool.
 type idleBounder interface {
 	idleBound() time.Duration
 }

@@ -31,8 +31,11 @@ import (
 // nothing else uses. SP_TEST_ADMIN_PORT and SP_TEST_HTTP_PORT move them, so
 // that two test runs on one machine do not share one Caddy.
 var (
-	adminPort  = envPort("SP_TEST_ADMIN_PORT", 2999)
-	httpPort   = envPort("SP_TEST_HTTP_PORT", 9080)
+	adminPort = envPort("SP_TEST_ADMIN_PORT", 2999)
+	httpPort  = envPort("SP_TEST_HTTP_PORT", 9080)
+	// The HTTPS port (TCP for HTTP/1.1 and HTTP/2, UDP for HTTP/3) moves
+	// with SP_TEST_HTTP_PORT.
+	httpsPort  = envPort("SP_TEST_HTTPS_PORT", httpPort+363)
 	gatewayURL = fmt.Sprintf("http://localhost:%d", httpPort)
 )
 
@@ -67,7 +70,7 @@ func startGatewayWith(t *testing.T, serverOpts, site string) {
 http://localhost:%d {
 %s
 }
-`, adminPort, httpPort, httpPort+363, serverOpts, httpPort, site), "caddyfile")
+`, adminPort, httpPort, httpsPort, serverOpts, httpPort, site), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}

@@ -12,10 +12,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
-// httpsPort is the in-process Caddy's HTTPS port (TCP for HTTP/1.1 and
-// HTTP/2, UDP for HTTP/3); it moves with SP_TEST_HTTP_PORT.
-var httpsPort = envPort("SP_TEST_HTTPS_PORT", httpPort+363)
-
 // startGatewayTLS loads site into the in-process Caddy twice: on
 // http://localhost:httpPort and on https://localhost:httpsPort with a
 // certificate from Caddy's internal CA, served over HTTP/1.1, HTTP/2 and
