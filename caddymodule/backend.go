@@ -38,13 +38,13 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 // boundary, whose parts write adds while the client's body is read, and
 // hands the answer to w.
 func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer) error) *uploadError {
-	out := getWriter()
-	defer putWriter(out)
+	out := u.bufs.getWriter()
+	defer u.bufs.putWriter(out)
 	bw := newIdleFlusher(out)
 	mw := multipart.NewWriter(bw)
 	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
 	return u.roundTrip(w, header, func(body io.Writer) error {
-		out.Reset(body)
+		bw.reset(body)
 		defer u.flushWhenIdle(bw)()
 		if err := write(mw); err != nil {
 			return err

@@ -22,10 +22,10 @@ import (
 func forwardTo(u *upload, w io.Writer) error {
 	form := u.openBody()
 	defer u.closeBody()
-	out := getWriter()
-	defer putWriter(out)
-	out.Reset(w)
+	out := u.bufs.getWriter()
+	defer u.bufs.putWriter(out)
 	bw := newIdleFlusher(out)
+	bw.reset(w)
 	defer u.flushWhenIdle(bw)()
 	mw := multipart.NewWriter(bw)
 	if err := u.forward(form, mw); err != nil {

@@ -21,8 +21,8 @@ const (
 func (h *Handler) servePerPart(u *upload) result {
 	form := u.openBody()
 	defer u.closeBody()
-	out := getWriter()
-	defer putWriter(out)
+	out := u.bufs.getWriter()
+	defer u.bufs.putWriter(out)
 
 	var results []partResult
 	for {
@@ -43,8 +43,8 @@ func (h *Handler) servePerPart(u *upload) result {
 
 		answer := u.keepAnswer()
 		uerr := u.roundTrip(answer, partHeader(p), func(w io.Writer) error {
-			out.Reset(w)
 			bw := newIdleFlusher(out)
+			bw.reset(w)
 			defer u.flushWhenIdle(bw)()
 			if err := u.copyPart(bw, p); err != nil {
 				return err

@@ -103,28 +103,43 @@ func (p *handoff) CloseRead(err error) {
 // backend is sent on without waiting for more.
 const flushDelay = 2 * time.Millisecond
 
+// passSize is the size from which a run of part data goes to the backend as
+// it is, in a write of its own, not copied into the writer first: a client
+// read over plain HTTP brings that much at once.
+const passSize = 128 << 10
+
 // idleFlusher buffers what goes to the backend in out, and sends it on when
 // out is full, when flushed, or once the client has sent nothing for
 // flushDelay: while the client keeps sending, part data leaves in writes as
 // large as out, whatever the size of the client's reads (a TLS record each);
-// when it pauses, the backend still has every byte within milliseconds.
+// when it pauses, the backend still has every byte within milliseconds. A
+// write of passSize or more is sent on unbuffered, after what out holds.
 // The producer writes; the timer's flush runs on a goroutine of its own, and
 // always has ended once end has returned.
 type idleFlusher struct {
 	mu    sync.Mutex // held while out is written or flushed
 	out   *bufio.Writer
-	err   error // a flush on the timer failed; the producer's next write returns it
+	dst   io.Writer // out's destination
+	err   error     // a flush on the timer failed; the producer's next write returns it
 	timer *time.Timer
 	delay time.Duration
 	armed bool           // the producer's: the timer is set
 	runs  sync.WaitGroup // a set timer not yet stopped, or its flush
 }
 
+// newIdleFlusher returns an idleFlusher buffering in out; reset it to its
+// destination before the first write.
 func newIdleFlusher(out *bufio.Writer) *idleFlusher {
 	f := &idleFlusher{out: out, delay: flushDelay}
 	f.timer = time.AfterFunc(time.Hour, f.fire)
 	f.timer.Stop()
 	return f
+}
+
+// reset directs f's writes to dst.
+func (f *idleFlusher) reset(dst io.Writer) {
+	f.out.Reset(dst)
+	f.dst = dst
 }
 
 func (f *idleFlusher) Write(p []byte) (int, error) {
@@ -133,7 +148,13 @@ func (f *idleFlusher) Write(p []byte) (int, error) {
 	if f.err != nil {
 		return 0, f.err
 	}
-	return f.out.Write(p)
+	if len(p) < passSize {
+		return f.out.Write(p)
+	}
+	if err := f.out.Flush(); err != nil {
+		return 0, err
+	}
+	return f.dst.Write(p)
 }
 
 // Flush sends what is buffered now.

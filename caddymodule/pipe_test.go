@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"testing"
 	"time"
 )
@@ -102,7 +103,8 @@ func (c chanWriter) Write(p []byte) (int, error) { c <- append([]byte(nil), p...
 
 func TestIdleFlusherSendsWhenTheClientPauses(t *testing.T) {
 	dst := make(chanWriter, 4)
-	f := newIdleFlusher(bufio.NewWriterSize(dst, writerSize))
+	f := newIdleFlusher(bufio.NewWriterSize(nil, smallBufs.size))
+	f.reset(dst)
 	defer f.end()
 	if _, err := f.Write(bytes.Repeat([]byte("x"), 1000)); err != nil {
 		t.Fatal(err)
@@ -123,10 +125,12 @@ func TestIdleFlusherSendsWhenTheClientPauses(t *testing.T) {
 
 func TestIdleFlusherFillsWrites(t *testing.T) {
 	dst := make(chanWriter, 8)
-	f := newIdleFlusher(bufio.NewWriterSize(dst, writerSize))
+	size := largeBufs.size
+	f := newIdleFlusher(bufio.NewWriterSize(nil, size))
+	f.reset(dst)
 	f.delay = time.Hour                         // a client that never pauses
 	record := bytes.Repeat([]byte("r"), 16<<10) // a TLS record's worth per client read
-	n := writerSize/len(record) + 1
+	n := size/len(record) + 1
 	for range n {
 		f.beforeRead()
 		f.afterRead()
@@ -143,7 +147,32 @@ func TestIdleFlusherFillsWrites(t *testing.T) {
 	for p := range dst {
 		sizes = append(sizes, len(p))
 	}
-	if len(sizes) != 2 || sizes[0] != writerSize || sizes[1] != n*len(record)-writerSize {
-		t.Fatalf("%d reads of %d bytes went out in writes of %v bytes, want one of %d and the rest", n, len(record), sizes, writerSize)
+	if len(sizes) != 2 || sizes[0] != size || sizes[1] != n*len(record)-size {
+		t.Fatalf("%d reads of %d bytes went out in writes of %v bytes, want one of %d and the rest", n, len(record), sizes, size)
+	}
+}
+
+func TestIdleFlusherPassesLargeWrites(t *testing.T) {
+	dst := make(chanWriter, 8)
+	f := newIdleFlusher(bufio.NewWriterSize(nil, largeBufs.size))
+	f.reset(dst)
+	f.delay = time.Hour
+	// A part header, then runs of part data as plain HTTP reads bring them.
+	for _, n := range []int{100, passSize, 1000, 3 * passSize, passSize - 1} {
+		if _, err := f.Write(bytes.Repeat([]byte("d"), n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f.end()
+	close(dst)
+	var sizes []int
+	for p := range dst {
+		sizes = append(sizes, len(p))
+	}
+	if want := []int{100, passSize, 1000, 3 * passSize, passSize - 1}; !slices.Equal(sizes, want) {
+		t.Fatalf("writes of %v bytes, want %v: what was buffered, then each large run unbuffered", sizes, want)
 	}
 }

@@ -19,16 +19,30 @@ var (
 
 const largeUploads = 64
 
-// bufSet pools the read buffers of one size.
+// bufSet pools the buffers of one size: the readers uploads read their
+// client through, and the writers that gather what they send a backend, so
+// that a client whose reads are small (a TLS record, an HTTP/2 frame) still
+// reaches the backend in chunks as large as its reads could be.
 type bufSet struct {
 	size    int
 	readers sync.Pool // *bufio.Reader
+	writers sync.Pool // *bufio.Writer
 }
 
 func newBufSet(size int) *bufSet {
 	s := &bufSet{size: size}
 	s.readers.New = func() any { return bufio.NewReaderSize(nil, size) }
+	s.writers.New = func() any { return bufio.NewWriterSize(nil, size) }
 	return s
+}
+
+// getWriter returns a pooled writer of the set; Reset it to its destination,
+// and give it back with putWriter.
+func (s *bufSet) getWriter() *bufio.Writer { return s.writers.Get().(*bufio.Writer) }
+
+func (s *bufSet) putWriter(w *bufio.Writer) {
+	w.Reset(nil)
+	s.writers.Put(w)
 }
 
 // takeBufs returns the buffer set for a new upload, the small one if small;
@@ -50,18 +64,9 @@ func releaseBufs(s *bufSet) {
 	}
 }
 
-// writerSize is the size of the buffered writers in front of a backend
-// request or a stored file. They gather part headers, small fields and small
-// client reads (a TLS record each) into one write; a run of part data larger
-// than them is written past them.
+// writerSize is the size of the buffered writer in front of a stored file.
+// It gathers part headers and small client reads into one write; a run of
+// part data larger than it is written past it.
 const writerSize = 128 << 10
 
-var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writerSize) }}
-
-// getWriter returns a pooled buffered writer; Reset it to its destination.
-func getWriter() *bufio.Writer { return writerPool.Get().(*bufio.Writer) }
-
-func putWriter(w *bufio.Writer) {
-	w.Reset(nil)
-	writerPool.Put(w)
-}
+var fileWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writerSize) }}

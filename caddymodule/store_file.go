@@ -203,7 +203,7 @@ func (b *fileBatch) Create(FileInfo) (StoredFile, error) {
 		return nil, diskError(err)
 	}
 	df.f = f
-	df.buf = getWriter()
+	df.buf = fileWriters.Get().(*bufio.Writer)
 	df.buf.Reset(diskWriter{f})
 	b.files = append(b.files, df)
 	return df, nil
@@ -229,7 +229,8 @@ func (df *diskFile) Finish(FileInfo) error {
 // release gives the file's buffer back to the pool.
 func (df *diskFile) release() {
 	if df.buf != nil {
-		putWriter(df.buf)
+		df.buf.Reset(nil)
+		fileWriters.Put(df.buf)
 		df.buf = nil
 	}
 }

@@ -34,8 +34,9 @@ const (
 	DefaultMaxFieldSize      = 1 << 20  // 1 MiB
 	DefaultMaxPartHeaderSize = 16 << 10 // 16 KiB
 	// DefaultWriteBuffer is the http transport's, unless write_buffer is
-	// set: a chunk of writerSize with its size line and CRLF fits whole.
-	DefaultWriteBuffer = writerSize + 16
+	// set: a chunk of up to passSize with its size line and CRLF leaves in
+	// one write; a larger one's bulk is written past the buffer.
+	DefaultWriteBuffer = passSize + 16
 )
 
 // Handler intercepts multipart/form-data requests and moves every part to
