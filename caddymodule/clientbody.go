@@ -30,7 +30,7 @@ func (u *upload) openBody() *formReader {
 	u.body = &clientBody{r: u.r.Body, max: u.h.MaxBodySize}
 	src := &budgetReader{r: u.body, budget: -1}
 	_, pooled := u.h.store.(idleBounder) // see idleBounder
-	u.bufs = takeBufs(pooled)
+	u.bufs = takeBufs(pooled || (u.r.ContentLength >= 0 && u.r.ContentLength < smallBody))
 	u.in = u.bufs.readers.Get().(*bufio.Reader)
 	u.in.Reset(src)
 	return newFormReader(u.in, src, u.boundary, u.h, u)

@@ -19,6 +19,11 @@ var (
 
 const largeUploads = 64
 
+// smallBody is the Content-Length under which an upload takes small buffers:
+// its body fits in a few of them, and the large ones stay for the uploads
+// whose reads and writes they cut.
+const smallBody = 1 << 20
+
 // bufSet pools the buffers of one size: the readers uploads read their
 // client through, and the writers that gather what they send a backend, so
 // that a client whose reads are small (a TLS record, an HTTP/2 frame) still

@@ -3,6 +3,7 @@ package streamproxy
 import (
 	"bytes"
 	"math/rand/v2"
+	"net/http/httptest"
 	"testing"
 )
 
@@ -77,6 +78,32 @@ func BenchmarkFinder(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestOpenBodyBufferSizes checks which uploads take the large buffers: those
+// whose body is not known to be small.
+func TestOpenBodyBufferSizes(t *testing.T) {
+	h := provision(t, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1")})
+	for _, c := range []struct {
+		length int64
+		want   *bufSet
+	}{{100, smallBufs}, {smallBody - 1, smallBufs}, {smallBody, largeBufs}, {8 << 30, largeBufs}, {-1, largeBufs}} {
+		r := formRequest("--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--B--\r\n")
+		r.ContentLength = c.length
+		u := newUpload(h, httptest.NewRecorder(), r)
+		if err := u.checkRequest(); err != nil {
+			t.Fatal(err)
+		}
+		u.openBody()
+		got := u.bufs
+		u.closeBody()
+		if got != c.want {
+			t.Errorf("Content-Length %d: %d-byte buffers, want %d", c.length, got.size, c.want.size)
+		}
+	}
+	if n := largeTaken.Load(); n != 0 {
+		t.Fatalf("%d large sets still taken", n)
+	}
 }
 
 // TestTakeBufs checks that at most largeUploads uploads hold large buffers,
