@@ -101,6 +101,21 @@ type chanWriter chan []byte
 
 func (c chanWriter) Write(p []byte) (int, error) { c <- append([]byte(nil), p...); return len(p), nil }
 
+// flushedSizes flushes f, ends it and returns the sizes of the writes dst got.
+func flushedSizes(t *testing.T, f *idleFlusher, dst chanWriter) []int {
+	t.Helper()
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f.end()
+	close(dst)
+	var sizes []int
+	for p := range dst {
+		sizes = append(sizes, len(p))
+	}
+	return sizes
+}
+
 func TestIdleFlusherSendsWhenTheClientPauses(t *testing.T) {
 	dst := make(chanWriter, 4)
 	f := newIdleFlusher(bufio.NewWriterSize(nil, smallBufs.size))
@@ -138,15 +153,7 @@ func TestIdleFlusherFillsWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := f.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	f.end()
-	close(dst)
-	var sizes []int
-	for p := range dst {
-		sizes = append(sizes, len(p))
-	}
+	sizes := flushedSizes(t, f, dst)
 	if len(sizes) != 2 || sizes[0] != size || sizes[1] != n*len(record)-size {
 		t.Fatalf("%d reads of %d bytes went out in writes of %v bytes, want one of %d and the rest", n, len(record), sizes, size)
 	}
@@ -158,21 +165,14 @@ func TestIdleFlusherPassesLargeWrites(t *testing.T) {
 	f.reset(dst)
 	f.delay = time.Hour
 	// A part header, then runs of part data as plain HTTP reads bring them.
-	for _, n := range []int{100, passSize, 1000, 3 * passSize, passSize - 1} {
+	runs := []int{100, passSize, 1000, 3 * passSize, passSize - 1}
+	for _, n := range runs {
 		if _, err := f.Write(bytes.Repeat([]byte("d"), n)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := f.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	f.end()
-	close(dst)
-	var sizes []int
-	for p := range dst {
-		sizes = append(sizes, len(p))
-	}
-	if want := []int{100, passSize, 1000, 3 * passSize, passSize - 1}; !slices.Equal(sizes, want) {
-		t.Fatalf("writes of %v bytes, want %v: what was buffered, then each large run unbuffered", sizes, want)
+	sizes := flushedSizes(t, f, dst)
+	if !slices.Equal(sizes, runs) {
+		t.Fatalf("writes of %v bytes, want %v: what was buffered, then each large run unbuffered", sizes, runs)
 	}
 }
