@@ -4,9 +4,11 @@
 #   make -f xcaddy.mk test    vet, every test, and checks of the xcaddy-built binary
 #
 # xcaddy and versitygw (the S3 server of the tests) are installed into ./bin at
-# pinned versions. The browser test needs Debian's chromium and Node.js: `test`
-# installs them with apt-get where they are missing (as root, as CI runs), and
-# playwright-core (pinned in integration/browser/package-lock.json) with npm ci.
+# pinned versions; Azurite (Azure's Blob Storage emulator, for store azure's
+# tests) with npm ci, pinned in integration/azurite/package-lock.json. The
+# browser test needs Debian's chromium and Node.js: `test` installs them with
+# apt-get where they are missing (as root, as CI runs), and playwright-core
+# (pinned in integration/browser/package-lock.json) with npm ci.
 
 SHELL          := /bin/bash
 .SHELLFLAGS    := -eu -o pipefail -c
@@ -24,7 +26,7 @@ BENCH_SIZE     ?= 2GiB
 BENCH_RUNS     ?= 5
 FUZZTIME       ?= 10s
 
-.PHONY: build run test browser-deps unit integration check-binary bench rss concurrent s3-concurrent gobench fuzz adapt list-modules clean versitygw
+.PHONY: build run test browser-deps unit integration check-binary bench rss concurrent s3-concurrent gobench fuzz adapt list-modules clean versitygw azurite
 
 $(XCADDY):
 	GOBIN=$(BIN) go install github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION)
@@ -35,6 +37,18 @@ $(VERSITYGW):
 
 ## versitygw: the S3 server the tests run, at bin/versitygw
 versitygw: $(VERSITYGW)
+
+# Azurite, Microsoft's Azure Storage emulator, for store azure's tests.
+AZURITE_DIR := integration/azurite
+AZURITE     := $(CURDIR)/$(AZURITE_DIR)/node_modules/.bin/azurite-blob
+$(AZURITE): $(AZURITE_DIR)/package-lock.json
+	if ! command -v npm >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; fi
+	cd $(AZURITE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(AZURITE)
+
+## azurite: the Azure Blob Storage emulator the tests run, at integration/azurite/node_modules/.bin/azurite-blob
+azurite: $(AZURITE)
 
 # The module is not published, so the lookup of its package path that xcaddy's
 # `go get` makes must end in "not found"; some module proxies refuse (403)
@@ -69,10 +83,10 @@ browser-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; fi
 	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
-unit: $(VERSITYGW)
+unit: $(VERSITYGW) $(AZURITE)
 	test -z "$$(gofmt -l caddymodule cmd integration)" || { gofmt -l caddymodule cmd integration; exit 1; }
 	go vet ./...
-	SP_VERSITYGW=$(VERSITYGW) go test -count=1 -timeout 20m ./...
+	SP_VERSITYGW=$(VERSITYGW) SP_AZURITE=$(AZURITE) go test -count=1 -timeout 20m ./...
 
 ## check-binary: the xcaddy build lists the module and adapts the example
 check-binary: build

@@ -48,6 +48,16 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			part_size <size>
 //			max_buffers <n>
 //		}
+//		store azure {
+//			container <name>
+//			prefix <name-prefix>
+//			endpoint <url>
+//			account_name <name>
+//			account_key <key>
+//			connection_string <string>
+//			block_size <size>
+//			max_buffers <n>
+//		}
 //		max_body_size <size>
 //		max_part_size <size>
 //		max_parts <n>
@@ -254,15 +264,15 @@ func (p *proxyTokens) handler() (*reverseproxy.Handler, error) {
 	return rp, nil
 }
 
-// unmarshalStore reads `store <dir>`, `store file <dir> {...}` or
-// `store s3 {...}` into a store module's JSON. A bare directory is the file
+// unmarshalStore reads `store <dir>`, `store file <dir> {...}`,
+// `store s3 {...}` or `store azure {...}` into a store module's JSON. A bare directory is the file
 // store's, unless it names a store module; `store ./s3` is a directory.
 func unmarshalStore(d *caddyfile.Dispenser) (json.RawMessage, error) {
 	if !d.NextArg() {
 		return nil, d.ArgErr()
 	}
 	name := d.Val()
-	if name != "file" && name != "s3" {
+	if name != "file" && name != "s3" && name != "azure" {
 		name = "file"
 		d.Prev() // the module's segment starts at "store", then the directory
 	}
