@@ -6,7 +6,6 @@ package azurite
 import (
 	"bufio"
 	"context"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -87,19 +86,17 @@ func (s *Server) start(t testing.TB) {
 		t.Fatal(err)
 	}
 	ready := make(chan bool, 1)
+	// Read until Azurite says it listens, then no more: with --silent it
+	// writes nothing else of note, and no goroutine outlives the start.
 	go func() {
 		sc := bufio.NewScanner(out)
-		said := false
 		for sc.Scan() {
-			if !said && strings.Contains(sc.Text(), "successfully listens on") {
-				said = true
+			if strings.Contains(sc.Text(), "successfully listens on") {
 				ready <- true
+				return
 			}
 		}
-		if !said {
-			ready <- false
-		}
-		_, _ = io.Copy(io.Discard, out)
+		ready <- false
 	}()
 	select {
 	case ok := <-ready:

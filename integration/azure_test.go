@@ -1,0 +1,487 @@
+package integration
+
+// Store mode into Azure Blob Storage, against Azurite, Microsoft's own
+// emulator: the rows of integration/README.md about store azure.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
+
+	"github.com/streamproxy/caddy-stream-proxy/internal/azurite"
+)
+
+const (
+	azContainer = "uploads"
+	azBlock     = 256 << 10
+)
+
+// azStore is Azurite with an empty container, and a client of it.
+type azStore struct {
+	*azurite.Server
+	c *container.Client
+}
+
+func startAzure(t *testing.T) *azStore {
+	t.Helper()
+	s := azurite.Start(t)
+	return &azStore{Server: s, c: s.CreateContainer(t, azContainer)}
+}
+
+// site is a store azure block for the gateway, the key by placeholder.
+func (s *azStore) site(t *testing.T, endpoint, extra string) string {
+	t.Setenv("SP_TEST_AZURE_KEY", azurite.Key)
+	return fmt.Sprintf(`store azure {
+		container %s
+		prefix up/
+		endpoint %s
+		account_name %s
+		account_key {env.SP_TEST_AZURE_KEY}
+		block_size 256KiB
+		max_buffers 8
+		%s
+	}`, azContainer, endpoint, azurite.Account, extra)
+}
+
+// blobs lists the container's committed blobs.
+func (s *azStore) blobs(t *testing.T) []string {
+	t.Helper()
+	var names []string
+	pager := s.c.NewListBlobsFlatPager(nil)
+	for pager.More() {
+		page, err := pager.NextPage(context.Background())
+		if err != nil {
+			t.Fatalf("listing blobs: %v", err)
+		}
+		for _, b := range page.Segment.BlobItems {
+			names = append(names, *b.Name)
+		}
+	}
+	return names
+}
+
+// empty fails the test if a blob is committed in the container.
+func (s *azStore) empty(t *testing.T) {
+	t.Helper()
+	if names := s.blobs(t); len(names) != 0 {
+		t.Fatalf("committed blobs left: %v", names)
+	}
+}
+
+// blob returns a blob's sha256, content type and metadata.
+func (s *azStore) blob(t *testing.T, name string) (sum, contentType string, meta map[string]string) {
+	t.Helper()
+	out, err := s.c.NewBlobClient(name).DownloadStream(context.Background(), nil)
+	if err != nil {
+		t.Fatalf("getting %s: %v", name, err)
+	}
+	defer out.Body.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, out.Body); err != nil {
+		t.Fatal(err)
+	}
+	meta = map[string]string{}
+	for k, v := range out.Metadata {
+		meta[strings.ToLower(k)] = *v
+	}
+	return hex.EncodeToString(h.Sum(nil)), *out.ContentType, meta
+}
+
+type azAnswer = s3Answer
+
+var blobPattern = regexp.MustCompile(`^up/\d{4}/\d{2}/\d{2}/[0-9a-f]{32}$`)
+
+// Files of 0 bytes, exactly block_size, block_size+1 and several blocks,
+// among text fields, land byte-identical with their Content-Type and
+// metadata; no blob is committed while the form is in flight.
+func TestAzureStoreForm(t *testing.T) {
+	s := startAzure(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
+	mode store
+	%s
+	hash sha256
+}`, s.site(t, s.Endpoint, "")))
+	parts := []formPart{
+		{field: "model", value: "whisper"},
+		{field: "empty", filename: "empty.bin", contentType: "application/x-empty", seed: 1},
+		{field: "exact", filename: "exact.bin", size: azBlock, seed: 2},
+		{field: "plus", filename: "plus.bin", size: azBlock + 1, seed: 3},
+		{field: "lang", value: "fr"},
+		{field: "many", filename: "名前 100%.wav", contentType: "audio/wav", size: 5*azBlock + 12345, seed: 4},
+	}
+	want := expected(parts)
+
+	// The body goes up in two halves; between them, with several blocks of
+	// the last file staged, nothing may be committed.
+	body, ct, n := formBody(parts)
+	gate := make(chan struct{})
+	half := n - 100<<10
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := io.CopyN(pw, body, half)
+		if err == nil {
+			<-gate
+			_, err = io.Copy(pw, body)
+		}
+		body.Close()
+		pw.CloseWithError(err)
+	}()
+	req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/upload", pr)
+	req.Header.Set("Content-Type", ct)
+	req.ContentLength = n
+	type result struct {
+		res  *http.Response
+		body []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := newClient(t).Do(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		b, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		done <- result{res, b, err}
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if up := inFlight(t, 1); up[0].Bytes >= half-64<<10 {
+			break // the gateway read all it was given
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the gateway did not read the first half")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if names := s.blobs(t); len(names) != 0 {
+		t.Errorf("committed while the form is in flight: %v", names)
+	}
+	close(gate)
+	r := <-done
+	if r.err != nil || r.res.StatusCode != http.StatusCreated {
+		t.Fatalf("upload: %v %v %s", r.err, r.res, r.body)
+	}
+	var a azAnswer
+	if err := json.Unmarshal(r.body, &a); err != nil || len(a.Parts) != len(parts) {
+		t.Fatalf("answer %s", r.body)
+	}
+	if a.Fields["model"] != "whisper" || a.Fields["lang"] != "fr" {
+		t.Errorf("fields %v", a.Fields)
+	}
+	for i, p := range a.Parts {
+		if parts[i].filename == "" {
+			if p.Key != "" {
+				t.Errorf("text field %d stored: %+v", i, p)
+			}
+			continue
+		}
+		if p.Bucket != azContainer || !blobPattern.MatchString(p.Key) || p.Size != want[i].Size ||
+			p.Digests["sha256"] != want[i].SHA256 || p.Field != parts[i].field || p.Filename == nil || *p.Filename != parts[i].filename {
+			t.Errorf("part %d: %+v, want %+v", i, p, want[i])
+			continue
+		}
+		sum, ctype, meta := s.blob(t, p.Key)
+		if sum != want[i].SHA256 {
+			t.Errorf("part %d: blob differs", i)
+		}
+		wantType := parts[i].contentType
+		if wantType == "" {
+			wantType = "application/octet-stream"
+		}
+		name, _ := url.PathUnescape(meta["filename"])
+		field, _ := url.PathUnescape(meta["field"])
+		if ctype != wantType || name != parts[i].filename || field != parts[i].field || meta["sha256"] != want[i].SHA256 {
+			t.Errorf("part %d: content type %q, metadata %v", i, ctype, meta)
+		}
+	}
+	if names := s.blobs(t); len(names) != 4 {
+		t.Errorf("blobs %v, want 4", names)
+	}
+}
+
+// A broken limit, a client that goes away mid-file, a backend's error
+// answer: nothing is committed, and blobs committed earlier are deleted.
+func TestAzureStoreFailuresLeaveNothing(t *testing.T) {
+	s := startAzure(t)
+	be := newMetadataBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
+	mode store
+	max_part_size 1MiB
+	%s
+}
+stream_proxy /backend* %s {
+	mode store
+	%s
+	hash sha256
+}`, s.site(t, s.Endpoint, ""), be.URL, s.site(t, s.Endpoint, "")))
+	c := newClient(t)
+	first := formPart{field: "a", filename: "a.bin", size: 700 << 10, seed: 1}
+
+	t.Run("limit", func(t *testing.T) {
+		res, body := postForm(t, c, gatewayURL+"/upload", []formPart{first, {field: "b", filename: "b.bin", size: 2 << 20, seed: 2}}, true)
+		if res.StatusCode != http.StatusRequestEntityTooLarge || decodeError(t, body).Error.Code != "part_too_large" {
+			t.Fatalf("status %d: %s", res.StatusCode, body)
+		}
+		s.empty(t)
+	})
+
+	t.Run("client abort", func(t *testing.T) {
+		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", httpPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: localhost:%d\r\nContent-Type: multipart/form-data; boundary=abc\r\nContent-Length: 100000000\r\n\r\n", httpPort)
+		fmt.Fprintf(conn, "--abc\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n%s", strings.Repeat("x", 900<<10))
+		deadline := time.Now().Add(30 * time.Second)
+		for inFlight(t, 1)[0].Bytes < 900<<10 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond) // until blocks were staged
+		}
+		conn.(*net.TCPConn).SetLinger(0)
+		conn.Close()
+		inFlight(t, 0) // its handler has returned
+		s.empty(t)
+	})
+
+	t.Run("backend error", func(t *testing.T) {
+		parts := []formPart{{field: "model", value: "m"}, {field: "audio", filename: "talk.wav", contentType: "audio/wav", size: 600 << 10, seed: 5}}
+		want := expected(parts)
+		res, body := postForm(t, c, gatewayURL+"/backend", parts, false)
+		if res.StatusCode != 200 || string(body) != `{"ok":true}` {
+			t.Fatalf("status %d: %s", res.StatusCode, body)
+		}
+		g := be.values()
+		if g["audio.bucket"][0] != azContainer || !blobPattern.MatchString(g["audio.key"][0]) || g["audio.sha256"][0] != want[1].SHA256 {
+			t.Fatalf("backend got %v", g)
+		}
+		if sum, _, _ := s.blob(t, g["audio.key"][0]); sum != want[1].SHA256 {
+			t.Fatal("blob differs")
+		}
+		if _, err := s.c.NewBlobClient(g["audio.key"][0]).Delete(context.Background(), nil); err != nil {
+			t.Fatal(err)
+		}
+		be.setStatus(http.StatusUnprocessableEntity)
+		res, _ = postForm(t, c, gatewayURL+"/backend", parts, true)
+		if res.StatusCode != http.StatusUnprocessableEntity {
+			t.Fatalf("status %d, want the backend's 422", res.StatusCode)
+		}
+		s.empty(t)
+	})
+}
+
+// Refused credentials, a missing container, an unreachable server, Azure
+// failing mid-file, and Azurite killed mid-file give their documented
+// answers, and leave nothing committed.
+func TestAzureStoreServerFailures(t *testing.T) {
+	s := startAzure(t)
+	var failBlocks atomic.Bool
+	var blocks atomic.Int32
+	target, _ := url.Parse("http://127.0.0.1:" + s.Port)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if failBlocks.Load() && r.Method == http.MethodPut && r.URL.Query().Get("comp") == "block" && blocks.Add(1) > 2 {
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusInternalServerError)
+			fmt.Fprint(w, `<?xml version="1.0" encoding="utf-8"?><Error><Code>InternalError</Code><Message>injected</Message></Error>`)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(proxy.Close)
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	unreachable := "http://" + closed.Addr().String() + "/" + azurite.Account
+	closed.Close()
+	wrongKey := strings.Repeat("A", 86) + "=="
+	startGateway(t, fmt.Sprintf(`stream_proxy /failing* {
+	mode store
+	%s
+}
+stream_proxy /direct* {
+	mode store
+	%s
+}
+stream_proxy /denied* {
+	mode store
+	store azure {
+		container %s
+		endpoint %s
+		account_name %s
+		account_key %s
+	}
+}
+stream_proxy /nocontainer* {
+	mode store
+	store azure {
+		container missing
+		connection_string "DefaultEndpointsProtocol=http;AccountName=%s;AccountKey=%s;BlobEndpoint=%s;"
+	}
+}
+stream_proxy /unreachable* {
+	mode store
+	store azure {
+		container %s
+		endpoint %s
+		account_name %s
+		account_key {env.SP_TEST_AZURE_KEY}
+	}
+}`, s.site(t, proxy.URL+"/"+azurite.Account, ""), s.site(t, s.Endpoint, ""),
+		azContainer, s.Endpoint, azurite.Account, wrongKey,
+		azurite.Account, azurite.Key, s.Endpoint,
+		azContainer, unreachable, azurite.Account))
+	c := newClient(t)
+	form := []formPart{{field: "a", filename: "a.bin", size: 300 << 10, seed: 1}, {field: "b", filename: "b.bin", size: 1 << 20, seed: 2}}
+
+	for _, tc := range []struct {
+		path   string
+		status int
+		code   string
+	}{
+		{"/denied", http.StatusBadGateway, "store_denied"},
+		{"/nocontainer", http.StatusBadGateway, "store_no_bucket"},
+		{"/unreachable", http.StatusServiceUnavailable, "store_unavailable"},
+	} {
+		res, body := postForm(t, c, gatewayURL+tc.path, form, false)
+		if e := decodeError(t, body); res.StatusCode != tc.status || e.Error.Code != tc.code {
+			t.Errorf("%s: status %d: %s", tc.path, res.StatusCode, body)
+		}
+		if strings.Contains(string(body), azurite.Key) || strings.Contains(string(body), wrongKey) {
+			t.Errorf("%s: a key in the answer: %s", tc.path, body)
+		}
+		s.empty(t)
+	}
+
+	// Azure answers 500 to the second file's blocks: the first file's,
+	// staged, are not committed either.
+	failBlocks.Store(true)
+	res, body := postForm(t, c, gatewayURL+"/failing", form, false)
+	if res.StatusCode != http.StatusServiceUnavailable || decodeError(t, body).Error.Code != "store_unavailable" {
+		t.Errorf("Azure failing mid-file: status %d: %s", res.StatusCode, body)
+	}
+	s.empty(t)
+
+	// Azurite killed (SIGKILL) while the client is mid-file.
+	parts := []formPart{form[0], {field: "big", filename: "big.bin", size: 64 << 20, seed: 3}}
+	fb, ct, n := formBody(parts)
+	killed := make(chan struct{})
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := io.CopyN(pw, fb, 2<<20)
+		if err == nil {
+			<-killed
+			_, err = io.Copy(pw, fb)
+		}
+		fb.Close()
+		pw.CloseWithError(err)
+	}()
+	type answer struct {
+		res  *http.Response
+		body []byte
+	}
+	done := make(chan answer, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/direct", pr)
+		req.Header.Set("Content-Type", ct)
+		req.ContentLength = n
+		res, err := c.Do(req)
+		if err != nil {
+			pr.CloseWithError(err)
+			done <- answer{}
+			return
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		done <- answer{res, b}
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for inFlight(t, 1)[0].Bytes < 2<<20-64<<10 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // until the big file's blocks are staged
+	}
+	s.Kill()
+	close(killed)
+	a := <-done
+	if a.res == nil || a.res.StatusCode != http.StatusServiceUnavailable || decodeError(t, a.body).Error.Code != "store_unavailable" {
+		t.Errorf("Azurite killed mid-file: %v: %s", a.res, a.body)
+	}
+	s.Restart(t)
+	s.empty(t)
+}
+
+// The block buffers are one pool per handler: while Azure takes no block,
+// uploads read no more from their clients than the pool holds, and go on
+// once it does; the gateway's memory for file data is the pool's.
+func TestAzureStoreBackpressure(t *testing.T) {
+	s := startAzure(t)
+	release := make(chan struct{})
+	var held atomic.Int32
+	target, _ := url.Parse("http://127.0.0.1:" + s.Port)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && r.URL.Query().Get("comp") == "block" {
+			held.Add(1)
+			<-release
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(proxy.Close)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
+	mode store
+	%s
+}`, strings.Replace(s.site(t, proxy.URL+"/"+azurite.Account, ""), "max_buffers 8", "max_buffers 2", 1)))
+
+	c := newClient(t)
+	const uploads, size = 3, 6 << 20
+	waits := metricValue(t, "caddy_stream_proxy_store_buffer_waits_total")
+	var wg sync.WaitGroup
+	for i := range uploads {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, body := postForm(t, c, gatewayURL+"/upload", []formPart{{field: "f", filename: "f.bin", size: size, seed: uint64(i)}}, false)
+			if res.StatusCode != http.StatusCreated {
+				t.Errorf("upload %d: status %d: %s", i, res.StatusCode, body)
+			}
+		}()
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for metricValue(t, "caddy_stream_proxy_store_buffer_waits_total") < waits+uploads && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // until the uploads without a buffer wait for one
+	}
+	list := inFlight(t, uploads)
+	var read int64
+	for _, u := range list {
+		read += u.Bytes
+	}
+	// Two buffers' worth, plus each upload's read buffer (512 KiB) and header.
+	if limit := int64(2*azBlock + uploads*(1<<20)); read > limit || held.Load() > 2 {
+		t.Errorf("read %d bytes from the clients with blocks held (%d), want at most %d", read, held.Load(), limit)
+	}
+	if in := metricValue(t, "caddy_stream_proxy_store_buffers_in_use"); in != 2 {
+		t.Errorf("metrics: %v buffers in use, want 2", in)
+	}
+	close(release)
+	wg.Wait()
+	if in := metricValue(t, "caddy_stream_proxy_store_buffers_in_use"); in != 0 {
+		t.Errorf("metrics: %v buffers in use once done", in)
+	}
+	if names := s.blobs(t); len(names) != uploads {
+		t.Errorf("blobs %v", names)
+	}
+}
