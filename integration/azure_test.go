@@ -62,8 +62,15 @@ func (s *azStore) site(t *testing.T, endpoint, extra string) string {
 // blobs lists the container's committed blobs.
 func (s *azStore) blobs(t *testing.T) []string {
 	t.Helper()
+	return s.list(t, false)
+}
+
+// list lists the container's blobs, with those that have only staged
+// blocks if uncommitted.
+func (s *azStore) list(t *testing.T, uncommitted bool) []string {
+	t.Helper()
 	var names []string
-	pager := s.c.NewListBlobsFlatPager(nil)
+	pager := s.c.NewListBlobsFlatPager(&container.ListBlobsFlatOptions{Include: container.ListBlobsInclude{UncommittedBlobs: uncommitted}})
 	for pager.More() {
 		page, err := pager.NextPage(context.Background())
 		if err != nil {
@@ -170,6 +177,14 @@ func TestAzureStoreForm(t *testing.T) {
 			t.Fatal("the gateway did not read the first half")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// The three files with data have blocks staged (uncommitted blobs, as
+	// Azure lists them), none is committed.
+	for len(s.list(t, true)) < 3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond) // until the last file's blocks are up
+	}
+	if names := s.list(t, true); len(names) != 3 {
+		t.Errorf("uncommitted blobs while the form is in flight: %v, want 3", names)
 	}
 	if names := s.blobs(t); len(names) != 0 {
 		t.Errorf("committed while the form is in flight: %v", names)
