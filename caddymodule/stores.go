@@ -9,7 +9,7 @@ import (
 )
 
 // Store is where store mode puts file parts: a module in the
-// `http.handlers.stream_proxy.stores` namespace (`file`, `s3`), so that
+// `http.handlers.stream_proxy.stores` namespace (`file`, `s3`, `azure`), so that
 // another object store is one more module. A store must not make a file
 // visible before the Batch it belongs to is committed.
 type Store interface {
