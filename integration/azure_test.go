@@ -500,3 +500,63 @@ func TestAzureStoreBackpressure(t *testing.T) {
 		t.Errorf("blobs %v", names)
 	}
 }
+
+// Peak memory: a 64 MiB file goes up in 256 KiB blocks while the live heap
+// stays flat; file data is held only in the pool's buffers (max_buffers ×
+// block_size, mapped outside the heap), of which the metric never counts more
+// than max_buffers.
+func TestAzureStorePeakMemory(t *testing.T) {
+	s := startAzure(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
+	mode store
+	%s
+}`, s.site(t, s.Endpoint, "")))
+	c := newClient(t)
+	warm := []formPart{{field: "f", filename: "w.bin", size: 1 << 20, seed: 9}}
+	if res, body := postForm(t, c, gatewayURL+"/upload", warm, true); res.StatusCode != http.StatusCreated {
+		t.Fatalf("warm-up: status %d: %s", res.StatusCode, body)
+	}
+	base := liveHeap()
+	stop := make(chan struct{})
+	type peak struct {
+		heap    uint64
+		buffers float64
+	}
+	peaks := make(chan peak, 1)
+	go func() {
+		var top peak
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				peaks <- top
+				return
+			case <-tick.C:
+				top.heap = max(top.heap, liveHeap())
+				top.buffers = max(top.buffers, metricValue(t, "caddy_stream_proxy_store_buffers_in_use"))
+			}
+		}
+	}()
+	const size = 64 << 20
+	parts := []formPart{{field: "f", filename: "big.bin", size: size, seed: 10}}
+	res, body := postForm(t, c, gatewayURL+"/upload", parts, true)
+	close(stop)
+	top := <-peaks
+	if res.StatusCode != http.StatusCreated {
+		t.Fatalf("status %d: %s", res.StatusCode, body)
+	}
+	var a azAnswer
+	if err := json.Unmarshal(body, &a); err != nil || len(a.Parts) != 1 {
+		t.Fatalf("answer %s", body)
+	}
+	if sum, _, _ := s.blob(t, a.Parts[0].Key); sum != expected(parts)[0].SHA256 {
+		t.Fatal("blob differs")
+	}
+	growth := int64(top.heap) - int64(base)
+	t.Logf("live heap: %d MiB before, peak %d MiB during a %d MiB upload (growth %d KiB); at most %v block buffers in use",
+		base>>20, top.heap>>20, size>>20, growth>>10, top.buffers)
+	if growth > 16<<20 || top.buffers > 8 {
+		t.Errorf("live heap grew by %d KiB, %v buffers in use; want under 16 MiB and at most max_buffers (8)", growth>>10, top.buffers)
+	}
+}
