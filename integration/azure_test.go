@@ -15,6 +15,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 
 	"github.com/streamproxy/caddy-stream-proxy/internal/azurite"
@@ -558,5 +560,46 @@ func TestAzureStorePeakMemory(t *testing.T) {
 		base>>20, top.heap>>20, size>>20, growth>>10, top.buffers)
 	if growth > 16<<20 || top.buffers > 8 {
 		t.Errorf("live heap grew by %d KiB, %v buffers in use; want under 16 MiB and at most max_buffers (8)", growth>>10, top.buffers)
+	}
+}
+
+// TestAzureStoreThroughput compares, when SP_AZURE_BENCH=1, the gateway's
+// store azure with the SDK uploading straight to Azurite (8 MiB blocks, 4 at
+// once, as the store does), and logs both rates. A figure, not a check:
+//
+//	SP_AZURE_BENCH=1 go test -count=1 -v -run TestAzureStoreThroughput ./integration/
+func TestAzureStoreThroughput(t *testing.T) {
+	if os.Getenv("SP_AZURE_BENCH") != "1" {
+		t.Skip("a benchmark: SP_AZURE_BENCH=1 runs it")
+	}
+	s := startAzure(t)
+	t.Setenv("SP_TEST_AZURE_KEY", azurite.Key)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
+	mode store
+	store azure {
+		container %s
+		endpoint %s
+		account_name %s
+		account_key {env.SP_TEST_AZURE_KEY}
+	}
+}`, azContainer, s.Endpoint, azurite.Account))
+	c := newClient(t)
+	const size = 128 << 20
+	for run := range 3 {
+		start := time.Now()
+		_, err := s.c.NewBlockBlobClient(fmt.Sprintf("direct-%d", run)).UploadStream(context.Background(),
+			io.LimitReader(newFileData(size, uint64(run)), size), &blockblob.UploadStreamOptions{BlockSize: 8 << 20, Concurrency: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		direct := time.Since(start)
+		start = time.Now()
+		res, body := postForm(t, c, gatewayURL+"/upload", []formPart{{field: "f", filename: "f.bin", size: size, seed: uint64(run)}}, false)
+		if res.StatusCode != http.StatusCreated {
+			t.Fatalf("status %d: %s", res.StatusCode, body)
+		}
+		gw := time.Since(start)
+		t.Logf("run %d, %d MiB: SDK direct %.1f MiB/s, gateway %.1f MiB/s, gateway/direct %.2f",
+			run, size>>20, float64(size>>20)/direct.Seconds(), float64(size>>20)/gw.Seconds(), direct.Seconds()/gw.Seconds())
 	}
 }
