@@ -184,7 +184,7 @@ func (u *upload) snapshot(now time.Time) uploadStatus {
 	}
 	u.mu.Unlock()
 	if secs := now.Sub(u.start).Seconds(); secs > 0 {
-		s.Rate = float64(s.Bytes) / secs
+		s.Rate = int64(float64(s.Bytes) / secs) // whole bytes per second
 	}
 	return s
 }
