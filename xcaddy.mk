@@ -24,7 +24,7 @@ BENCH_SIZE     ?= 2GiB
 BENCH_RUNS     ?= 5
 FUZZTIME       ?= 10s
 
-.PHONY: build run test browser-deps unit integration check-binary bench rss concurrent s3-concurrent gobench fuzz adapt list-modules clean versitygw
+.PHONY: build run test browser-deps unit check-binary bench rss concurrent s3-concurrent gobench fuzz adapt list-modules clean versitygw
 
 $(XCADDY):
 	GOBIN=$(BIN) go install github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION)
@@ -41,8 +41,16 @@ versitygw: $(VERSITYGW)
 # instead, so any proxy error falls through to "off", which means not found.
 XCADDY_GOPROXY ?= $(shell go env GOPROXY | sed 's/,direct$$//')|off
 
+# What bin/caddy is built from: the module's Go sources outside the test-only
+# and tool directories, and the module's requirements.
+CADDY_SOURCES := $(shell find . \( -path ./bin -o -path ./integration -o -path ./cmd -o -path ./.git \) -prune \
+	-o -name '*.go' ! -name '*_test.go' -print) go.mod go.sum
+
 ## build: Caddy with the standard modules plus stream_proxy, built by xcaddy, at bin/caddy
-build: $(XCADDY)
+build: $(CADDY)
+
+# A file target: bin/caddy is rebuilt only when a source it is built from changed.
+$(CADDY): $(CADDY_SOURCES) | $(XCADDY)
 	cd $(BIN) && GOPROXY='$(XCADDY_GOPROXY)' $(XCADDY) build $(CADDY_VERSION) \
 		--output $(CADDY) \
 		--with $(MODULE)/caddymodule \
@@ -51,10 +59,12 @@ build: $(XCADDY)
 $(UPLOADBENCH): $(shell find cmd/uploadbench -name '*.go' 2>/dev/null) go.mod
 	go build -o $(UPLOADBENCH) ./cmd/uploadbench
 
-## run: the gateway on :8080 with Caddyfile.example, and the two demo backends it fronts
-run: build $(UPLOADBENCH)
+## run: the gateway on :8080 with Caddyfile.example, and the two demo backends it fronts.
+## Ctrl-C stops all three; the recipe then ends with status 0 (Caddy's graceful stop).
+run: $(CADDY) $(UPLOADBENCH)
 	backends=; for addr in $(DEMO_BACKENDS); do $(UPLOADBENCH) backend -listen $$addr & backends="$$backends $$!"; done; \
-	trap 'kill $$backends 2>/dev/null' EXIT INT TERM; \
+	trap 'kill $$backends 2>/dev/null || true' EXIT; \
+	trap 'exit 0' INT TERM; \
 	$(CADDY) run --config Caddyfile.example --adapter caddyfile
 
 ## test: everything CI runs
