@@ -123,8 +123,7 @@ func (p *formPart) verifyType(allow []string) *uploadError {
 //   - A specific declared type must agree with the bytes (typesAgree).
 //     application/octet-stream, or no type, is judged by the bytes alone.
 //   - allow takes the detected type (or a name of its family), or a
-//     declared type the bytes agree with that the library knows, which may
-//     be more specific than what the prefix tells (a docx of a zip).
+//     declared type more specific than what the prefix tells (narrower).
 func judgeType(contentType string, detected *mimetype.MIME, allow []string) string {
 	declared := ""
 	if contentType != "" {
@@ -143,10 +142,19 @@ func judgeType(contentType string, detected *mimetype.MIME, allow []string) stri
 		return CodeTypeMismatch
 	}
 	if len(allow) == 0 || detectedAllowed(detected, allow) ||
-		(declared != "" && knownType(declared) && typeAllowed(declared, allow)) {
+		(declared != "" && narrower(declared, detected) && typeAllowed(declared, allow)) {
 		return ""
 	}
 	return CodeTypeNotAllowed
+}
+
+// narrower reports whether the declared type is a subtype, in the library's
+// tree, of the detected type: what the prefix could not tell (a docx that
+// is a zip so far), never the detected type under another name.
+func narrower(declared string, detected *mimetype.MIME) bool {
+	lin := lineage(detected)
+	d := canonicalType(declared)
+	return len(lin) > 0 && d != lin[0] && slices.Contains(lineage(mimetype.Lookup(d)), lin[0])
 }
 
 // typeAliases are names clients send for types that the library knows under
