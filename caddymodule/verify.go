@@ -3,7 +3,6 @@ package streamproxy
 import (
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"slices"
 	"strings"
@@ -125,10 +124,7 @@ func (p *formPart) verifyType(allow []string) *uploadError {
 //   - allow takes the detected type (or a name of its family), or a
 //     declared type more specific than what the prefix tells (narrower).
 func judgeType(contentType string, detected *mimetype.MIME, allow []string) string {
-	declared := ""
-	if contentType != "" {
-		declared, _, _ = mime.ParseMediaType(contentType) // checked in parseHeader; lowercased
-	}
+	declared := bareType(contentType) // parseHeader checked it
 	if declared == "application/octet-stream" {
 		declared = ""
 	}
@@ -252,8 +248,11 @@ func sameFamily(a, b string) bool {
 // specific in the bytes (text/plain, or nothing at all). Bytes it does not
 // recognise contradict a type whose signature it knows.
 func typesAgree(declared string, detected *mimetype.MIME) bool {
-	d := canonicalType(declared)
 	lin := lineage(detected)
+	if len(lin) > 0 && lin[0] == declared {
+		return true // the common case, without a lookup
+	}
+	d := canonicalType(declared)
 	if slices.Contains(lin, d) {
 		return true
 	}
@@ -289,7 +288,7 @@ func detectedAllowed(detected *mimetype.MIME, allow []string) bool {
 					return true
 				}
 			}
-		case detected.Is(p) || canonicalType(p) == t || sameFamily(canonicalType(p), t):
+		case p == t || detected.Is(p) || canonicalType(p) == t || sameFamily(canonicalType(p), t):
 			return true
 		}
 	}
