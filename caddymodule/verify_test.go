@@ -319,3 +319,16 @@ func TestPerPartDetectedType(t *testing.T) {
 		t.Errorf("backend saw %s %q", headerDetected, got)
 	}
 }
+
+// A browser's empty file input (filename="", no data) is not a file
+// (integration/README.md, row 31): verify_types neither judges it nor adds a
+// detected type after it.
+func TestVerifyEmptyFileInput(t *testing.T) {
+	h := provision(t, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1"), VerifyTypes: true, AllowTypes: []string{"image/*"}})
+	h.logger = zap.NewNop()
+	form := "--B\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"\"\r\nContent-Type: application/octet-stream\r\n\r\n\r\n--B--\r\n"
+	parts, err := forwardForm(t, h, strings.NewReader(form), "B")
+	if err != nil || len(parts) != 1 || parts[0] != [2]string{"photo", ""} {
+		t.Fatalf("forwarded %q, %v; want the empty input alone", parts, err)
+	}
+}
