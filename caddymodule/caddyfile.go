@@ -55,6 +55,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_part_header_size <size>
 //		allow_fields <name...>
 //		allow_types <mime-pattern...>
+//		verify_types
 //		hash sha256|sha1|md5|crc32c ...
 //
 //		# reverse_proxy's own, with its syntax and meaning
@@ -123,6 +124,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(h.AllowTypes) == 0 {
 				return d.ArgErr()
 			}
+
+		case "verify_types":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.VerifyTypes = true
 
 		case "hash":
 			h.Hash = append(h.Hash, d.RemainingArgs()...)

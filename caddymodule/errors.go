@@ -23,6 +23,7 @@ const (
 	CodeTransferEncoding = "content_transfer_encoding"
 	CodeFieldNotAllowed  = "field_not_allowed"
 	CodeTypeNotAllowed   = "type_not_allowed"
+	CodeTypeMismatch     = "type_mismatch" // verify_types: the bytes contradict the declared type
 	CodeClientGone       = "client_gone"
 	CodeClientTimeout    = "client_timeout"
 	CodeBackendFailed    = "backend_failed"
@@ -54,6 +55,10 @@ type uploadError struct {
 	Message string   `json:"message"`
 	Limit   string   `json:"limit,omitempty"`
 	Part    *partRef `json:"part,omitempty"`
+	// With verify_types, a refused file part's type as declared and as its
+	// first bytes show it.
+	DeclaredType string `json:"declared_type,omitempty"`
+	DetectedType string `json:"detected_type,omitempty"`
 
 	err error // the cause, for logs and errors.Is
 }

@@ -35,6 +35,7 @@ type formReader struct {
 	maxHeader    int64
 	allowFields  []string
 	allowTypes   []string
+	verifyTypes  bool
 	hashNames    []string
 
 	index int // parts seen so far
@@ -65,6 +66,10 @@ type formPart struct {
 	Header      textproto.MIMEHeader
 	Size        int64 // data bytes read so far
 
+	// DetectedType is, with verify_types, a file part's type as its first
+	// bytes show it (verify.go); empty otherwise.
+	DetectedType string
+
 	// params are the client's Content-Disposition parameters other than the
 	// name, as sent ("filename*=utf-8''n%C3%A4me.txt"), in order.
 	params []string
@@ -75,6 +80,11 @@ type formPart struct {
 	limit   int64
 	lname   string       // the limit's config name
 	digests *partDigests // nil unless there is something to compute
+
+	// With verify_types: data read ahead, handed out first (verify.go), and
+	// the pooled buffer that holds held[0] when the prefix came in short reads.
+	held [2][]byte
+	pbuf *[verifyPrefix]byte
 }
 
 // maxPreamble is the longest preamble (text before the first delimiter, which
@@ -101,6 +111,7 @@ func newFormReader(in *bufio.Reader, src *budgetReader, boundary string, h *Hand
 		maxHeader:      h.MaxPartHeaderSize,
 		allowFields:    h.AllowFields,
 		allowTypes:     h.AllowTypes,
+		verifyTypes:    h.VerifyTypes,
 		hashNames:      h.Hash,
 		obs:            obs,
 	}
@@ -158,7 +169,11 @@ func (f *formReader) next() (*formPart, error) {
 		return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeFieldNotAllowed,
 			Message: fmt.Sprintf("field %q is not in allow_fields", p.Field), Limit: "allow_fields", Part: p.ref()}
 	}
-	if p.IsFile && len(f.allowTypes) > 0 && !typeAllowed(p.ContentType, f.allowTypes) {
+	if f.verifyTypes && reservedField(p.Field) {
+		return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeFieldNotAllowed,
+			Message: fmt.Sprintf("field %q: names ending in .detected_type are the gateway's with verify_types", p.Field), Part: p.ref()}
+	}
+	if p.IsFile && !f.verifyTypes && len(f.allowTypes) > 0 && !typeAllowed(p.ContentType, f.allowTypes) {
 		return nil, &uploadError{Status: http.StatusUnsupportedMediaType, Code: CodeTypeNotAllowed,
 			Message: fmt.Sprintf("content type %q is not in allow_types", p.ContentType), Limit: "allow_types", Part: p.ref()}
 	}
@@ -177,6 +192,11 @@ func (f *formReader) next() (*formPart, error) {
 		e := malformed(err)
 		e.Part = p.ref()
 		return nil, e
+	}
+	if p.IsFile && f.verifyTypes {
+		if err := p.verifyType(f.allowTypes); err != nil {
+			return nil, err
+		}
 	}
 	f.part = p
 	f.obs.partStarted(p)
@@ -265,7 +285,11 @@ func (p *formPart) next() ([]byte, error) {
 	if p.done {
 		return nil, io.EOF
 	}
-	b, err := p.f.data()
+	var err error
+	b := p.ahead()
+	if b == nil {
+		b, err = p.f.data()
+	}
 	if err == io.EOF {
 		p.done = true
 		if p.digests != nil {

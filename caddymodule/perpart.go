@@ -14,6 +14,7 @@ const (
 	headerPartField = "X-Stream-Proxy-Field"
 	headerPartName  = "X-Stream-Proxy-Filename"
 	headerPartIndex = "X-Stream-Proxy-Part-Index"
+	headerDetected  = "X-Stream-Proxy-Detected-Type" // with verify_types
 )
 
 // servePerPart sends each file part as its own backend request, streamed while
@@ -80,13 +81,17 @@ func partHeader(p *formPart) http.Header {
 	if ct == "" {
 		ct = "application/octet-stream"
 	}
-	return http.Header{
+	h := http.Header{
 		"Content-Type":        {ct},
 		"Content-Disposition": {p.disposition()},
 		headerPartField:       {p.Field},
 		headerPartName:        {url.PathEscape(p.Filename)},
 		headerPartIndex:       {strconv.Itoa(p.Index)},
 	}
+	if p.DetectedType != "" {
+		h.Set(headerDetected, p.DetectedType) // the library's name, never the client's bytes
+	}
+	return h
 }
 
 // answerJSON is a backend's answer (its first 64 KiB) for the JSON report:

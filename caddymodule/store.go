@@ -60,7 +60,7 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 			continue
 		}
 
-		sf, err := st.batch.Create(FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType})
+		sf, err := st.batch.Create(FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType, DetectedType: p.DetectedType})
 		if err != nil {
 			return asStoreError(err)
 		}
@@ -72,7 +72,7 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 		}
 		r := newPartResult(p)
 		if err := sf.Finish(FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType,
-			Size: r.Size, Digests: r.Digests}); err != nil {
+			DetectedType: p.DetectedType, Size: r.Size, Digests: r.Digests}); err != nil {
 			return asStoreError(err)
 		}
 		loc := sf.Location()
@@ -129,6 +129,9 @@ func (st *storing) writeMetadata(mw *multipart.Writer, r partResult, loc Locatio
 	fields := [][2]string{
 		{".name", *r.Filename},
 		{".content_type", r.ContentType},
+	}
+	if r.DetectedType != "" {
+		fields = append(fields, [2]string{".detected_type", r.DetectedType})
 	}
 	if loc.abs != "" {
 		fields = append(fields, [2]string{".path", loc.abs})

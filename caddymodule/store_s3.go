@@ -553,6 +553,9 @@ func (f *s3File) metadata() (meta map[string]string, contentType string) {
 	for name, sum := range f.info.Digests {
 		meta[name] = sum
 	}
+	if f.info.DetectedType != "" {
+		meta["detected-type"] = f.info.DetectedType // verify_types
+	}
 	contentType = f.info.ContentType
 	if contentType == "" {
 		contentType = "application/octet-stream"

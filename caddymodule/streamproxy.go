@@ -73,6 +73,7 @@ const (
 //	{http.stream_proxy.part.field}           its name
 //	{http.stream_proxy.part.filename}        its filename, as sent
 //	{http.stream_proxy.part.content_type}    its Content-Type
+//	{http.stream_proxy.part.detected_type}   with verify_types, a file part's type as its first bytes show it
 //	{http.stream_proxy.parts}                parts read, when the upload ends
 //	{http.stream_proxy.bytes_in}             body bytes read, when the upload ends
 //	{http.stream_proxy.bytes_out}            part bytes delivered, when the upload ends
@@ -127,6 +128,13 @@ type Handler struct {
 	// without a Content-Type is application/octet-stream (RFC 7578). Any other
 	// type fails the upload with 415 (code type_not_allowed).
 	AllowTypes []string `json:"allow_types,omitempty"`
+
+	// VerifyTypes judges each file part by its first 4 KiB too, not only by
+	// the Content-Type the client declares (verify.go): a part whose bytes
+	// contradict a specific declared type fails the upload with 415 (code
+	// type_mismatch), and AllowTypes is checked against the type the bytes
+	// show, before any of the part goes on. Default: false.
+	VerifyTypes bool `json:"verify_types,omitempty"`
 
 	// Hash lists the digests computed over every file part while it streams:
 	// sha256, sha1, md5, crc32c. In forward mode each file part is followed by

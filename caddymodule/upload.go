@@ -153,6 +153,7 @@ func (u *upload) partStarted(p *formPart) {
 	u.repl.Set(placeholderPrefix+"part.field", p.Field)
 	u.repl.Set(placeholderPrefix+"part.filename", p.Filename)
 	u.repl.Set(placeholderPrefix+"part.content_type", p.ContentType)
+	u.repl.Set(placeholderPrefix+"part.detected_type", p.DetectedType)
 }
 
 func (u *upload) partEnded(p *formPart) {
