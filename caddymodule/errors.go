@@ -25,6 +25,7 @@ const (
 	CodeTypeNotAllowed   = "type_not_allowed"
 	CodeClientGone       = "client_gone"
 	CodeClientTimeout    = "client_timeout"
+	CodeClientTooSlow    = "client_too_slow" // slower than min_rate for longer than its grace
 	CodeBackendFailed    = "backend_failed"
 	CodeBackendTimeout   = "backend_timeout"
 	CodeBackendRejected  = "backend_rejected"
