@@ -227,3 +227,59 @@ stream_proxy /store* {
 		})
 	}
 }
+
+// integration/README.md, row 52: clients trickling into store s3 hold every
+// part buffer (max_buffers 2); they get 408 client_too_slow once below
+// min_rate for its grace, and another client's upload, which waited for a
+// buffer meanwhile, goes through. Nothing is left in the bucket but its object.
+func TestSlowClientsDontStarveS3Pool(t *testing.T) {
+	s := startS3(t)
+	startGateway(t, fmt.Sprintf("stream_proxy /upload* {\n\tmode store\n\t%s\n\t%s\n}",
+		strings.Replace(s.site(t, s.endpoint, ""), "max_buffers 8", "max_buffers 2", 1), slowMinRate))
+
+	type cut struct {
+		res  *http.Response
+		body []byte
+	}
+	cuts := make(chan cut, 2)
+	for range 2 {
+		go func() {
+			res, body, _ := slowUpload(t, "/upload", "first bytes", "x", 300*time.Millisecond)
+			cuts <- cut{res, body}
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for metricValue(t, "caddy_stream_proxy_store_buffers_in_use") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the tricklers did not take both buffers")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	waits := metricValue(t, "caddy_stream_proxy_store_buffer_waits_total")
+	start := time.Now()
+	res, body := postForm(t, newClient(t), gatewayURL+"/upload", []formPart{{field: "f", filename: "f.bin", size: 1 << 20, seed: 52}}, false)
+	if metricValue(t, "caddy_stream_proxy_store_buffer_waits_total") <= waits {
+		t.Error("the upload did not wait for a buffer: the tricklers did not hold them all")
+	}
+	t.Logf("the upload waited and went through in %v", time.Since(start))
+	if res.StatusCode != http.StatusCreated {
+		t.Fatalf("status %d: %s", res.StatusCode, body)
+	}
+	for range 2 {
+		c := <-cuts
+		if c.res == nil {
+			t.Fatal("a trickler got no answer; want 408")
+		}
+		expectRefusal(t, c.res, c.body, http.StatusRequestTimeout, "client_too_slow", "min_rate")
+	}
+	if objs := s.objects(t); len(objs) != 1 {
+		t.Errorf("objects %v, want the one upload's", objs)
+	}
+	if ups := s.uploads(t); len(ups) != 0 {
+		t.Errorf("multipart uploads left: %v", ups)
+	}
+	if in := metricValue(t, "caddy_stream_proxy_store_buffers_in_use"); in != 0 {
+		t.Errorf("%v buffers in use once done", in)
+	}
+}
