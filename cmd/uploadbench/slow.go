@@ -159,10 +159,11 @@ func slowRun(ctx context.Context, caddyPath, backendAddr, route string, n int, s
 				fail(err)
 				return
 			}
+			answer, _ := io.ReadAll(io.LimitReader(r.Body, 512))
 			_, _ = io.Copy(io.Discard, r.Body)
 			r.Body.Close()
 			if r.StatusCode != http.StatusOK {
-				fail(fmt.Errorf("status %d", r.StatusCode))
+				fail(fmt.Errorf("status %d: %s", r.StatusCode, strings.TrimSpace(string(answer))))
 				return
 			}
 			ok.Add(1)
