@@ -24,7 +24,7 @@ BENCH_SIZE     ?= 2GiB
 BENCH_RUNS     ?= 5
 FUZZTIME       ?= 10s
 
-.PHONY: build run test browser-deps unit check-binary bench rss concurrent s3-concurrent gobench fuzz adapt list-modules clean versitygw
+.PHONY: build run test browser-deps unit check-binary bench rss slow concurrent s3-concurrent gobench fuzz adapt list-modules clean versitygw
 
 $(XCADDY):
 	GOBIN=$(BIN) go install github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION)
@@ -97,6 +97,17 @@ bench: build $(UPLOADBENCH)
 ## rss: the gateway's peak RSS after a small and a large upload
 rss: build $(UPLOADBENCH)
 	$(UPLOADBENCH) rss -caddy $(CADDY) -sizes 64MiB,4GiB
+
+## slow: SLOW_UPLOADS uploads held open at once, each a small form trickled at SLOW_RATE for
+## SLOW_DURATION into a discarding backend, through reverse_proxy then stream_proxy, each in a
+## fresh gateway: the gateway's RSS per upload (peak minus idle) side by side; loopback only.
+## The open-files limit is raised to the hard limit (uploadbench raises the soft one)
+SLOW_UPLOADS  ?= 3000
+SLOW_RATE     ?= 4KiB
+SLOW_DURATION ?= 15s
+slow: build $(UPLOADBENCH)
+	ulimit -n "$$(ulimit -Hn)"; \
+	$(UPLOADBENCH) slow -caddy $(CADDY) -n $(SLOW_UPLOADS) -rate $(SLOW_RATE) -duration $(SLOW_DURATION)
 
 ## concurrent: CONCURRENCY uploads of CONCURRENT_SIZE at once through stream_proxy (forward),
 ## all verified, then the gateway's peak RSS (VmHWM); loopback only, ports 18080 and 19001

@@ -8,6 +8,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -57,6 +58,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		allow_types <mime-pattern...>
 //		verify_types
 //		hash sha256|sha1|md5|crc32c ...
+//		min_rate <size>|off [<grace>]
 //
 //		# reverse_proxy's own, with its syntax and meaning
 //		lb_policy, lb_retries, lb_try_duration, lb_try_interval, lb_retry_match
@@ -164,6 +166,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.MaxParts = n
 			if d.NextArg() {
 				return d.ArgErr()
+			}
+		case "min_rate":
+			if err := h.parseMinRate(d); err != nil {
+				return err
 			}
 
 		default:
@@ -294,6 +300,43 @@ func parseSize(d *caddyfile.Dispenser, dst *int64) error {
 		return d.Errf("%s must be between 1 byte and 8EiB, got %q", name, d.Val())
 	}
 	*dst = int64(n)
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// parseMinRate reads `min_rate <size>|off [<grace>]`: the size is per
+// second (500B, 1KiB).
+func (h *Handler) parseMinRate(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.Val() == "off" {
+		h.MinRate = minRateOff
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		return nil
+	}
+	n, err := humanize.ParseBytes(d.Val())
+	if err != nil {
+		return d.Errf("min_rate: parsing size %q: %v", d.Val(), err)
+	}
+	if n == 0 || n > math.MaxInt64 {
+		return d.Errf("min_rate must be at least 1 byte per second, or off, got %q", d.Val())
+	}
+	h.MinRate = int64(n)
+	if d.NextArg() {
+		grace, err := caddy.ParseDuration(d.Val())
+		if err != nil {
+			return d.Errf("min_rate: parsing grace %q: %v", d.Val(), err)
+		}
+		if grace <= 0 {
+			return d.Errf("min_rate: grace must be positive, got %q", d.Val())
+		}
+		h.MinRateGrace = caddy.Duration(grace)
+	}
 	if d.NextArg() {
 		return d.ArgErr()
 	}

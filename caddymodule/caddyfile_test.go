@@ -23,6 +23,22 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want:  `{"proxy":{"handler":"reverse_proxy","rewrite":{"uri":"/upload?"},"upstreams":[{"dial":"127.0.0.1:9000"}]}}`,
 		},
 		{
+			name:  "min_rate with a grace",
+			input: "stream_proxy {\n mode store\n store /up\n min_rate 1KiB 45s\n}",
+			want:  `{"mode":"store","store":{"module":"file","root":"/up"},"min_rate":1024,"min_rate_grace":45000000000}`,
+		},
+		{
+			name:  "min_rate off",
+			input: "stream_proxy {\n mode store\n store /up\n min_rate off\n}",
+			want:  `{"mode":"store","store":{"module":"file","root":"/up"},"min_rate":-1}`,
+		},
+		{name: "min_rate without a rate", input: "stream_proxy {\n min_rate\n}", err: "wrong argument count"},
+		{name: "min_rate of zero", input: "stream_proxy {\n min_rate 0\n}", err: "at least 1 byte per second"},
+		{name: "min_rate off with a grace", input: "stream_proxy {\n min_rate off 10s\n}", err: "wrong argument count"},
+		{name: "min_rate with a bad grace", input: "stream_proxy {\n min_rate 500 soon\n}", err: "parsing grace"},
+		{name: "min_rate with a negative grace", input: "stream_proxy {\n min_rate 500 -1s\n}", err: "grace must be positive"},
+		{name: "min_rate with three arguments", input: "stream_proxy {\n min_rate 500 10s 20s\n}", err: "wrong argument count"},
+		{
 			name:  "upstreams with different paths",
 			input: "stream_proxy {\n to http://a:9000/v1?x=1 http://b:9000/v2?x=1\n}",
 			err:   "every upstream must name the same path",

@@ -26,6 +26,7 @@ const (
 	CodeTypeMismatch     = "type_mismatch" // verify_types: the bytes contradict the declared type
 	CodeClientGone       = "client_gone"
 	CodeClientTimeout    = "client_timeout"
+	CodeClientTooSlow    = "client_too_slow" // slower than min_rate for longer than its grace
 	CodeBackendFailed    = "backend_failed"
 	CodeBackendTimeout   = "backend_timeout"
 	CodeBackendRejected  = "backend_rejected"

@@ -5,7 +5,6 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strconv"
-	"time"
 )
 
 // storing is one upload's files in store mode.
@@ -89,23 +88,17 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 
 // boundIdle, for a store that holds a scarce buffer while a file arrives,
 // gives each read from the client the store's idle bound, so that a client
-// that stalls mid-file lets the buffer go (408, client_timeout). It returns
+// that stalls mid-file lets the buffer go (408, client_timeout), as does one
+// below min_rate (408, client_too_slow). It returns
 // the function that ends this.
 func (st *storing) boundIdle() (stop func()) {
 	ib, ok := st.u.h.store.(idleBounder)
 	if !ok {
 		return func() {}
 	}
-	d := ib.idleBound()
-	rc := http.NewResponseController(st.u.w)
-	body := st.u.body
-	body.deadline = func() {
-		_ = rc.SetReadDeadline(time.Now().Add(d)) // where unsupported, the server's own timeouts bound it
-	}
-	return func() {
-		body.deadline = nil
-		_ = rc.SetReadDeadline(time.Time{})
-	}
+	pace := st.u.body.pace
+	pace.idle = ib.idleBound()
+	return func() { pace.idle = 0 }
 }
 
 func (st *storing) keepField(p *formPart) error {

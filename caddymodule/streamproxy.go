@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -57,7 +58,7 @@ const (
 // Statuses it answers with itself, each with a JSON body carrying a stable
 // `code` (see the README): 400 for malformed multipart, a refused field or a
 // digest mismatch, 408 when the client stops sending within the server's read
-// timeouts, 413 when a size or count limit is broken, 415 for a refused content
+// timeouts (client_timeout) or sends slower than min_rate (client_too_slow), 413 when a size or count limit is broken, 415 for a refused content
 // type, 431 for an oversized part header, 499 (logged only) when the client
 // goes away, 502 when the backend cannot be reached or fails mid-stream, or
 // when S3 refuses the credentials or has no such bucket, 503 when no upstream
@@ -142,6 +143,17 @@ type Handler struct {
 	// mode report them in their JSON and metadata. Default: none.
 	Hash []string `json:"hash,omitempty"`
 
+	// MinRate is the slowest a client may send its body, in bytes per
+	// second, over any stretch longer than MinRateGrace: slower, it gets
+	// 408 (code client_too_slow), and its buffers and backend request are
+	// let go. Only time spent waiting for the client counts (see pacer).
+	// -1 turns it off, for trusted clients. Default: 500.
+	MinRate int64 `json:"min_rate,omitempty"`
+
+	// MinRateGrace is how long a client may send slower than MinRate, or
+	// nothing at all, before it is cut. Default: 20s.
+	MinRateGrace caddy.Duration `json:"min_rate_grace,omitempty"`
+
 	proxy  *reverseproxy.Handler
 	store  Store
 	logger *zap.Logger
@@ -176,6 +188,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxPartHeaderSize == 0 {
 		h.MaxPartHeaderSize = DefaultMaxPartHeaderSize
+	}
+
+	if h.MinRate == 0 {
+		h.MinRate = DefaultMinRate
+	}
+	if h.MinRateGrace == 0 {
+		h.MinRateGrace = caddy.Duration(DefaultMinRateGrace)
 	}
 
 	if err := initMetrics(ctx.GetMetricsRegistry()); err != nil {
@@ -225,6 +244,12 @@ func (h *Handler) Validate() error {
 		if !validTypePattern(p) {
 			return fmt.Errorf("allow_types: %q is not a media type or type/* pattern", p)
 		}
+	}
+	if h.MinRate < minRateOff {
+		return fmt.Errorf("min_rate must be a positive rate in bytes per second, or -1 for none, got %d", h.MinRate)
+	}
+	if h.MinRateGrace < 0 {
+		return fmt.Errorf("min_rate_grace must not be negative, got %s", time.Duration(h.MinRateGrace))
 	}
 	for name, v := range map[string]int64{
 		"max_body_size":        h.MaxBodySize,

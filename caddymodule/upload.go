@@ -103,7 +103,7 @@ func (u *upload) end(res result) {
 		code = e.Code
 		metrics.rejections.WithLabelValues(mode, e.Code).Inc()
 		switch {
-		case e.Code == CodeClientGone || e.Code == CodeClientTimeout:
+		case e.Code == CodeClientGone || e.Code == CodeClientTimeout || e.Code == CodeClientTooSlow:
 			outcome = outcomeClientGone
 		case e.Code == CodeBackendRejected:
 			outcome = outcomeBackendError
