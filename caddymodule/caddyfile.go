@@ -59,6 +59,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		verify_types
 //		hash sha256|sha1|md5|crc32c ...
 //		min_rate <size>|off [<grace>]
+//		backend_stall_timeout <duration>
 //
 //		# reverse_proxy's own, with its syntax and meaning
 //		lb_policy, lb_retries, lb_try_duration, lb_try_interval, lb_retry_match
@@ -154,6 +155,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "max_part_header_size":
 			if err := parseSize(d, &h.MaxPartHeaderSize); err != nil {
 				return err
+			}
+		case "backend_stall_timeout":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil || dur <= 0 {
+				return d.Errf("backend_stall_timeout must be a positive duration, got %q", d.Val())
+			}
+			h.BackendStallTimeout = caddy.Duration(dur)
+			if d.NextArg() {
+				return d.ArgErr()
 			}
 		case "max_parts":
 			if !d.NextArg() {

@@ -30,13 +30,16 @@ const (
 	CodeBackendFailed    = "backend_failed"
 	CodeBackendTimeout   = "backend_timeout"
 	CodeBackendRejected  = "backend_rejected"
-	CodeNoUpstream       = "no_upstream"
-	CodeDigestMismatch   = "digest_mismatch"
-	CodeStorageFull      = "insufficient_storage"
-	CodeStoreFailed      = "store_failed"
-	CodeStoreUnavailable = "store_unavailable" // S3 unreachable, failing (5xx) or stalled
-	CodeStoreDenied      = "store_denied"      // S3 refused the gateway's credentials
-	CodeStoreNoBucket    = "store_no_bucket"   // the S3 bucket does not exist
+	// CodeBackendAnsweredEarly: the backend answered 2xx before it took the
+	// whole upload, which therefore did not succeed.
+	CodeBackendAnsweredEarly = "backend_answered_early"
+	CodeNoUpstream           = "no_upstream"
+	CodeDigestMismatch       = "digest_mismatch"
+	CodeStorageFull          = "insufficient_storage"
+	CodeStoreFailed          = "store_failed"
+	CodeStoreUnavailable     = "store_unavailable" // S3 unreachable, failing (5xx) or stalled
+	CodeStoreDenied          = "store_denied"      // S3 refused the gateway's credentials
+	CodeStoreNoBucket        = "store_no_bucket"   // the S3 bucket does not exist
 )
 
 // statusClientClosed is logged when the client went away; nobody reads it.

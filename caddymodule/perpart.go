@@ -65,7 +65,7 @@ func (h *Handler) servePerPart(u *upload) result {
 			return failed(&uploadError{Status: answer.status, Code: CodeBackendRejected,
 				Message: fmt.Sprintf("backend answered %d to part %d", answer.status, p.Index), Part: p.ref()}, results)
 		case answer.early:
-			return failed(&uploadError{Status: http.StatusBadGateway, Code: CodeBackendFailed,
+			return failed(&uploadError{Status: http.StatusBadGateway, Code: CodeBackendAnsweredEarly,
 				Message: fmt.Sprintf("backend answered before it had read part %d", p.Index), Part: p.ref()}, results)
 		}
 	}

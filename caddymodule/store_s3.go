@@ -51,8 +51,9 @@ const (
 	// s3ClientIdle bounds how long a client that holds a part buffer may
 	// send nothing.
 	s3ClientIdle = time.Minute
-	// s3CleanupTimeout bounds the aborts and deletes after a failure.
-	s3CleanupTimeout = 30 * time.Second
+	// DefaultS3CleanupBudget bounds how long the aborts and deletes after a
+	// failure are retried.
+	DefaultS3CleanupBudget = 2 * time.Minute
 )
 
 // s3OpTimeout bounds each call to S3, so that a stalled server fails the
@@ -110,9 +111,18 @@ type S3Store struct {
 	// ever in use at once. Default: 32.
 	MaxBuffers int `json:"max_buffers,omitempty"`
 
+	// CleanupBudget is how long the store keeps trying to abort the
+	// multipart uploads and delete the objects of a failed request, with
+	// backoff, when S3 does not answer (an outage, a restart). The first
+	// try is made before the client is answered; the retries run in the
+	// background, and end at the latest when the configuration is
+	// unloaded. Default: 2m.
+	CleanupBudget caddy.Duration `json:"cleanup_budget,omitempty"`
+
 	client    *s3.Client
 	transport *http.Transport
 	pool      *bufferPool
+	cleanups  *retries
 }
 
 // CaddyModule returns the Caddy module information.
@@ -135,6 +145,7 @@ func (S3Store) CaddyModule() caddy.ModuleInfo {
 //		secret_access_key <secret>
 //		part_size <size>
 //		max_buffers <n>
+//		cleanup_budget <duration>
 //	}
 func (s *S3Store) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume "s3"
@@ -168,6 +179,15 @@ func (s *S3Store) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_buffers must be a positive whole number, got %q", d.Val())
 			}
 			s.MaxBuffers = n
+		case name == "cleanup_budget":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil || dur <= 0 {
+				return d.Errf("cleanup_budget must be a positive duration, got %q", d.Val())
+			}
+			s.CleanupBudget = caddy.Duration(dur)
 		default:
 			return d.Errf("unrecognized s3 store option %s", d.Val())
 		}
@@ -186,6 +206,9 @@ func (s *S3Store) Provision(ctx caddy.Context) error {
 	}
 	if s.MaxBuffers == 0 {
 		s.MaxBuffers = DefaultS3MaxBuffers
+	}
+	if s.CleanupBudget == 0 {
+		s.CleanupBudget = caddy.Duration(DefaultS3CleanupBudget)
 	}
 	if s.Region == "" && s.Endpoint != "" {
 		s.Region = "us-east-1"
@@ -232,6 +255,7 @@ func (s *S3Store) Provision(ctx caddy.Context) error {
 		o.UsePathStyle = s.UsePathStyle
 	})
 	s.pool = newBufferPool(s.MaxBuffers, int(s.PartSize))
+	s.cleanups = newRetries()
 	return nil
 }
 
@@ -246,6 +270,9 @@ func (s *S3Store) Validate() error {
 	if s.MaxBuffers < 1 {
 		return fmt.Errorf("s3 store: max_buffers must be at least 1, got %d", s.MaxBuffers)
 	}
+	if s.CleanupBudget < 0 {
+		return fmt.Errorf("s3 store: cleanup_budget must not be negative, got %s", time.Duration(s.CleanupBudget))
+	}
 	if (s.AccessKeyID == "") != (s.SecretAccessKey == "") {
 		return fmt.Errorf("s3 store: access_key_id and secret_access_key go together")
 	}
@@ -258,8 +285,12 @@ func (s *S3Store) Validate() error {
 	return nil
 }
 
-// Cleanup closes idle connections to S3 and lets the buffers go.
+// Cleanup ends the cleanups still retried (what they leave is logged),
+// closes idle connections to S3 and lets the buffers go.
 func (s *S3Store) Cleanup() error {
+	if s.cleanups != nil {
+		s.cleanups.end()
+	}
 	if s.transport != nil {
 		s.transport.CloseIdleConnections()
 	}
@@ -422,6 +453,9 @@ func (b *s3Batch) Create(info FileInfo) (StoredFile, error) {
 		ctx, cancel := context.WithTimeout(b.ctx, s3OpTimeout)
 		_, err := b.s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(b.s.Bucket)})
 		cancel()
+		if forbidden(err) {
+			err = b.probeForbidden(err)
+		}
 		if err != nil {
 			return nil, b.failure(err)
 		}
@@ -436,6 +470,26 @@ func (b *s3Batch) Create(info FileInfo) (StoredFile, error) {
 	f := &s3File{b: b, key: key, info: info, next: 1, slots: make(chan struct{}, partsInFlight)}
 	b.files = append(b.files, f)
 	return f, nil
+}
+
+// probeForbidden tells refused credentials from credentials that may write
+// but not list (s3:ListBucket), once HeadBucket was refused: its answer has
+// no body, a listing's says why. It returns nil when the first write is to
+// tell.
+func (b *s3Batch) probeForbidden(headErr error) error {
+	ctx, cancel := context.WithTimeout(b.ctx, s3OpTimeout)
+	defer cancel()
+	_, err := b.s.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(b.s.Bucket), MaxKeys: aws.Int32(0)})
+	var ae smithy.APIError
+	if err != nil && errors.As(err, &ae) && (ae.ErrorCode() == "InvalidAccessKeyId" || ae.ErrorCode() == "SignatureDoesNotMatch") {
+		return err
+	}
+	if err == nil || forbidden(err) {
+		b.logger.Info("s3 refused the bucket probe (HeadBucket); the first write tells whether the credentials may write",
+			zap.String("bucket", b.s.Bucket), zap.NamedError("probe", headErr))
+		return nil
+	}
+	return err
 }
 
 func (f *s3File) Location() Location { return Location{Bucket: f.b.s.Bucket, Key: f.key} }
@@ -670,6 +724,13 @@ func (f *s3File) addDigests() error {
 		Metadata:          meta,
 		ContentType:       aws.String(ct),
 	})
+	if forbidden(err) {
+		// Credentials without s3:GetObject: the object stays, with its
+		// metadata but no digests, which the answer and fields carry.
+		b.logger.Warn("s3 refused the copy that adds the digests to the metadata (s3:GetObject needed); the object keeps its metadata without them",
+			zap.String("bucket", b.s.Bucket), zap.String("key", f.key), zap.Error(err))
+		return nil
+	}
 	if err != nil {
 		return b.failure(err)
 	}
@@ -678,34 +739,35 @@ func (f *s3File) addDigests() error {
 
 // Discard stops the part uploads in flight, aborts every multipart upload of
 // the batch and deletes the objects it completed. It runs even when the
-// request's context has ended, within s3CleanupTimeout.
+// request's context has ended. What S3 does not take on the first try (it is
+// down, or stalls) is retried in the background within CleanupBudget.
 func (b *s3Batch) Discard() {
 	b.cancel()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(b.req), s3CleanupTimeout)
-	defer cancel()
+	var left []*s3Removal
 	for _, f := range b.files {
 		f.wg.Wait()
 		if f.buf != nil {
 			b.pool.put(f.buf)
 			f.buf = nil
 		}
-		var err error
-		if f.uploadID != "" && !f.completed {
-			_, err = b.s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{
-				Bucket: aws.String(b.s.Bucket), Key: aws.String(f.key), UploadId: aws.String(f.uploadID)})
-			if f.completing && errors.As(err, new(*types.NoSuchUpload)) {
-				err = nil // completed after all: deleted below
-			}
-		}
-		if f.completing {
-			_, derr := b.s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(b.s.Bucket), Key: aws.String(f.key)})
-			err = errors.Join(err, derr)
-		}
-		if err != nil {
-			b.logger.Error("removing from s3", zap.String("bucket", b.s.Bucket), zap.String("key", f.key), zap.Error(err))
+		r := &s3Removal{key: f.key, uploadID: f.uploadID, abort: f.uploadID != "" && !f.completed, delete: f.completing}
+		if r.abort || r.delete {
+			left = append(left, r)
 		}
 	}
 	b.files = nil
+	if len(left) == 0 {
+		return
+	}
+	ctx := context.WithoutCancel(b.req)
+	deadline := time.Now().Add(time.Duration(b.s.CleanupBudget))
+	for i, r := range left {
+		if b.s.removeOnce(ctx, r, b.logger) {
+			// S3 does not answer: the rest waits for it too.
+			b.s.cleanups.start(func(stop context.Context) { b.s.retryRemovals(stop, left[i:], deadline, b.logger) })
+			return
+		}
+	}
 }
 
 // failure classifies an error of S3 or of waiting on it. The message says

@@ -61,8 +61,10 @@ const (
 // timeouts (client_timeout) or sends slower than min_rate (client_too_slow), 413 when a size or count limit is broken, 415 for a refused content
 // type, 431 for an oversized part header, 499 (logged only) when the client
 // goes away, 502 when the backend cannot be reached or fails mid-stream, or
-// when S3 refuses the credentials or has no such bucket, 503 when no upstream
-// is available or S3 cannot be reached, 504 when the backend times out, 507
+// when S3 refuses the credentials or has no such bucket, or when the backend
+// answered 2xx before it took the whole upload (backend_answered_early), 503
+// when no upstream is available or S3 cannot be reached, 504 when the backend
+// times out or takes no byte of the upload for backend_stall_timeout, 507
 // when the disk store is full. When the site has `handle_errors` routes, the
 // error is returned to them instead.
 //
@@ -153,6 +155,11 @@ type Handler struct {
 	// MinRateGrace is how long a client may send slower than MinRate, or
 	// nothing at all, before it is cut. Default: 20s.
 	MinRateGrace caddy.Duration `json:"min_rate_grace,omitempty"`
+	// BackendStallTimeout is how long a backend may take no byte of an
+	// upload's body (a write to it does not complete) before the upload
+	// ends with 504 (code backend_timeout), its backend connection closed.
+	// Time spent waiting for the client does not count. Default: 1m.
+	BackendStallTimeout caddy.Duration `json:"backend_stall_timeout,omitempty"`
 
 	proxy  *reverseproxy.Handler
 	store  Store
@@ -188,6 +195,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxPartHeaderSize == 0 {
 		h.MaxPartHeaderSize = DefaultMaxPartHeaderSize
+	}
+	if h.BackendStallTimeout == 0 {
+		h.BackendStallTimeout = caddy.Duration(DefaultBackendStallTimeout)
 	}
 
 	if h.MinRate == 0 {
@@ -252,11 +262,12 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("min_rate_grace must not be negative, got %s", time.Duration(h.MinRateGrace))
 	}
 	for name, v := range map[string]int64{
-		"max_body_size":        h.MaxBodySize,
-		"max_part_size":        h.MaxPartSize,
-		"max_field_size":       h.MaxFieldSize,
-		"max_part_header_size": h.MaxPartHeaderSize,
-		"max_parts":            int64(h.MaxParts),
+		"max_body_size":         h.MaxBodySize,
+		"max_part_size":         h.MaxPartSize,
+		"max_field_size":        h.MaxFieldSize,
+		"max_part_header_size":  h.MaxPartHeaderSize,
+		"max_parts":             int64(h.MaxParts),
+		"backend_stall_timeout": int64(h.BackendStallTimeout),
 	} {
 		if v < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", name, v)
