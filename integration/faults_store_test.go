@@ -119,7 +119,7 @@ func (l *testLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// slowUpload posts a form with one file to url, whose first size bytes are
+// heldUpload posts a form with one file to url, whose first size bytes are
 // sent at once; the rest, and the form's end, wait until finish is closed.
 // The answer (status -1 if none) comes on the returned channel.
 func heldUpload(t *testing.T, url string, size int64, finish <-chan struct{}) <-chan answer {
