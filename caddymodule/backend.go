@@ -70,6 +70,10 @@ func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer)
 // its answer is what the client gets, whole.
 func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w io.Writer) error) *uploadError {
 	body := newBackendBody(produce)
+	req := u.backendRequest(body, header)
+	if uerr := u.setRoute(req); uerr != nil {
+		return uerr // before any backend is contacted
+	}
 	w.ended = &body.ended
 	w.sent = time.Now()
 	stop := make(chan struct{})
@@ -80,7 +84,7 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 		// reverse_proxy panics with http.ErrAbortHandler when it cannot
 		// finish a response it began; the producer still ends first.
 		defer func() { panicked = recover() }()
-		return u.h.proxy.ServeHTTP(w, u.backendRequest(body, header), nextNone)
+		return u.h.proxy.ServeHTTP(w, req, nextNone)
 	}()
 
 	if w.status != 0 && !body.ended.Load() && panicked == nil {

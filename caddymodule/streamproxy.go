@@ -134,9 +134,11 @@ type Handler struct {
 	// mode report them in their JSON and metadata. Default: none.
 	Hash []string `json:"hash,omitempty"`
 
-	proxy  *reverseproxy.Handler
-	store  Store
-	logger *zap.Logger
+	proxy    *reverseproxy.Handler
+	proxyErr error          // what checkProxy refused, reported by Validate; proxy is then unprovisioned
+	route    *routeTemplate // the upstreams' path, expanded per request (route.go)
+	store    Store
+	logger   *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -192,15 +194,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
+	if h.proxyErr != nil {
+		return fmt.Errorf("proxy: %w", h.proxyErr)
+	}
 	switch h.Mode {
 	case ModeForward, ModePerPart:
 		if h.proxy == nil {
 			return fmt.Errorf("mode %s needs a backend: set to", h.Mode)
 		}
+		if h.route != nil && h.route.clientValues() && h.Mode != ModePerPart {
+			return fmt.Errorf("upstream path %q: form and part placeholders route only in mode per_part, where each part's request starts once the fields before it were read", h.route.raw)
+		}
 		if h.StoreRaw != nil {
 			return fmt.Errorf("store is for mode store, not %s", h.Mode)
 		}
 	case ModeStore:
+		if h.route != nil && h.route.clientValues() {
+			return fmt.Errorf("upstream path %q: form and part placeholders route only in mode per_part, where each part's request starts once the fields before it were read", h.route.raw)
+		}
 		if h.store == nil {
 			return fmt.Errorf("mode store needs a store: set store")
 		}
@@ -284,11 +295,16 @@ func (h *Handler) provisionProxy(ctx caddy.Context) error {
 		case *reverseproxy.HTTPTransport:
 			rp.Transport = bodyTransport{t}
 		case reverseproxy.BufferedTransport:
-			return fmt.Errorf("transport %T buffers request bodies", t)
+			h.proxyErr = fmt.Errorf("transport %T buffers request bodies", t)
+			return nil
 		default:
 			rp.Transport = t.(http.RoundTripper)
 		}
 	}
+	if h.proxyErr = checkProxy(rp); h.proxyErr != nil {
+		return nil // Validate reports it; nothing is started for a config it refuses
+	}
+	h.liftRoute(rp)
 	if err := rp.Provision(ctx); err != nil {
 		return err
 	}
@@ -298,7 +314,7 @@ func (h *Handler) provisionProxy(ctx caddy.Context) error {
 
 // Cleanup stops the proxy's health checks and releases its upstreams.
 func (h *Handler) Cleanup() error {
-	if h.proxy == nil {
+	if h.proxy == nil || h.proxyErr != nil {
 		return nil
 	}
 	return h.proxy.Cleanup()
