@@ -53,6 +53,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_parts <n>
 //		max_field_size <size>
 //		max_part_header_size <size>
+//		max_form_header_size <size>
 //		allow_fields <name...>
 //		allow_types <mime-pattern...>
 //		hash sha256|sha1|md5|crc32c ...
@@ -144,6 +145,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "max_part_header_size":
 			if err := parseSize(d, &h.MaxPartHeaderSize); err != nil {
+				return err
+			}
+		case "max_form_header_size":
+			if err := parseSize(d, &h.MaxFormHeaderSize); err != nil {
 				return err
 			}
 		case "max_parts":

@@ -33,6 +33,8 @@ type formReader struct {
 	maxPartSize  int64
 	maxFieldSize int64
 	maxHeader    int64
+	maxHeaders   int64 // all part headers of the form together
+	headerBytes  int64 // part header bytes read so far
 	allowFields  []string
 	allowTypes   []string
 	hashNames    []string
@@ -99,6 +101,7 @@ func newFormReader(in *bufio.Reader, src *budgetReader, boundary string, h *Hand
 		maxPartSize:    h.MaxPartSize,
 		maxFieldSize:   h.MaxFieldSize,
 		maxHeader:      h.MaxPartHeaderSize,
+		maxHeaders:     h.MaxFormHeaderSize,
 		allowFields:    h.AllowFields,
 		allowTypes:     h.AllowTypes,
 		hashNames:      h.Hash,
@@ -120,7 +123,11 @@ func (f *formReader) next() (*formPart, error) {
 		f.obs.partEnded(p)
 		f.part = nil
 	}
-	f.src.budget = f.maxHeader + headerSlack
+	// A header read takes no more from the client than the header may
+	// hold: its own limit, or what is left of the form's.
+	left := f.maxHeaders - f.headerBytes
+	formBound := left < f.maxHeader
+	f.src.budget = min(f.maxHeader, left) + headerSlack
 	if f.index == 0 {
 		f.src.budget += maxPreamble // skipped line by line, never held
 	}
@@ -128,6 +135,9 @@ func (f *formReader) next() (*formPart, error) {
 	over := f.src.exhausted
 	f.src.budget = -1
 	if over {
+		if formBound {
+			return nil, f.formHeadersTooLarge(f.index)
+		}
 		return nil, f.headerTooLarge(f.index)
 	}
 	if err == io.EOF {
@@ -148,8 +158,12 @@ func (f *formReader) next() (*formPart, error) {
 	f.index++
 	f.total, f.avail, f.end, f.readErr = 0, 0, nil, nil
 
-	if headerSize(header) > f.maxHeader {
+	size := headerSize(header)
+	if size > f.maxHeader {
 		return nil, f.headerTooLarge(p.Index)
+	}
+	if f.headerBytes += size; f.headerBytes > f.maxHeaders {
+		return nil, f.formHeadersTooLarge(p.Index)
 	}
 	if err := p.parseHeader(); err != nil {
 		return nil, err
@@ -202,6 +216,12 @@ func typeAllowed(contentType string, patterns []string) bool {
 
 func (f *formReader) headerTooLarge(index int) *uploadError {
 	e := limitError(http.StatusRequestHeaderFieldsTooLarge, CodePartHeaderTooBig, "max_part_header_size", f.maxHeader, "part header")
+	e.Part = &partRef{Index: index}
+	return e
+}
+
+func (f *formReader) formHeadersTooLarge(index int) *uploadError {
+	e := limitError(http.StatusRequestHeaderFieldsTooLarge, CodePartHeaderTooBig, "max_form_header_size", f.maxHeaders, "part headers of the form")
 	e.Part = &partRef{Index: index}
 	return e
 }

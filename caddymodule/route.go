@@ -126,8 +126,10 @@ func routeMissing(name string, dropped map[string]bool) *uploadError {
 
 // checkSegment refuses a path segment that is not literal text.
 func checkSegment(seg string, client bool) error {
+	// Some servers (Tomcat, Jetty) drop ;parameters before resolving dots.
+	dots, _, _ := strings.Cut(seg, ";")
 	switch {
-	case seg == "." || seg == "..":
+	case dots == "." || dots == "..":
 		return fmt.Errorf("a %q segment", seg)
 	case seg == "" && client:
 		return errors.New("an empty segment")

@@ -33,6 +33,10 @@ const (
 	DefaultMaxParts          = 1000
 	DefaultMaxFieldSize      = 1 << 20  // 1 MiB
 	DefaultMaxPartHeaderSize = 16 << 10 // 16 KiB
+	// DefaultMaxFormHeaderSize bounds all part headers of one form: a
+	// thousand parts (max_parts) of about 1 KiB of headers each, far more
+	// than any real form (a browser's part header is 100 to 200 bytes).
+	DefaultMaxFormHeaderSize = 1 << 20 // 1 MiB
 	// DefaultWriteBuffer is the http transport's, unless write_buffer is
 	// set: a chunk of up to passSize with its size line and CRLF leaves in
 	// one write; a larger one's bulk is written past the buffer.
@@ -118,6 +122,13 @@ type Handler struct {
 	// Default: 16 KiB.
 	MaxPartHeaderSize int64 `json:"max_part_header_size,omitempty"`
 
+	// MaxFormHeaderSize is the most bytes all part headers of one form may
+	// take together: past it the upload fails with 431 (code
+	// part_header_too_large, limit max_form_header_size), so that a stream
+	// of parts with large headers costs no more than a plain upload.
+	// Default: 1 MiB.
+	MaxFormHeaderSize int64 `json:"max_form_header_size,omitempty"`
+
 	// AllowFields, when set, lists the only part names accepted; a part with
 	// any other name fails the upload with 400 (code field_not_allowed).
 	AllowFields []string `json:"allow_fields,omitempty"`
@@ -170,6 +181,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxPartHeaderSize == 0 {
 		h.MaxPartHeaderSize = DefaultMaxPartHeaderSize
+	}
+	if h.MaxFormHeaderSize == 0 {
+		h.MaxFormHeaderSize = DefaultMaxFormHeaderSize
 	}
 
 	if err := initMetrics(ctx.GetMetricsRegistry()); err != nil {
@@ -234,6 +248,7 @@ func (h *Handler) Validate() error {
 		"max_part_size":        h.MaxPartSize,
 		"max_field_size":       h.MaxFieldSize,
 		"max_part_header_size": h.MaxPartHeaderSize,
+		"max_form_header_size": h.MaxFormHeaderSize,
 		"max_parts":            int64(h.MaxParts),
 	} {
 		if v < 0 {

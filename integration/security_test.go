@@ -1,0 +1,242 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+// uriBackend records the raw request URI of every request, as sent on the
+// wire, and answers 200.
+type uriBackend struct {
+	*httptest.Server
+	mu   sync.Mutex
+	uris []string
+}
+
+func newURIBackend(t *testing.T) *uriBackend {
+	b := &uriBackend{}
+	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		b.mu.Lock()
+		b.uris = append(b.uris, r.RequestURI)
+		b.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"ok":true}`))
+	}))
+	t.Cleanup(b.Close)
+	return b
+}
+
+func (b *uriBackend) take() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := b.uris
+	b.uris = nil
+	return out
+}
+
+// A form value routed into the upstream path is literal text under the
+// prefix: each segment escaped, never decoded; what would move the path is
+// refused with 400 before any backend is contacted. Rows 39-41.
+func TestRouteValuesStayUnderThePrefix(t *testing.T) {
+	be := newURIBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
+	to %s/v1/{http.stream_proxy.form.model}
+	mode per_part
+}`, be.URL))
+	c := newClient(t)
+	for _, tc := range []struct {
+		model string // "" : no model field
+		want  string // the URI the backend gets; "" : refused
+		code  string
+	}{
+		{model: "openai/whisper-large-v3", want: "/v1/openai/whisper-large-v3"},
+		{model: "whisper large", want: "/v1/whisper%20large"},
+		{model: "%2e%2e", want: "/v1/%252e%252e"},
+		{model: "%2e%2e%2fadmin", want: "/v1/%252e%252e%252fadmin"},
+		{model: "..%2Fadmin", want: "/v1/..%252Fadmin"},
+		{model: "%252e%252e%252fadmin", want: "/v1/%25252e%25252e%25252fadmin"},
+		{model: "x?debug=1", want: "/v1/x%3Fdebug=1"},
+		{model: "x#frag", want: "/v1/x%23frag"},
+		{model: "x;y", want: "/v1/x%3By"},
+		{model: "../admin", code: "route_value_invalid"},
+		{model: "..", code: "route_value_invalid"},
+		{model: ".", code: "route_value_invalid"},
+		{model: "a/./b", code: "route_value_invalid"},
+		{model: "a/../../admin", code: "route_value_invalid"},
+		{model: "..;/admin", code: "route_value_invalid"},
+		{model: "..;x", code: "route_value_invalid"},
+		{model: `..\admin`, code: "route_value_invalid"},
+		{model: `a\b`, code: "route_value_invalid"},
+		{model: "/admin", code: "route_value_invalid"},
+		{model: "a//b", code: "route_value_invalid"},
+		{model: "a/", code: "route_value_invalid"},
+		{model: "a\nb", code: "route_value_invalid"},
+		{model: "a\x00b", code: "route_value_invalid"},
+		{model: "a\x7fb", code: "route_value_invalid"},
+		{model: "", code: "route_field_missing"},
+		{model: strings.Repeat("m", 9<<10), code: "route_field_missing"},
+	} {
+		parts := []formPart{{field: "audio", filename: "a.wav", contentType: "audio/wav", size: 100, seed: 1}}
+		if tc.model != "" {
+			parts = append([]formPart{{field: "model", value: tc.model}}, parts...)
+		}
+		res, body := postForm(t, c, gatewayURL+"/upload", parts, false)
+		got := be.take()
+		name := tc.model
+		if len(name) > 40 {
+			name = name[:40] + "…"
+		}
+		if tc.want != "" {
+			if res.StatusCode != 200 || len(got) != 1 || got[0] != tc.want {
+				t.Errorf("model %q: %d %s, backend got %q, want %q", name, res.StatusCode, body, got, tc.want)
+			}
+			continue
+		}
+		if res.StatusCode != http.StatusBadRequest || decodeError(t, body).Error.Code != tc.code {
+			t.Errorf("model %q: %d %s, want 400 %s", name, res.StatusCode, body, tc.code)
+		}
+		if len(got) != 0 {
+			t.Errorf("model %q: the backend was contacted: %q", name, got)
+		}
+	}
+}
+
+// The configured query stays as configured; the client's never rides along
+// when to has a path.
+func TestRouteKeepsConfiguredQuery(t *testing.T) {
+	be := newURIBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /a* {
+	to %s/v1/{http.stream_proxy.form.model}?task=asr
+	mode per_part
+}
+stream_proxy /b* {
+	to %s/v2/{http.stream_proxy.part.field}
+	mode per_part
+}`, be.URL, be.URL))
+	c := newClient(t)
+	parts := []formPart{{field: "model", value: "x?debug=1&y"}, {field: "audio", filename: "a.wav", size: 10, seed: 1}}
+	if res, body := postForm(t, c, gatewayURL+"/a?admin=1", parts, false); res.StatusCode != 200 {
+		t.Fatalf("status %d: %s", res.StatusCode, body)
+	}
+	if got := be.take(); len(got) != 1 || got[0] != "/v1/x%3Fdebug=1&y?task=asr" {
+		t.Errorf("backend got %q", got)
+	}
+	if res, body := postForm(t, c, gatewayURL+"/b?admin=1", parts, false); res.StatusCode != 200 {
+		t.Fatalf("status %d: %s", res.StatusCode, body)
+	}
+	if got := be.take(); len(got) != 1 || got[0] != "/v2/audio" {
+		t.Errorf("backend got %q", got)
+	}
+}
+
+// validateConfig does what `caddy validate` does: adapt (for a Caddyfile),
+// load every module, provision and validate, without serving.
+func validateConfig(t *testing.T, config, adapter string) error {
+	t.Helper()
+	cfgJSON := []byte(config)
+	if adapter != "" {
+		var err error
+		cfgJSON, _, err = caddyconfig.GetAdapter(adapter).Adapt(cfgJSON, nil)
+		if err != nil {
+			return err
+		}
+	}
+	var cfg caddy.Config
+	if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	return caddy.Validate(&cfg)
+}
+
+// A form or part placeholder never names an upstream's address, and a JSON
+// config is held to the Caddyfile's rules. Rows 42 and 44.
+func TestValidateRefusesWhatTheCaddyfileRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name, adapter, config, want string
+	}{
+		{"host placeholder", "caddyfile", `:0 {
+	stream_proxy /u* {
+		to http://{http.stream_proxy.form.host}/v1
+		mode per_part
+	}
+}`, "dynamic upstreams"},
+		{"host and port placeholder, no scheme", "caddyfile", `:0 {
+	stream_proxy /u* {
+		to {http.stream_proxy.form.host}:{http.stream_proxy.form.port}
+		mode per_part
+	}
+}`, "scheme, host or port"},
+		{"part placeholder in host", "caddyfile", `:0 {
+	stream_proxy /u* http://{http.stream_proxy.part.filename}
+}`, "scheme, host or port"},
+		{"no upstream", "caddyfile", `:0 {
+	stream_proxy /a* {
+		lb_policy least_conn
+	}
+}`, "no upstream"},
+		{"form placeholder in forward mode's path", "caddyfile", `:0 {
+	stream_proxy /u* http://127.0.0.1:1/v1/{http.stream_proxy.form.model}
+}`, "only in mode per_part"},
+		{"request_buffers", "", proxyJSON(`"request_buffers": 4096`), "request_buffers"},
+		{"response_buffers", "", proxyJSON(`"response_buffers": 4096`), "response_buffers"},
+		{"handle_response", "", proxyJSON(`"handle_response": [{"routes": []}]`), "handle_response"},
+		{"rewrite method", "", proxyJSON(`"rewrite": {"method": "GET", "uri": "/x?"}`), "rewrite"},
+		{"rewrite strip", "", proxyJSON(`"rewrite": {"strip_path_prefix": "/x"}`), "rewrite"},
+		{"stream_timeout", "", proxyJSON(`"stream_timeout": 1000000000`), "stream_timeout"},
+		{"json host placeholder", "", strings.Replace(proxyJSON(""), `"127.0.0.1:1"`, `"{http.stream_proxy.form.host}:80"`, 1), "dynamic upstreams"},
+		{"json port placeholder", "", strings.Replace(proxyJSON(""), `"127.0.0.1:1"`, `"127.0.0.1:{http.stream_proxy.part.index}"`, 1), "scheme, host or port"},
+		{"json no upstream", "", strings.Replace(proxyJSON(""), `"upstreams": [{"dial": "127.0.0.1:1"}]`, `"load_balancing": {"selection_policy": {"policy": "least_conn"}}`, 1), "no upstream"},
+		{"fastcgi transport", "", proxyJSON(`"transport": {"protocol": "fastcgi"}`), "buffers request bodies"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := validateConfig(t, tc.config, tc.adapter)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("validate: %v, want an error saying %q", err, tc.want)
+			}
+		})
+	}
+	// What stays allowed: env placeholders in hosts, form placeholders in
+	// per_part's path, the path's rewrite JSON as the Caddyfile writes it.
+	for _, ok := range []string{
+		`:0 {
+	stream_proxy /u* http://{env.SP_NO_SUCH_HOST}:9000/v1
+}`,
+		`:0 {
+	stream_proxy /u* {
+		to http://127.0.0.1:1/v1/{http.stream_proxy.form.model}?x=1
+		mode per_part
+	}
+}`,
+	} {
+		if err := validateConfig(t, ok, "caddyfile"); err != nil {
+			t.Errorf("validate %s: %v", ok, err)
+		}
+	}
+	if err := validateConfig(t, proxyJSON(`"rewrite": {"uri": "/upload?"}`), ""); err != nil {
+		t.Errorf("validate the Caddyfile's own rewrite: %v", err)
+	}
+}
+
+// proxyJSON is a JSON config with a stream_proxy whose embedded proxy has
+// one upstream and extra, a JSON member or nothing.
+func proxyJSON(extra string) string {
+	if extra != "" {
+		extra = ", " + extra
+	}
+	return `{"apps": {"http": {"servers": {"s": {"listen": [":0"], "routes": [{"handle": [{
+	"handler": "stream_proxy",
+	"proxy": {"handler": "reverse_proxy", "upstreams": [{"dial": "127.0.0.1:1"}]` + extra + `}
+}]}]}}}}}`
+}
