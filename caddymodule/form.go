@@ -10,6 +10,8 @@ import (
 	"net/textproto"
 	"slices"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // formReader reads a multipart/form-data body strictly and with limits, one
@@ -469,11 +471,24 @@ func identityEncoding(cte string) bool {
 // one with a control character, which only RFC 2231's name*= can carry, and
 // which would end the header line (CR, LF) or make the backend's parser
 // refuse the header. Other parameters go as they came (disposition).
+//
+// Every other header value is checked as a transport would, so that a
+// value no backend may be sent is the client's 400 in every mode.
 func (p *formPart) forwardable() error {
-	if strings.ContainsFunc(p.Field, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) {
-		e := malformed(fmt.Errorf("part %d: a name with a control character cannot be forwarded", p.Index))
+	bad := func(what string) error {
+		e := malformed(fmt.Errorf("part %d: %s cannot be forwarded", p.Index, what))
 		e.Part = p.ref()
 		return e
+	}
+	if strings.ContainsFunc(p.Field, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) {
+		return bad("a name with a control character")
+	}
+	for k, vs := range p.Header {
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return bad("its " + k + " header, with a control character,")
+			}
+		}
 	}
 	return nil
 }

@@ -1,14 +1,19 @@
 package integration
 
 import (
+	"bufio"
+	"crypto/md5"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -239,4 +244,154 @@ func proxyJSON(extra string) string {
 	"handler": "stream_proxy",
 	"proxy": {"handler": "reverse_proxy", "upstreams": [{"dial": "127.0.0.1:1"}]` + extra + `}
 }]}]}}}}}`
+}
+
+// faultForm is a one-file form under the boundary "b": a header of its own
+// (Content-Disposition and more) and data; closed unless open.
+func faultForm(header, data string, closed bool) string {
+	s := "--b\r\n" + header + "\r\n\r\n" + data
+	if closed {
+		s += "\r\n--b--\r\n"
+	}
+	return s
+}
+
+// sendRaw writes a whole request on a new connection and returns the status
+// line's code (0 if the connection ended first).
+func sendRaw(t *testing.T, request string) int {
+	t.Helper()
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", httpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, request); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	return res.StatusCode
+}
+
+// A client's fault, in every mode, is a 4xx decided before it reaches a
+// transport, and never counts against the upstream: with max_fails 1 and a
+// long fail_duration, the next clean upload still gets 200. Rows 30 and 43.
+func TestClientFaultsNeverCountAgainstTheBackend(t *testing.T) {
+	be := newURIBackend(t)
+	dir := t.TempDir()
+	common := fmt.Sprintf(`to %s
+	max_part_size 1KiB
+	max_fails 1
+	fail_duration 10m`, be.URL)
+	startGateway(t, fmt.Sprintf(`stream_proxy /forward* {
+	%s
+}
+stream_proxy /per_part* {
+	%s
+	mode per_part
+}
+stream_proxy /store* {
+	%s
+	mode store
+	store %s
+}`, common, common, common, dir))
+
+	file := `Content-Disposition: form-data; name="audio"; filename="a.wav"`
+	clean := faultForm(file, "data", true)
+	request := func(path, body string, extra string) string {
+		return fmt.Sprintf("POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\n%s", path, extra) +
+			fmt.Sprintf("Content-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+	}
+	faults := []struct {
+		name   string
+		req    func(path string) string
+		status int // 0: the client is gone, no answer is read
+		code   string
+	}{
+		{"malformed body", func(p string) string { return request(p, faultForm(file, "data", false), "") }, 400, "malformed_multipart"},
+		{"broken limit", func(p string) string { return request(p, faultForm(file, strings.Repeat("x", 4096), true), "") }, 413, "part_too_large"},
+		{"digest mismatch", func(p string) string {
+			return request(p, faultForm(file+"\r\nContent-MD5: "+md5Base64("other"), "data", true), "")
+		}, 400, "digest_mismatch"},
+		{"control characters in a name", func(p string) string {
+			return request(p, faultForm(`Content-Disposition: form-data; name*=utf-8''au%0D%0AX-Injected%3A%201; filename="a.wav"`, "data", true), "")
+		}, 400, "malformed_multipart"},
+		{"control characters in a filename", func(p string) string {
+			return request(p, faultForm("Content-Disposition: form-data; name=\"audio\"; filename=\"a\x01b.wav\"", "data", true), "")
+		}, 400, "malformed_multipart"},
+		{"control characters in another header", func(p string) string {
+			return request(p, faultForm(file+"\r\nX-Note: a\x01b", "data", true), "")
+		}, 400, "malformed_multipart"},
+		{"bad part transfer encoding", func(p string) string {
+			return request(p, faultForm(file+"\r\nContent-Transfer-Encoding: base64", "ZGF0YQ==", true), "")
+		}, 400, "content_transfer_encoding"},
+		{"bad chunked encoding", func(p string) string {
+			return fmt.Sprintf("POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\n", p) +
+				"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n10\r\n" + clean[:16] + "\r\nzz\r\n"
+		}, -1, ""},
+		{"client vanishes", func(p string) string {
+			body := faultForm(file, strings.Repeat("x", 500), false)
+			return fmt.Sprintf("POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n%s", p, body)
+		}, 0, "client_gone"},
+	}
+	c := newClient(t)
+	for _, mode := range []string{"forward", "per_part", "store"} {
+		for _, f := range faults {
+			path := "/" + mode
+			before := metricValue(t, "caddy_stream_proxy_rejections_total", `mode="`+mode+`"`, `reason="client_gone"`)
+			switch f.status {
+			case 0: // write, then close without waiting for an answer
+				conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", httpPort))
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, _ = io.WriteString(conn, f.req(path))
+				conn.Close()
+				// Wait for the gateway to log the upload as the client's (499).
+				for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+					if metricValue(t, "caddy_stream_proxy_rejections_total", `mode="`+mode+`"`, `reason="client_gone"`) > before {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("%s, %s: the upload never ended as client_gone", mode, f.name)
+					}
+				}
+			case -1: // the server refuses it, or the gateway takes it for a client gone
+				if got := sendRaw(t, f.req(path)); got != 0 && (got < 400 || got >= 500) {
+					t.Errorf("%s, %s: status %d, want a 4xx", mode, f.name, got)
+				}
+			default:
+				conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", httpPort))
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, _ = io.WriteString(conn, f.req(path))
+				res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+				if err != nil {
+					conn.Close()
+					t.Fatalf("%s, %s: %v", mode, f.name, err)
+				}
+				body, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				conn.Close()
+				if res.StatusCode != f.status || decodeError(t, body).Error.Code != f.code {
+					t.Errorf("%s, %s: %d %s, want %d %s", mode, f.name, res.StatusCode, body, f.status, f.code)
+				}
+			}
+			res, body := postRawTo(t, c, gatewayURL+path, "multipart/form-data; boundary=b", []byte(clean))
+			if res.StatusCode != 200 {
+				t.Errorf("%s, after %s: the clean upload got %d %s", mode, f.name, res.StatusCode, body)
+			}
+		}
+	}
+	be.take()
+}
+
+func md5Base64(s string) string {
+	sum := md5.Sum([]byte(s))
+	return base64.StdEncoding.EncodeToString(sum[:])
 }
