@@ -62,6 +62,9 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 
 		sf, err := st.batch.Create(FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType})
 		if err != nil {
+			if ue, ok := err.(*uploadError); ok && ue.Part == nil && ue.Status < 500 {
+				ue.Part = p.ref()
+			}
 			return asStoreError(err)
 		}
 		stop := st.boundIdle()

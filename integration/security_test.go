@@ -395,3 +395,30 @@ func md5Base64(s string) string {
 	sum := md5.Sum([]byte(s))
 	return base64.StdEncoding.EncodeToString(sum[:])
 }
+
+// store s3: a file whose metadata would pass S3's 2 KB is the client's 400,
+// decided before any of it goes to S3; nothing is left in the bucket. A
+// name that fits is stored. Row 45.
+func TestS3StoreRefusesOversizedMetadata(t *testing.T) {
+	s := startS3(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
+	mode store
+	hash sha256
+	%s
+}`, s.site(t, s.endpoint, "")))
+	c := newClient(t)
+	long := strings.Repeat("é", 350) + ".wav" // 2,104 bytes once percent-encoded
+	res, body := postForm(t, c, gatewayURL+"/upload", []formPart{
+		{field: "a", filename: "first.wav", size: 6 << 20, seed: 1},
+		{field: "audio", filename: long, size: 1 << 20, seed: 2},
+	}, true)
+	e := expectRefusal(t, res, body, http.StatusBadRequest, "metadata_too_large", "")
+	expectPart(t, e, 1, "audio", long)
+	s.empty(t)
+
+	fits := strings.Repeat("é", 300) + ".wav"
+	res, body = postForm(t, c, gatewayURL+"/upload", []formPart{{field: "audio", filename: fits, size: 1 << 20, seed: 2}}, true)
+	if res.StatusCode != http.StatusCreated {
+		t.Fatalf("a name that fits: %d %s", res.StatusCode, body)
+	}
+}
