@@ -422,3 +422,88 @@ func TestS3StoreRefusesOversizedMetadata(t *testing.T) {
 		t.Fatalf("a name that fits: %d %s", res.StatusCode, body)
 	}
 }
+
+// All part headers of one form share one budget: past it, 431. Row 46.
+func TestFormHeaderBudget(t *testing.T) {
+	be := newURIBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /small* {
+	to %s
+	max_form_header_size 64KiB
+}
+stream_proxy /default* {
+	to %s
+}`, be.URL, be.URL))
+	c := newClient(t)
+	form := func(parts int, pad int) []byte {
+		var sb strings.Builder
+		for i := 0; i < parts; i++ {
+			fmt.Fprintf(&sb, "--b\r\nContent-Disposition: form-data; name=\"f%d\"\r\nX-Pad: %s\r\n\r\nx\r\n", i, strings.Repeat("p", pad))
+		}
+		sb.WriteString("--b--\r\n")
+		return []byte(sb.String())
+	}
+	for _, tc := range []struct {
+		path       string
+		parts, pad int
+		status     int
+	}{
+		{"/small", 5, 10 << 10, 200},
+		{"/small", 7, 10 << 10, 431},
+		{"/default", 999, 100, 200},          // a thousand parts of modest headers fit
+		{"/default", 999, 15<<10 + 512, 431}, // 15.5 KiB headers do not
+	} {
+		res, body := postRawTo(t, c, gatewayURL+tc.path, "multipart/form-data; boundary=b", form(tc.parts, tc.pad))
+		if tc.status == 200 {
+			if res.StatusCode != 200 {
+				t.Errorf("%s, %d parts with %d-byte headers: %d %s", tc.path, tc.parts, tc.pad, res.StatusCode, body)
+			}
+			continue
+		}
+		expectRefusal(t, res, body, http.StatusRequestHeaderFieldsTooLarge, "part_header_too_large", "max_form_header_size")
+	}
+}
+
+// The admin API's list, polled while uploads start and end, reads nothing
+// an upload writes unguarded (run with -race).
+func TestAdminPolledWhileUploadsRun(t *testing.T) {
+	be := newURIBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
+	to %s
+}
+stream_proxy /part* {
+	to %s
+	mode per_part
+}`, be.URL, be.URL))
+	stop := make(chan struct{})
+	polled := make(chan int)
+	go func() {
+		n := 0
+		defer func() { polled <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			res, err := http.Get(fmt.Sprintf("http://localhost:%d/stream_proxy/uploads", adminPort))
+			if err != nil {
+				continue
+			}
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			n++
+		}
+	}()
+	c := newClient(t)
+	for i := 0; i < 30; i++ {
+		path := []string{"/upload", "/part"}[i%2]
+		res, body := postForm(t, c, gatewayURL+path, []formPart{{field: "m", value: "x"}, {field: "f", filename: "a.bin", size: 256 << 10, seed: uint64(i)}}, i%3 == 0)
+		if res.StatusCode != 200 {
+			t.Errorf("upload %d: %d %s", i, res.StatusCode, body)
+		}
+	}
+	close(stop)
+	if n := <-polled; n == 0 {
+		t.Error("the admin API was never polled")
+	}
+}
