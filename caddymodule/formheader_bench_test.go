@@ -52,6 +52,8 @@ func BenchmarkFormHeaders(b *testing.B) {
 	}{
 		{"plain", plain.Bytes(), pw.FormDataContentType(), 0},
 		{"hostile", hostile.Bytes(), hw.FormDataContentType(), 0},
+		{"hostile-256KiB", hostile.Bytes(), hw.FormDataContentType(), 256 << 10},
+		{"hostile-1MiB", hostile.Bytes(), hw.FormDataContentType(), 1 << 20},
 		{"hostile-unbounded", hostile.Bytes(), hw.FormDataContentType(), 1 << 40},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
@@ -89,6 +91,7 @@ func BenchmarkFormHeaders(b *testing.B) {
 			var after runtime.MemStats
 			runtime.ReadMemStats(&after)
 			b.ReportMetric((float64(peak.Load())-float64(before.HeapInuse))/streams/1024, "heap-KiB/stream")
+			b.ReportMetric(float64(peak.Load())/(1<<20), "peak-heap-MiB")
 			b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/float64(b.N)/streams/1024, "alloc-KiB/stream")
 		})
 	}

@@ -33,10 +33,12 @@ const (
 	DefaultMaxParts          = 1000
 	DefaultMaxFieldSize      = 1 << 20  // 1 MiB
 	DefaultMaxPartHeaderSize = 16 << 10 // 16 KiB
-	// DefaultMaxFormHeaderSize bounds all part headers of one form: a
-	// thousand parts (max_parts) of about 1 KiB of headers each, far more
-	// than any real form (a browser's part header is 100 to 200 bytes).
-	DefaultMaxFormHeaderSize = 1 << 20 // 1 MiB
+	// DefaultMaxFormHeaderSize bounds all part headers of one form: the
+	// default max_parts with 512 bytes of headers each, more than a browser
+	// sends even for a folder of files with long paths (a part header is
+	// 100 to 300 bytes), and small enough that a stream of large part
+	// headers costs about what a plain upload does.
+	DefaultMaxFormHeaderSize = 512 << 10 // 512 KiB
 	// DefaultWriteBuffer is the http transport's, unless write_buffer is
 	// set: a chunk of up to passSize with its size line and CRLF leaves in
 	// one write; a larger one's bulk is written past the buffer.
@@ -126,7 +128,7 @@ type Handler struct {
 	// take together: past it the upload fails with 431 (code
 	// part_header_too_large, limit max_form_header_size), so that a stream
 	// of parts with large headers costs no more than a plain upload.
-	// Default: 1 MiB.
+	// Default: 512 KiB.
 	MaxFormHeaderSize int64 `json:"max_form_header_size,omitempty"`
 
 	// AllowFields, when set, lists the only part names accepted; a part with
