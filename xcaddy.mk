@@ -82,7 +82,9 @@ browser-deps:
 unit: $(VERSITYGW)
 	test -z "$$(gofmt -l caddymodule cmd integration)" || { gofmt -l caddymodule cmd integration; exit 1; }
 	go vet ./...
-	SP_VERSITYGW=$(VERSITYGW) go test -count=1 -timeout 20m ./...
+	# The handler and its end-to-end tests under the race detector; the rest plain.
+	SP_VERSITYGW=$(VERSITYGW) go test -race -count=1 -timeout 25m ./caddymodule/ ./integration/
+	SP_VERSITYGW=$(VERSITYGW) go test -count=1 -timeout 20m $$(go list ./... | grep -v -e '/caddymodule$$' -e '/integration$$')
 
 ## check-binary: the xcaddy build lists the module and adapts the example
 check-binary: build

@@ -79,6 +79,10 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 	stall := newStallTimer(time.Duration(u.h.BackendStallTimeout), cancel)
 	defer stall.stop()
 	body := newBackendBody(produce, stall)
+	req := u.backendRequest(ctx, body, header)
+	if uerr := u.setRoute(req); uerr != nil {
+		return uerr // before any backend is contacted
+	}
 	w.body = body
 	w.sent = time.Now()
 	if w.client != nil {
@@ -92,7 +96,7 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 		// reverse_proxy panics with http.ErrAbortHandler when it cannot
 		// finish a response it began; the producer still ends first.
 		defer func() { panicked = recover() }()
-		return u.h.proxy.ServeHTTP(w, u.backendRequest(ctx, body, header), nextNone)
+		return u.h.proxy.ServeHTTP(w, req, nextNone)
 	}()
 
 	if w.status != 0 && !body.ended.Load() && panicked == nil {

@@ -54,6 +54,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_parts <n>
 //		max_field_size <size>
 //		max_part_header_size <size>
+//		max_form_header_size <size>
 //		allow_fields <name...>
 //		allow_types <mime-pattern...>
 //		verify_types
@@ -167,6 +168,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.BackendStallTimeout = caddy.Duration(dur)
 			if d.NextArg() {
 				return d.ArgErr()
+			}
+		case "max_form_header_size":
+			if err := parseSize(d, &h.MaxFormHeaderSize); err != nil {
+				return err
 			}
 		case "max_parts":
 			if !d.NextArg() {

@@ -76,12 +76,13 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				max_parts 50
 				max_field_size 1KiB
 				max_part_header_size 8KiB
+				max_form_header_size 256KiB
 				header_up X-Tenant {http.request.header.X-Tenant}
 				header_up -Cookie
 			}`,
 			want: `{"proxy":{"handler":"reverse_proxy","headers":{"request":{"delete":["Cookie"],"set":{"X-Tenant":["{http.request.header.X-Tenant}"]}}},` +
 				`"upstreams":[{"dial":"{env.BACKEND}:9000"}]},"mode":"forward",` +
-				`"max_body_size":10737418240,"max_part_size":512000,"max_parts":50,"max_field_size":1024,"max_part_header_size":8192}`,
+				`"max_body_size":10737418240,"max_part_size":512000,"max_parts":50,"max_field_size":1024,"max_part_header_size":8192,"max_form_header_size":262144}`,
 		},
 		{
 			name: "transport block",

@@ -27,7 +27,6 @@ func (u *upload) checkRequest() *uploadError {
 // openBody starts reading the client's body through a pooled buffer.
 // The caller must call closeBody.
 func (u *upload) openBody() *formReader {
-	u.body = &clientBody{r: u.r.Body, max: u.h.MaxBodySize, pace: u.newPacer()}
 	src := &budgetReader{r: u.body, budget: -1}
 	_, pooled := u.h.store.(idleBounder) // see idleBounder
 	u.bufs = takeBufs(pooled || (u.r.ContentLength >= 0 && u.r.ContentLength < smallBody))

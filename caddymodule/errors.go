@@ -37,9 +37,10 @@ const (
 	CodeDigestMismatch       = "digest_mismatch"
 	CodeStorageFull          = "insufficient_storage"
 	CodeStoreFailed          = "store_failed"
-	CodeStoreUnavailable     = "store_unavailable" // S3 unreachable, failing (5xx) or stalled
-	CodeStoreDenied          = "store_denied"      // S3 refused the gateway's credentials
-	CodeStoreNoBucket        = "store_no_bucket"   // the S3 bucket does not exist
+	CodeStoreUnavailable     = "store_unavailable"  // S3 unreachable, failing (5xx) or stalled
+	CodeStoreDenied          = "store_denied"       // S3 refused the gateway's credentials
+	CodeStoreNoBucket        = "store_no_bucket"    // the S3 bucket does not exist
+	CodeMetadataTooLarge     = "metadata_too_large" // a file's name would pass the store's metadata limit
 )
 
 // statusClientClosed is logged when the client went away; nobody reads it.

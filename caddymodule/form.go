@@ -10,6 +10,8 @@ import (
 	"net/textproto"
 	"slices"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // formReader reads a multipart/form-data body strictly and with limits, one
@@ -33,6 +35,8 @@ type formReader struct {
 	maxPartSize  int64
 	maxFieldSize int64
 	maxHeader    int64
+	maxHeaders   int64 // all part headers of the form together
+	headerBytes  int64 // part header bytes read so far
 	allowFields  []string
 	allowTypes   []string
 	verifyTypes  bool
@@ -109,6 +113,7 @@ func newFormReader(in *bufio.Reader, src *budgetReader, boundary string, h *Hand
 		maxPartSize:    h.MaxPartSize,
 		maxFieldSize:   h.MaxFieldSize,
 		maxHeader:      h.MaxPartHeaderSize,
+		maxHeaders:     h.MaxFormHeaderSize,
 		allowFields:    h.AllowFields,
 		allowTypes:     h.AllowTypes,
 		verifyTypes:    h.VerifyTypes,
@@ -131,7 +136,11 @@ func (f *formReader) next() (*formPart, error) {
 		f.obs.partEnded(p)
 		f.part = nil
 	}
-	f.src.budget = f.maxHeader + headerSlack
+	// A header read takes no more from the client than the header may
+	// hold: its own limit, or what is left of the form's.
+	left := f.maxHeaders - f.headerBytes
+	formBound := left < f.maxHeader
+	f.src.budget = min(f.maxHeader, left) + headerSlack
 	if f.index == 0 {
 		f.src.budget += maxPreamble // skipped line by line, never held
 	}
@@ -139,6 +148,9 @@ func (f *formReader) next() (*formPart, error) {
 	over := f.src.exhausted
 	f.src.budget = -1
 	if over {
+		if formBound {
+			return nil, f.formHeadersTooLarge(f.index)
+		}
 		return nil, f.headerTooLarge(f.index)
 	}
 	if err == io.EOF {
@@ -159,8 +171,12 @@ func (f *formReader) next() (*formPart, error) {
 	f.index++
 	f.total, f.avail, f.end, f.readErr = 0, 0, nil, nil
 
-	if headerSize(header) > f.maxHeader {
+	size := headerSize(header)
+	if size > f.maxHeader {
 		return nil, f.headerTooLarge(p.Index)
+	}
+	if f.headerBytes += size; f.headerBytes > f.maxHeaders {
+		return nil, f.formHeadersTooLarge(p.Index)
 	}
 	if err := p.parseHeader(); err != nil {
 		return nil, err
@@ -222,6 +238,12 @@ func typeAllowed(contentType string, patterns []string) bool {
 
 func (f *formReader) headerTooLarge(index int) *uploadError {
 	e := limitError(http.StatusRequestHeaderFieldsTooLarge, CodePartHeaderTooBig, "max_part_header_size", f.maxHeader, "part header")
+	e.Part = &partRef{Index: index}
+	return e
+}
+
+func (f *formReader) formHeadersTooLarge(index int) *uploadError {
+	e := limitError(http.StatusRequestHeaderFieldsTooLarge, CodePartHeaderTooBig, "max_form_header_size", f.maxHeaders, "part headers of the form")
 	e.Part = &partRef{Index: index}
 	return e
 }
@@ -473,11 +495,24 @@ func identityEncoding(cte string) bool {
 // one with a control character, which only RFC 2231's name*= can carry, and
 // which would end the header line (CR, LF) or make the backend's parser
 // refuse the header. Other parameters go as they came (disposition).
+//
+// Every other header value is checked as a transport would, so that a
+// value no backend may be sent is the client's 400 in every mode.
 func (p *formPart) forwardable() error {
-	if strings.ContainsFunc(p.Field, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) {
-		e := malformed(fmt.Errorf("part %d: a name with a control character cannot be forwarded", p.Index))
+	bad := func(what string) error {
+		e := malformed(fmt.Errorf("part %d: %s cannot be forwarded", p.Index, what))
 		e.Part = p.ref()
 		return e
+	}
+	if strings.ContainsFunc(p.Field, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) {
+		return bad("a name with a control character")
+	}
+	for k, vs := range p.Header {
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return bad("its " + k + " header, with a control character,")
+			}
+		}
 	}
 	return nil
 }

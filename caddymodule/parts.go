@@ -89,6 +89,14 @@ func (u *upload) readField(p *formPart) error {
 	if keep {
 		u.fieldBytes += buf.Len()
 		u.repl.Set(placeholderPrefix+"form."+p.Field, buf.String())
+		delete(u.droppedFields, p.Field)
+	} else {
+		// An earlier value of the field must not route in its place.
+		u.repl.Delete(placeholderPrefix + "form." + p.Field)
+		if u.droppedFields == nil {
+			u.droppedFields = make(map[string]bool)
+		}
+		u.droppedFields[p.Field] = true
 	}
 	return nil
 }

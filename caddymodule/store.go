@@ -61,6 +61,9 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 
 		sf, err := st.batch.Create(FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType, DetectedType: p.DetectedType})
 		if err != nil {
+			if ue, ok := err.(*uploadError); ok && ue.Part == nil && ue.Status < 500 {
+				ue.Part = p.ref()
+			}
 			return asStoreError(err)
 		}
 		stop := st.boundIdle()

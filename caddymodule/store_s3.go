@@ -54,7 +54,20 @@ const (
 	// DefaultS3CleanupBudget bounds how long the aborts and deletes after a
 	// failure are retried.
 	DefaultS3CleanupBudget = 2 * time.Minute
+	// maxS3Metadata is S3's bound on an object's user metadata: the UTF-8
+	// bytes of every key and value.
+	maxS3Metadata = 2 << 10
 )
+
+// s3DigestMetadata is the most metadata the digests can add once a file
+// has ended: every algorithm's name and hex digest.
+var s3DigestMetadata = func() int {
+	n := 0
+	for name, h := range hashes {
+		n += len(name) + 2*h().Size()
+	}
+	return n
+}()
 
 // s3OpTimeout bounds each call to S3, so that a stalled server fails the
 // upload instead of holding it. A variable for the tests.
@@ -448,7 +461,15 @@ type s3File struct {
 // that an unreachable server, refused credentials or a missing bucket fail
 // the upload before the file's bytes are read. No request to S3 is made
 // for the file itself until it has a part's worth of data, or has ended.
+//
+// A file whose metadata (its field and filename, percent-encoded, and room
+// for its digests) would pass S3's 2 KB is refused with 400 here, before
+// any of it goes to S3: S3 would refuse it only once its data had come.
 func (b *s3Batch) Create(info FileInfo) (StoredFile, error) {
+	if size := (&s3File{info: info}).metadataSize() + s3DigestMetadata; size > maxS3Metadata {
+		return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeMetadataTooLarge, Limit: "s3 user metadata",
+			Message: fmt.Sprintf("the file's name and field, percent-encoded, take %d bytes of metadata, more than the store's %d", size-s3DigestMetadata, maxS3Metadata-s3DigestMetadata)}
+	}
 	if !b.ready {
 		ctx, cancel := context.WithTimeout(b.ctx, s3OpTimeout)
 		_, err := b.s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(b.s.Bucket)})
@@ -615,6 +636,16 @@ func (f *s3File) metadata() (meta map[string]string, contentType string) {
 		contentType = "application/octet-stream"
 	}
 	return meta, contentType
+}
+
+// metadataSize is the size S3 counts of the metadata known now.
+func (f *s3File) metadataSize() int {
+	meta, _ := f.metadata()
+	n := 0
+	for k, v := range meta {
+		n += len(k) + len(v)
+	}
+	return n
 }
 
 // create starts the file's multipart upload, with its metadata.

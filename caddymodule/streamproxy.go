@@ -34,6 +34,12 @@ const (
 	DefaultMaxParts          = 1000
 	DefaultMaxFieldSize      = 1 << 20  // 1 MiB
 	DefaultMaxPartHeaderSize = 16 << 10 // 16 KiB
+	// DefaultMaxFormHeaderSize bounds all part headers of one form: the
+	// default max_parts with 512 bytes of headers each, more than a browser
+	// sends even for a folder of files with long paths (a part header is
+	// 100 to 300 bytes), and small enough that a stream of large part
+	// headers costs about what a plain upload does.
+	DefaultMaxFormHeaderSize = 512 << 10 // 512 KiB
 	// DefaultWriteBuffer is the http transport's, unless write_buffer is
 	// set: a chunk of up to passSize with its size line and CRLF leaves in
 	// one write; a larger one's bulk is written past the buffer.
@@ -122,6 +128,13 @@ type Handler struct {
 	// Default: 16 KiB.
 	MaxPartHeaderSize int64 `json:"max_part_header_size,omitempty"`
 
+	// MaxFormHeaderSize is the most bytes all part headers of one form may
+	// take together: past it the upload fails with 431 (code
+	// part_header_too_large, limit max_form_header_size), so that a stream
+	// of parts with large headers costs no more than a plain upload.
+	// Default: 512 KiB.
+	MaxFormHeaderSize int64 `json:"max_form_header_size,omitempty"`
+
 	// AllowFields, when set, lists the only part names accepted; a part with
 	// any other name fails the upload with 400 (code field_not_allowed).
 	AllowFields []string `json:"allow_fields,omitempty"`
@@ -161,9 +174,11 @@ type Handler struct {
 	// Time spent waiting for the client does not count. Default: 1m.
 	BackendStallTimeout caddy.Duration `json:"backend_stall_timeout,omitempty"`
 
-	proxy  *reverseproxy.Handler
-	store  Store
-	logger *zap.Logger
+	proxy    *reverseproxy.Handler
+	proxyErr error          // what checkProxy refused, reported by Validate; proxy is then unprovisioned
+	route    *routeTemplate // the upstreams' path, expanded per request (route.go)
+	store    Store
+	logger   *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -206,6 +221,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MinRateGrace == 0 {
 		h.MinRateGrace = caddy.Duration(DefaultMinRateGrace)
 	}
+	if h.MaxFormHeaderSize == 0 {
+		h.MaxFormHeaderSize = DefaultMaxFormHeaderSize
+	}
 
 	if err := initMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
@@ -229,15 +247,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
+	if h.proxyErr != nil {
+		return fmt.Errorf("proxy: %w", h.proxyErr)
+	}
 	switch h.Mode {
 	case ModeForward, ModePerPart:
 		if h.proxy == nil {
 			return fmt.Errorf("mode %s needs a backend: set to", h.Mode)
 		}
+		if h.route != nil && h.route.clientValues() && h.Mode != ModePerPart {
+			return fmt.Errorf("upstream path %q: form and part placeholders route only in mode per_part, where each part's request starts once the fields before it were read", h.route.raw)
+		}
 		if h.StoreRaw != nil {
 			return fmt.Errorf("store is for mode store, not %s", h.Mode)
 		}
 	case ModeStore:
+		if h.route != nil && h.route.clientValues() {
+			return fmt.Errorf("upstream path %q: form and part placeholders route only in mode per_part, where each part's request starts once the fields before it were read", h.route.raw)
+		}
 		if h.store == nil {
 			return fmt.Errorf("mode store needs a store: set store")
 		}
@@ -268,6 +295,7 @@ func (h *Handler) Validate() error {
 		"max_part_header_size":  h.MaxPartHeaderSize,
 		"max_parts":             int64(h.MaxParts),
 		"backend_stall_timeout": int64(h.BackendStallTimeout),
+		"max_form_header_size":  h.MaxFormHeaderSize,
 	} {
 		if v < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", name, v)
@@ -328,11 +356,16 @@ func (h *Handler) provisionProxy(ctx caddy.Context) error {
 		case *reverseproxy.HTTPTransport:
 			rp.Transport = bodyTransport{t}
 		case reverseproxy.BufferedTransport:
-			return fmt.Errorf("transport %T buffers request bodies", t)
+			h.proxyErr = fmt.Errorf("transport %T buffers request bodies", t)
+			return nil
 		default:
 			rp.Transport = t.(http.RoundTripper)
 		}
 	}
+	if h.proxyErr = checkProxy(rp); h.proxyErr != nil {
+		return nil // Validate reports it; nothing is started for a config it refuses
+	}
+	h.liftRoute(rp)
 	if err := rp.Provision(ctx); err != nil {
 		return err
 	}
@@ -342,7 +375,7 @@ func (h *Handler) provisionProxy(ctx caddy.Context) error {
 
 // Cleanup stops the proxy's health checks and releases its upstreams.
 func (h *Handler) Cleanup() error {
-	if h.proxy == nil {
+	if h.proxy == nil || h.proxyErr != nil {
 		return nil
 	}
 	return h.proxy.Cleanup()
