@@ -26,7 +26,7 @@ BENCH_SIZE     ?= 2GiB
 BENCH_RUNS     ?= 5
 FUZZTIME       ?= 10s
 
-.PHONY: build run test browser-deps unit integration check-binary bench rss concurrent s3-concurrent gobench fuzz adapt list-modules clean versitygw azurite
+.PHONY: build run test browser-deps unit check-binary bench rss slow concurrent s3-concurrent gobench fuzz adapt list-modules clean versitygw azurite
 
 $(XCADDY):
 	GOBIN=$(BIN) go install github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION)
@@ -55,8 +55,16 @@ azurite: $(AZURITE)
 # instead, so any proxy error falls through to "off", which means not found.
 XCADDY_GOPROXY ?= $(shell go env GOPROXY | sed 's/,direct$$//')|off
 
+# What bin/caddy is built from: the module's Go sources outside the test-only
+# and tool directories, and the module's requirements.
+CADDY_SOURCES := $(shell find . \( -path ./bin -o -path ./integration -o -path ./cmd -o -path ./.git \) -prune \
+	-o -name '*.go' ! -name '*_test.go' -print) go.mod go.sum
+
 ## build: Caddy with the standard modules plus stream_proxy, built by xcaddy, at bin/caddy
-build: $(XCADDY)
+build: $(CADDY)
+
+# A file target: bin/caddy is rebuilt only when a source it is built from changed.
+$(CADDY): $(CADDY_SOURCES) | $(XCADDY)
 	cd $(BIN) && GOPROXY='$(XCADDY_GOPROXY)' $(XCADDY) build $(CADDY_VERSION) \
 		--output $(CADDY) \
 		--with $(MODULE)/caddymodule \
@@ -65,10 +73,12 @@ build: $(XCADDY)
 $(UPLOADBENCH): $(shell find cmd/uploadbench -name '*.go' 2>/dev/null) go.mod
 	go build -o $(UPLOADBENCH) ./cmd/uploadbench
 
-## run: the gateway on :8080 with Caddyfile.example, and the two demo backends it fronts
-run: build $(UPLOADBENCH)
+## run: the gateway on :8080 with Caddyfile.example, and the two demo backends it fronts.
+## Ctrl-C stops all three; the recipe then ends with status 0 (Caddy's graceful stop).
+run: $(CADDY) $(UPLOADBENCH)
 	backends=; for addr in $(DEMO_BACKENDS); do $(UPLOADBENCH) backend -listen $$addr & backends="$$backends $$!"; done; \
-	trap 'kill $$backends 2>/dev/null' EXIT INT TERM; \
+	trap 'kill $$backends 2>/dev/null || true' EXIT; \
+	trap 'exit 0' INT TERM; \
 	$(CADDY) run --config Caddyfile.example --adapter caddyfile
 
 ## test: everything CI runs
@@ -84,9 +94,11 @@ browser-deps:
 	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
 unit: $(VERSITYGW) $(AZURITE)
-	test -z "$$(gofmt -l caddymodule cmd integration)" || { gofmt -l caddymodule cmd integration; exit 1; }
+	test -z "$$(gofmt -l caddymodule cmd integration internal)" || { gofmt -l caddymodule cmd integration internal; exit 1; }
 	go vet ./...
-	SP_VERSITYGW=$(VERSITYGW) SP_AZURITE=$(AZURITE) go test -count=1 -timeout 20m ./...
+	# The handler and its end-to-end tests under the race detector; the rest plain.
+	SP_VERSITYGW=$(VERSITYGW) SP_AZURITE=$(AZURITE) go test -race -count=1 -timeout 25m ./caddymodule/ ./integration/
+	SP_VERSITYGW=$(VERSITYGW) SP_AZURITE=$(AZURITE) go test -count=1 -timeout 20m $$(go list ./... | grep -v -e '/caddymodule$$' -e '/integration$$')
 
 ## check-binary: the xcaddy build lists the module and adapts the example
 check-binary: build
@@ -101,6 +113,17 @@ bench: build $(UPLOADBENCH)
 ## rss: the gateway's peak RSS after a small and a large upload
 rss: build $(UPLOADBENCH)
 	$(UPLOADBENCH) rss -caddy $(CADDY) -sizes 64MiB,4GiB
+
+## slow: SLOW_UPLOADS uploads held open at once, each a small form trickled at SLOW_RATE for
+## SLOW_DURATION into a discarding backend, through reverse_proxy then stream_proxy, each in a
+## fresh gateway: the gateway's RSS per upload (peak minus idle) side by side; loopback only.
+## The open-files limit is raised to the hard limit (uploadbench raises the soft one)
+SLOW_UPLOADS  ?= 3000
+SLOW_RATE     ?= 4KiB
+SLOW_DURATION ?= 15s
+slow: build $(UPLOADBENCH)
+	ulimit -n "$$(ulimit -Hn)"; \
+	$(UPLOADBENCH) slow -caddy $(CADDY) -n $(SLOW_UPLOADS) -rate $(SLOW_RATE) -duration $(SLOW_DURATION)
 
 ## concurrent: CONCURRENCY uploads of CONCURRENT_SIZE at once through stream_proxy (forward),
 ## all verified, then the gateway's peak RSS (VmHWM); loopback only, ports 18080 and 19001

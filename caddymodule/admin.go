@@ -25,7 +25,7 @@ var inFlight sync.Map
 // answers a JSON array with one object per upload being handled: its id,
 // remote address, method, host and URI, mode, start time, bytes received so
 // far, parts seen, the part being read (index, field, filename) and the mean
-// rate in bytes per second. An upload leaves the list when it ends.
+// rate in whole bytes per second. An upload leaves the list when it ends.
 type Admin struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -56,7 +56,7 @@ type uploadStatus struct {
 	Bytes       int64     `json:"bytes"`
 	Parts       int64     `json:"parts"`
 	CurrentPart *partRef  `json:"current_part,omitempty"`
-	Rate        float64   `json:"bytes_per_second"`
+	Rate        int64     `json:"bytes_per_second"`
 }
 
 func (a *Admin) handleUploads(w http.ResponseWriter, r *http.Request) error {

@@ -3,7 +3,9 @@ package streamproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"maps"
 	"mime/multipart"
 	"net/http"
 	"sync"
@@ -69,9 +71,23 @@ func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer)
 // ends cleanly; unless the backend answered first (401, 413), in which case
 // its answer is what the client gets, whole.
 func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w io.Writer) error) *uploadError {
-	body := newBackendBody(produce)
-	w.ended = &body.ended
+	// The backend request's own context: cancelled when the backend takes
+	// no byte of the body for backend_stall_timeout, which frees its
+	// connection and ends the producer's write.
+	ctx, cancel := context.WithCancel(u.r.Context())
+	defer cancel()
+	stall := newStallTimer(time.Duration(u.h.BackendStallTimeout), cancel)
+	defer stall.stop()
+	body := newBackendBody(produce, stall)
+	req := u.backendRequest(ctx, body, header)
+	if uerr := u.setRoute(req); uerr != nil {
+		return uerr // before any backend is contacted
+	}
+	w.body = body
 	w.sent = time.Now()
+	if w.client != nil {
+		w.own = w.client.Header().Clone()
+	}
 	stop := make(chan struct{})
 	u.body.stop = stop
 
@@ -80,7 +96,7 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 		// reverse_proxy panics with http.ErrAbortHandler when it cannot
 		// finish a response it began; the producer still ends first.
 		defer func() { panicked = recover() }()
-		return u.h.proxy.ServeHTTP(w, u.backendRequest(body, header), nextNone)
+		return u.h.proxy.ServeHTTP(w, req, nextNone)
 	}()
 
 	if w.status != 0 && !body.ended.Load() && panicked == nil {
@@ -106,6 +122,9 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 	w.early = perr != nil
 	var ue *uploadError
 	switch {
+	case w.dropped:
+		return &uploadError{Status: http.StatusBadGateway, Code: CodeBackendAnsweredEarly,
+			Message: fmt.Sprintf("backend answered %d before it took the whole upload", w.status), err: perr}
 	case w.status != 0:
 		if w.early {
 			if ce := u.logger.Check(zap.DebugLevel, "backend answered before the upload ended"); ce != nil {
@@ -113,6 +132,9 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 			}
 		}
 		return nil
+	case stall.fired.Load():
+		return &uploadError{Status: http.StatusGatewayTimeout, Code: CodeBackendTimeout,
+			Message: fmt.Sprintf("backend took no byte of the upload for %s", stall.d), err: perr}
 	case errors.As(perr, &ue):
 		return ue
 	case proxyErr != nil:
@@ -128,8 +150,8 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 // backendRequest is the request handed to the proxy: the client's, with its
 // body replaced by body and the fields of header set. reverse_proxy does the
 // rest (hop-by-hop fields, X-Forwarded-*, header_up, the upstream's address).
-func (u *upload) backendRequest(body *backendBody, header http.Header) *http.Request {
-	req := u.r.WithContext(context.WithValue(u.r.Context(), backendBodyKey{}, body))
+func (u *upload) backendRequest(ctx context.Context, body *backendBody, header http.Header) *http.Request {
+	req := u.r.WithContext(context.WithValue(ctx, backendBodyKey{}, body))
 	req.Header = u.r.Header.Clone()
 	req.Header.Del("Content-Length")
 	req.Header.Del("Expect") // the client's 100 Continue is the gateway's business
@@ -153,12 +175,17 @@ func (u *upload) backendRequest(body *backendBody, header http.Header) *http.Req
 type backendBody struct {
 	produce func(w io.Writer) error
 	pipe    *handoff // the Read path's
+	stall   *stallTimer
 
 	mu    sync.Mutex
-	state int        // bodyWaiting, bodyRunning or bodyStopped; guarded by mu
-	done  chan error // produce's result, once it ran
+	state int           // bodyWaiting, bodyRunning or bodyStopped; guarded by mu
+	done  chan struct{} // closed once produce ran
+	err   error         // produce's result, written before done is closed
 
 	ended atomic.Bool // produce has ended, or will not start
+	// closing: the backend's answer says it closes the connection after it
+	// (HTTP/1 Connection: close, or HTTP/1.0), so it will read no more.
+	closing atomic.Bool
 }
 
 const (
@@ -167,8 +194,8 @@ const (
 	bodyStopped        // roundTrip ended before any transport read it
 )
 
-func newBackendBody(produce func(w io.Writer) error) *backendBody {
-	return &backendBody{produce: produce, pipe: newHandoff(), done: make(chan error, 1)}
+func newBackendBody(produce func(w io.Writer) error, stall *stallTimer) *backendBody {
+	return &backendBody{produce: produce, pipe: newHandoff(), stall: stall, done: make(chan struct{})}
 }
 
 // begin reports whether the caller is the one to run produce.
@@ -183,10 +210,28 @@ func (b *backendBody) begin() bool {
 }
 
 func (b *backendBody) run(w io.Writer) error {
-	err := b.produce(w)
+	err := b.produce(b.stall.watch(w))
+	b.err = err
 	b.ended.Store(true)
-	b.done <- err
+	close(b.done)
 	return err
+}
+
+// settle waits for produce to end and returns its result, or
+// errBackendAnswered if it never started (and now will not).
+func (b *backendBody) settle() error {
+	b.mu.Lock()
+	if b.state == bodyWaiting {
+		b.state = bodyStopped
+		b.ended.Store(true)
+	}
+	started := b.state == bodyRunning
+	b.mu.Unlock()
+	if !started {
+		return errBackendAnswered
+	}
+	<-b.done
+	return b.err
 }
 
 // WriteTo runs produce into w, the transport's writer.
@@ -236,18 +281,8 @@ func (b *backendBody) Close() error {
 // produce's result: errBackendAnswered if it never started. The caller has
 // made its reads and writes fail, so a produce still running ends soon.
 func (b *backendBody) finish() error {
-	b.mu.Lock()
-	started := b.state == bodyRunning
-	if !started {
-		b.state = bodyStopped
-		b.ended.Store(true)
-	}
-	b.mu.Unlock()
 	b.pipe.CloseRead(errBackendAnswered)
-	if !started {
-		return errBackendAnswered
-	}
-	return <-b.done
+	return b.settle()
 }
 
 // connWriter is what produce writes into on the transport's goroutine. It
@@ -279,11 +314,16 @@ type bodyTransport struct {
 }
 
 func (t bodyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if b, ok := req.Context().Value(backendBodyKey{}).(*backendBody); ok && req.Body != nil {
+	b, ok := req.Context().Value(backendBodyKey{}).(*backendBody)
+	if ok && req.Body != nil {
 		req = req.WithContext(req.Context())
 		req.Body = b
 	}
-	return t.HTTPTransport.RoundTrip(req)
+	res, err := t.HTTPTransport.RoundTrip(req)
+	if ok && res != nil && res.Close {
+		b.closing.Store(true)
+	}
+	return res, err
 }
 
 // maxBackendAnswer bounds a backend's response body kept for per_part's JSON
@@ -304,9 +344,11 @@ type backendWriter struct {
 	truncated bool
 	early     bool // the answer came before the backend had taken the whole body
 	linger    bool // the answer went to a client still sending
+	dropped   bool // a 2xx that came before the backend took the whole body: never relayed
 
-	ended *atomic.Bool // the body's producer has ended
-	sent  time.Time
+	body *backendBody
+	own  http.Header // the client's header before the proxy added the backend's
+	sent time.Time
 }
 
 func (u *upload) relayTo(client http.ResponseWriter) *backendWriter {
@@ -341,7 +383,20 @@ func (w *backendWriter) WriteHeader(code int) {
 	if w.client == nil {
 		return
 	}
-	if !w.ended.Load() {
+	if code < 300 && !w.body.ended.Load() {
+		// A success counts only once the backend took the whole body: the
+		// answer waits for the producer's end, and goes nowhere if the
+		// body did not all go, or if the backend said it closes the
+		// connection, unread, the moment it answered.
+		if err := w.body.settle(); err != nil || w.body.closing.Load() {
+			w.dropped = true
+			h := w.client.Header()
+			clear(h)
+			maps.Copy(h, w.own)
+			return
+		}
+	}
+	if !w.body.ended.Load() {
 		w.linger = w.u.closeAfter()
 	}
 	w.client.WriteHeader(code)
@@ -350,6 +405,9 @@ func (w *backendWriter) WriteHeader(code int) {
 func (w *backendWriter) Write(p []byte) (int, error) {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
+	}
+	if w.dropped {
+		return len(p), nil
 	}
 	if w.client != nil {
 		return w.client.Write(p)
@@ -360,5 +418,14 @@ func (w *backendWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Unwrap lets reverse_proxy flush the client's response as it streams.
+// FlushError lets reverse_proxy flush the client's response as it streams,
+// but never a dropped answer, whose header the client must not get.
+func (w *backendWriter) FlushError() error {
+	if w.dropped || w.client == nil {
+		return nil
+	}
+	return http.NewResponseController(w.client).Flush()
+}
+
+// Unwrap lets reverse_proxy reach the client's connection (deadlines).
 func (w *backendWriter) Unwrap() http.ResponseWriter { return w.client }

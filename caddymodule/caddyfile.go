@@ -8,6 +8,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -63,9 +64,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_parts <n>
 //		max_field_size <size>
 //		max_part_header_size <size>
+//		max_form_header_size <size>
 //		allow_fields <name...>
 //		allow_types <mime-pattern...>
+//		verify_types
 //		hash sha256|sha1|md5|crc32c ...
+//		min_rate <size>|off [<grace>]
+//		backend_stall_timeout <duration>
 //
 //		# reverse_proxy's own, with its syntax and meaning
 //		lb_policy, lb_retries, lb_try_duration, lb_try_interval, lb_retry_match
@@ -134,6 +139,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 
+		case "verify_types":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.VerifyTypes = true
+
 		case "hash":
 			h.Hash = append(h.Hash, d.RemainingArgs()...)
 			if len(h.Hash) == 0 {
@@ -156,6 +167,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := parseSize(d, &h.MaxPartHeaderSize); err != nil {
 				return err
 			}
+		case "backend_stall_timeout":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil || dur <= 0 {
+				return d.Errf("backend_stall_timeout must be a positive duration, got %q", d.Val())
+			}
+			h.BackendStallTimeout = caddy.Duration(dur)
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "max_form_header_size":
+			if err := parseSize(d, &h.MaxFormHeaderSize); err != nil {
+				return err
+			}
 		case "max_parts":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -167,6 +194,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.MaxParts = n
 			if d.NextArg() {
 				return d.ArgErr()
+			}
+		case "min_rate":
+			if err := h.parseMinRate(d); err != nil {
+				return err
 			}
 
 		default:
@@ -297,6 +328,43 @@ func parseSize(d *caddyfile.Dispenser, dst *int64) error {
 		return d.Errf("%s must be between 1 byte and 8EiB, got %q", name, d.Val())
 	}
 	*dst = int64(n)
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// parseMinRate reads `min_rate <size>|off [<grace>]`: the size is per
+// second (500B, 1KiB).
+func (h *Handler) parseMinRate(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.Val() == "off" {
+		h.MinRate = minRateOff
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		return nil
+	}
+	n, err := humanize.ParseBytes(d.Val())
+	if err != nil {
+		return d.Errf("min_rate: parsing size %q: %v", d.Val(), err)
+	}
+	if n == 0 || n > math.MaxInt64 {
+		return d.Errf("min_rate must be at least 1 byte per second, or off, got %q", d.Val())
+	}
+	h.MinRate = int64(n)
+	if d.NextArg() {
+		grace, err := caddy.ParseDuration(d.Val())
+		if err != nil {
+			return d.Errf("min_rate: parsing grace %q: %v", d.Val(), err)
+		}
+		if grace <= 0 {
+			return d.Errf("min_rate: grace must be positive, got %q", d.Val())
+		}
+		h.MinRateGrace = caddy.Duration(grace)
+	}
 	if d.NextArg() {
 		return d.ArgErr()
 	}

@@ -23,6 +23,22 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want:  `{"proxy":{"handler":"reverse_proxy","rewrite":{"uri":"/upload?"},"upstreams":[{"dial":"127.0.0.1:9000"}]}}`,
 		},
 		{
+			name:  "min_rate with a grace",
+			input: "stream_proxy {\n mode store\n store /up\n min_rate 1KiB 45s\n}",
+			want:  `{"mode":"store","store":{"module":"file","root":"/up"},"min_rate":1024,"min_rate_grace":45000000000}`,
+		},
+		{
+			name:  "min_rate off",
+			input: "stream_proxy {\n mode store\n store /up\n min_rate off\n}",
+			want:  `{"mode":"store","store":{"module":"file","root":"/up"},"min_rate":-1}`,
+		},
+		{name: "min_rate without a rate", input: "stream_proxy {\n min_rate\n}", err: "wrong argument count"},
+		{name: "min_rate of zero", input: "stream_proxy {\n min_rate 0\n}", err: "at least 1 byte per second"},
+		{name: "min_rate off with a grace", input: "stream_proxy {\n min_rate off 10s\n}", err: "wrong argument count"},
+		{name: "min_rate with a bad grace", input: "stream_proxy {\n min_rate 500 soon\n}", err: "parsing grace"},
+		{name: "min_rate with a negative grace", input: "stream_proxy {\n min_rate 500 -1s\n}", err: "grace must be positive"},
+		{name: "min_rate with three arguments", input: "stream_proxy {\n min_rate 500 10s 20s\n}", err: "wrong argument count"},
+		{
 			name:  "upstreams with different paths",
 			input: "stream_proxy {\n to http://a:9000/v1?x=1 http://b:9000/v2?x=1\n}",
 			err:   "every upstream must name the same path",
@@ -60,12 +76,13 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				max_parts 50
 				max_field_size 1KiB
 				max_part_header_size 8KiB
+				max_form_header_size 256KiB
 				header_up X-Tenant {http.request.header.X-Tenant}
 				header_up -Cookie
 			}`,
 			want: `{"proxy":{"handler":"reverse_proxy","headers":{"request":{"delete":["Cookie"],"set":{"X-Tenant":["{http.request.header.X-Tenant}"]}}},` +
 				`"upstreams":[{"dial":"{env.BACKEND}:9000"}]},"mode":"forward",` +
-				`"max_body_size":10737418240,"max_part_size":512000,"max_parts":50,"max_field_size":1024,"max_part_header_size":8192}`,
+				`"max_body_size":10737418240,"max_part_size":512000,"max_parts":50,"max_field_size":1024,"max_part_header_size":8192,"max_form_header_size":262144}`,
 		},
 		{
 			name: "transport block",
@@ -134,6 +151,14 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "store s3 with an argument", input: "stream_proxy {\n store s3 bucket\n}", err: "wrong argument count"},
 		{name: "unknown s3 option", input: "stream_proxy {\n store s3 {\n acl public\n }\n}", err: "unrecognized s3 store option acl"},
 		{name: "bad max_buffers", input: "stream_proxy {\n store s3 {\n max_buffers none\n }\n}", err: "positive whole number"},
+		{
+			name:  "cleanup_budget and backend_stall_timeout",
+			input: "stream_proxy {\n mode store\n backend_stall_timeout 90s\n store s3 {\n bucket b\n cleanup_budget 5m\n }\n}",
+			want:  `{"mode":"store","store":{"bucket":"b","cleanup_budget":300000000000,"module":"s3"},"backend_stall_timeout":90000000000}`,
+		},
+		{name: "bad cleanup_budget", input: "stream_proxy {\n store s3 {\n cleanup_budget soon\n }\n}", err: "positive duration"},
+		{name: "zero backend_stall_timeout", input: "stream_proxy http://a:1 {\n backend_stall_timeout 0s\n}", err: "positive duration"},
+		{name: "backend_stall_timeout without value", input: "stream_proxy http://a:1 {\n backend_stall_timeout\n}", err: "wrong argument count"},
 		{name: "use_path_style with a value", input: "stream_proxy {\n store s3 {\n use_path_style yes\n }\n}", err: "wrong argument count"},
 		{name: "unknown hash", input: "stream_proxy http://a:1 {\n hash sha3\n}", invalid: `unknown hash "sha3"`},
 		{name: "hash twice", input: "stream_proxy http://a:1 {\n hash md5 md5\n}", invalid: "listed twice"},

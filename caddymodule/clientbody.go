@@ -27,7 +27,6 @@ func (u *upload) checkRequest() *uploadError {
 // openBody starts reading the client's body through a pooled buffer.
 // The caller must call closeBody.
 func (u *upload) openBody() *formReader {
-	u.body = &clientBody{r: u.r.Body, max: u.h.MaxBodySize}
 	src := &budgetReader{r: u.body, budget: -1}
 	_, pooled := u.h.store.(idleBounder) // see idleBounder
 	u.bufs = takeBufs(pooled || (u.r.ContentLength >= 0 && u.r.ContentLength < smallBody))
@@ -37,6 +36,9 @@ func (u *upload) openBody() *formReader {
 }
 
 func (u *upload) closeBody() {
+	if u.body != nil && u.body.pace != nil {
+		u.body.pace.stop()
+	}
 	if u.in != nil {
 		u.in.Reset(nil)
 		u.bufs.readers.Put(u.in)
@@ -53,8 +55,9 @@ type clientBody struct {
 	max  int64
 	eof  atomic.Bool  // the body was read to its end
 	idle *idleFlusher // if set, told of each read (see flushWhenIdle)
-	// deadline, if set, bounds each read (see storing.boundIdle).
-	deadline func()
+	// pace bounds each read: min_rate, and the store's idle bound (see
+	// storing.boundIdle).
+	pace *pacer
 	// stop, once closed, fails reads: the backend request the body goes to
 	// has ended (answered early or failed), so nothing read would go anywhere.
 	stop <-chan struct{}
@@ -66,9 +69,7 @@ func (c *clientBody) Read(p []byte) (int, error) {
 		return 0, writeError{errBackendAnswered}
 	default:
 	}
-	if c.deadline != nil {
-		c.deadline()
-	}
+	c.pace.before()
 	if c.idle != nil {
 		c.idle.beforeRead()
 		defer c.idle.afterRead()
@@ -78,6 +79,10 @@ func (c *clientBody) Read(p []byte) (int, error) {
 		p = p[:min(len(p), 1)]
 	}
 	n, err := c.r.Read(p)
+	if c.pace.after(n, err) {
+		c.n.Add(int64(n))
+		return 0, c.pace.tooSlow(err)
+	}
 	if c.n.Add(int64(n)) > c.max {
 		return 0, limitError(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "max_body_size", c.max, "request body")
 	}

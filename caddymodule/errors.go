@@ -23,18 +23,24 @@ const (
 	CodeTransferEncoding = "content_transfer_encoding"
 	CodeFieldNotAllowed  = "field_not_allowed"
 	CodeTypeNotAllowed   = "type_not_allowed"
+	CodeTypeMismatch     = "type_mismatch" // verify_types: the bytes contradict the declared type
 	CodeClientGone       = "client_gone"
 	CodeClientTimeout    = "client_timeout"
+	CodeClientTooSlow    = "client_too_slow" // slower than min_rate for longer than its grace
 	CodeBackendFailed    = "backend_failed"
 	CodeBackendTimeout   = "backend_timeout"
 	CodeBackendRejected  = "backend_rejected"
-	CodeNoUpstream       = "no_upstream"
-	CodeDigestMismatch   = "digest_mismatch"
-	CodeStorageFull      = "insufficient_storage"
-	CodeStoreFailed      = "store_failed"
-	CodeStoreUnavailable = "store_unavailable" // S3 unreachable, failing (5xx) or stalled
-	CodeStoreDenied      = "store_denied"      // S3 refused the gateway's credentials
-	CodeStoreNoBucket    = "store_no_bucket"   // the S3 bucket does not exist
+	// CodeBackendAnsweredEarly: the backend answered 2xx before it took the
+	// whole upload, which therefore did not succeed.
+	CodeBackendAnsweredEarly = "backend_answered_early"
+	CodeNoUpstream           = "no_upstream"
+	CodeDigestMismatch       = "digest_mismatch"
+	CodeStorageFull          = "insufficient_storage"
+	CodeStoreFailed          = "store_failed"
+	CodeStoreUnavailable     = "store_unavailable"  // S3 unreachable, failing (5xx) or stalled
+	CodeStoreDenied          = "store_denied"       // S3 refused the gateway's credentials
+	CodeStoreNoBucket        = "store_no_bucket"    // the S3 bucket does not exist
+	CodeMetadataTooLarge     = "metadata_too_large" // a file's name would pass the store's metadata limit
 )
 
 // statusClientClosed is logged when the client went away; nobody reads it.
@@ -54,6 +60,10 @@ type uploadError struct {
 	Message string   `json:"message"`
 	Limit   string   `json:"limit,omitempty"`
 	Part    *partRef `json:"part,omitempty"`
+	// With verify_types, a refused file part's type as declared and as its
+	// first bytes show it.
+	DeclaredType string `json:"declared_type,omitempty"`
+	DetectedType string `json:"detected_type,omitempty"`
 
 	err error // the cause, for logs and errors.Is
 }

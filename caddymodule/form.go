@@ -10,6 +10,8 @@ import (
 	"net/textproto"
 	"slices"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // formReader reads a multipart/form-data body strictly and with limits, one
@@ -33,8 +35,11 @@ type formReader struct {
 	maxPartSize  int64
 	maxFieldSize int64
 	maxHeader    int64
+	maxHeaders   int64 // all part headers of the form together
+	headerBytes  int64 // part header bytes read so far
 	allowFields  []string
 	allowTypes   []string
+	verifyTypes  bool
 	hashNames    []string
 
 	index int // parts seen so far
@@ -65,6 +70,10 @@ type formPart struct {
 	Header      textproto.MIMEHeader
 	Size        int64 // data bytes read so far
 
+	// DetectedType is, with verify_types, a file part's type as its first
+	// bytes show it (verify.go); empty otherwise.
+	DetectedType string
+
 	// params are the client's Content-Disposition parameters other than the
 	// name, as sent ("filename*=utf-8''n%C3%A4me.txt"), in order.
 	params []string
@@ -75,6 +84,11 @@ type formPart struct {
 	limit   int64
 	lname   string       // the limit's config name
 	digests *partDigests // nil unless there is something to compute
+
+	// With verify_types: data read ahead, handed out first (verify.go), and
+	// the pooled buffer that holds held[0] when the prefix came in short reads.
+	held [2][]byte
+	pbuf *[verifyPrefix]byte
 }
 
 // maxPreamble is the longest preamble (text before the first delimiter, which
@@ -99,8 +113,10 @@ func newFormReader(in *bufio.Reader, src *budgetReader, boundary string, h *Hand
 		maxPartSize:    h.MaxPartSize,
 		maxFieldSize:   h.MaxFieldSize,
 		maxHeader:      h.MaxPartHeaderSize,
+		maxHeaders:     h.MaxFormHeaderSize,
 		allowFields:    h.AllowFields,
 		allowTypes:     h.AllowTypes,
+		verifyTypes:    h.VerifyTypes,
 		hashNames:      h.Hash,
 		obs:            obs,
 	}
@@ -120,7 +136,11 @@ func (f *formReader) next() (*formPart, error) {
 		f.obs.partEnded(p)
 		f.part = nil
 	}
-	f.src.budget = f.maxHeader + headerSlack
+	// A header read takes no more from the client than the header may
+	// hold: its own limit, or what is left of the form's.
+	left := f.maxHeaders - f.headerBytes
+	formBound := left < f.maxHeader
+	f.src.budget = min(f.maxHeader, left) + headerSlack
 	if f.index == 0 {
 		f.src.budget += maxPreamble // skipped line by line, never held
 	}
@@ -128,6 +148,9 @@ func (f *formReader) next() (*formPart, error) {
 	over := f.src.exhausted
 	f.src.budget = -1
 	if over {
+		if formBound {
+			return nil, f.formHeadersTooLarge(f.index)
+		}
 		return nil, f.headerTooLarge(f.index)
 	}
 	if err == io.EOF {
@@ -148,8 +171,12 @@ func (f *formReader) next() (*formPart, error) {
 	f.index++
 	f.total, f.avail, f.end, f.readErr = 0, 0, nil, nil
 
-	if headerSize(header) > f.maxHeader {
+	size := headerSize(header)
+	if size > f.maxHeader {
 		return nil, f.headerTooLarge(p.Index)
+	}
+	if f.headerBytes += size; f.headerBytes > f.maxHeaders {
+		return nil, f.formHeadersTooLarge(p.Index)
 	}
 	if err := p.parseHeader(); err != nil {
 		return nil, err
@@ -158,7 +185,11 @@ func (f *formReader) next() (*formPart, error) {
 		return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeFieldNotAllowed,
 			Message: fmt.Sprintf("field %q is not in allow_fields", p.Field), Limit: "allow_fields", Part: p.ref()}
 	}
-	if p.IsFile && len(f.allowTypes) > 0 && !typeAllowed(p.ContentType, f.allowTypes) {
+	if f.verifyTypes && reservedField(p.Field) {
+		return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeFieldNotAllowed,
+			Message: fmt.Sprintf("field %q: names ending in .detected_type are the gateway's with verify_types", p.Field), Part: p.ref()}
+	}
+	if p.IsFile && !f.verifyTypes && len(f.allowTypes) > 0 && !typeAllowed(p.ContentType, f.allowTypes) {
 		return nil, &uploadError{Status: http.StatusUnsupportedMediaType, Code: CodeTypeNotAllowed,
 			Message: fmt.Sprintf("content type %q is not in allow_types", p.ContentType), Limit: "allow_types", Part: p.ref()}
 	}
@@ -177,6 +208,11 @@ func (f *formReader) next() (*formPart, error) {
 		e := malformed(err)
 		e.Part = p.ref()
 		return nil, e
+	}
+	if p.IsFile && f.verifyTypes {
+		if err := p.verifyType(f.allowTypes); err != nil {
+			return nil, err
+		}
 	}
 	f.part = p
 	f.obs.partStarted(p)
@@ -202,6 +238,12 @@ func typeAllowed(contentType string, patterns []string) bool {
 
 func (f *formReader) headerTooLarge(index int) *uploadError {
 	e := limitError(http.StatusRequestHeaderFieldsTooLarge, CodePartHeaderTooBig, "max_part_header_size", f.maxHeader, "part header")
+	e.Part = &partRef{Index: index}
+	return e
+}
+
+func (f *formReader) formHeadersTooLarge(index int) *uploadError {
+	e := limitError(http.StatusRequestHeaderFieldsTooLarge, CodePartHeaderTooBig, "max_form_header_size", f.maxHeaders, "part headers of the form")
 	e.Part = &partRef{Index: index}
 	return e
 }
@@ -265,7 +307,11 @@ func (p *formPart) next() ([]byte, error) {
 	if p.done {
 		return nil, io.EOF
 	}
-	b, err := p.f.data()
+	var err error
+	b := p.ahead()
+	if b == nil {
+		b, err = p.f.data()
+	}
 	if err == io.EOF {
 		p.done = true
 		if p.digests != nil {
@@ -449,11 +495,24 @@ func identityEncoding(cte string) bool {
 // one with a control character, which only RFC 2231's name*= can carry, and
 // which would end the header line (CR, LF) or make the backend's parser
 // refuse the header. Other parameters go as they came (disposition).
+//
+// Every other header value is checked as a transport would, so that a
+// value no backend may be sent is the client's 400 in every mode.
 func (p *formPart) forwardable() error {
-	if strings.ContainsFunc(p.Field, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) {
-		e := malformed(fmt.Errorf("part %d: a name with a control character cannot be forwarded", p.Index))
+	bad := func(what string) error {
+		e := malformed(fmt.Errorf("part %d: %s cannot be forwarded", p.Index, what))
 		e.Part = p.ref()
 		return e
+	}
+	if strings.ContainsFunc(p.Field, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) {
+		return bad("a name with a control character")
+	}
+	for k, vs := range p.Header {
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return bad("its " + k + " header, with a control character,")
+			}
+		}
 	}
 	return nil
 }

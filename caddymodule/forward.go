@@ -41,6 +41,9 @@ func (u *upload) forward(form *formReader, mw *multipart.Writer) error {
 		if err := writeDigestFields(mw, p); err != nil {
 			return err
 		}
+		if err := writeDetectedField(mw, p); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -53,6 +53,15 @@ func writeDigestFields(mw *multipart.Writer, p *formPart) error {
 	return nil
 }
 
+// writeDetectedField follows a file part, with verify_types, with a text
+// field `<field>.detected_type`: its type as its first bytes show it.
+func writeDetectedField(mw *multipart.Writer, p *formPart) error {
+	if !p.IsFile || p.DetectedType == "" {
+		return nil
+	}
+	return mw.WriteField(p.Field+".detected_type", p.DetectedType)
+}
+
 // readField reads a text field. A value of up to 8 KiB (64 KiB for all fields
 // together) becomes the placeholder {http.stream_proxy.form.<name>}; a longer
 // one is read through and counted, but not kept.
@@ -80,26 +89,36 @@ func (u *upload) readField(p *formPart) error {
 	if keep {
 		u.fieldBytes += buf.Len()
 		u.repl.Set(placeholderPrefix+"form."+p.Field, buf.String())
+		delete(u.droppedFields, p.Field)
+	} else {
+		// An earlier value of the field must not route in its place.
+		u.repl.Delete(placeholderPrefix + "form." + p.Field)
+		if u.droppedFields == nil {
+			u.droppedFields = make(map[string]bool)
+		}
+		u.droppedFields[p.Field] = true
 	}
 	return nil
 }
 
 // partResult is one part in per_part and store mode's JSON.
 type partResult struct {
-	Index       int               `json:"index"`
-	Field       string            `json:"field"`
-	Filename    *string           `json:"filename,omitempty"`
-	ContentType string            `json:"content_type,omitempty"`
-	Size        int64             `json:"size"`
-	Digests     map[string]string `json:"digests,omitempty"`
-	Path        string            `json:"path,omitempty"`      // store mode
-	Status      int               `json:"status,omitempty"`    // per_part: the backend's
-	Response    json.RawMessage   `json:"response,omitempty"`  // per_part: the backend's, JSON kept as JSON
-	Truncated   bool              `json:"truncated,omitempty"` // the response was longer than 64 KiB
+	Index        int               `json:"index"`
+	Field        string            `json:"field"`
+	Filename     *string           `json:"filename,omitempty"`
+	ContentType  string            `json:"content_type,omitempty"`
+	DetectedType string            `json:"detected_type,omitempty"` // verify_types
+	Size         int64             `json:"size"`
+	Digests      map[string]string `json:"digests,omitempty"`
+	Path         string            `json:"path,omitempty"`      // store mode
+	Status       int               `json:"status,omitempty"`    // per_part: the backend's
+	Response     json.RawMessage   `json:"response,omitempty"`  // per_part: the backend's, JSON kept as JSON
+	Truncated    bool              `json:"truncated,omitempty"` // the response was longer than 64 KiB
 }
 
 func newPartResult(p *formPart) partResult {
-	r := partResult{Index: p.Index, Field: p.Field, ContentType: p.ContentType, Size: p.Size, Digests: p.digests.sums()}
+	r := partResult{Index: p.Index, Field: p.Field, ContentType: p.ContentType, DetectedType: p.DetectedType,
+		Size: p.Size, Digests: p.digests.sums()}
 	if p.IsFile {
 		name := p.Filename
 		r.Filename = &name

@@ -8,12 +8,15 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 const (
 	headerPartField = "X-Stream-Proxy-Field"
 	headerPartName  = "X-Stream-Proxy-Filename"
 	headerPartIndex = "X-Stream-Proxy-Part-Index"
+	headerDetected  = "X-Stream-Proxy-Detected-Type" // with verify_types
 )
 
 // servePerPart sends each file part as its own backend request, streamed while
@@ -41,8 +44,13 @@ func (h *Handler) servePerPart(u *upload) result {
 			continue
 		}
 
+		header, herr := partHeader(p)
+		if herr != nil {
+			results = append(results, newPartResult(p))
+			return failed(herr, results)
+		}
 		answer := u.keepAnswer()
-		uerr := u.roundTrip(answer, partHeader(p), func(w io.Writer) error {
+		uerr := u.roundTrip(answer, header, func(w io.Writer) error {
 			bw := newIdleFlusher(out)
 			bw.reset(w)
 			defer u.flushWhenIdle(bw)()
@@ -64,7 +72,7 @@ func (h *Handler) servePerPart(u *upload) result {
 			return failed(&uploadError{Status: answer.status, Code: CodeBackendRejected,
 				Message: fmt.Sprintf("backend answered %d to part %d", answer.status, p.Index), Part: p.ref()}, results)
 		case answer.early:
-			return failed(&uploadError{Status: http.StatusBadGateway, Code: CodeBackendFailed,
+			return failed(&uploadError{Status: http.StatusBadGateway, Code: CodeBackendAnsweredEarly,
 				Message: fmt.Sprintf("backend answered before it had read part %d", p.Index), Part: p.ref()}, results)
 		}
 	}
@@ -74,19 +82,36 @@ func (h *Handler) servePerPart(u *upload) result {
 // partHeader is what a per_part request says of its part: the part's own
 // Content-Type, its Content-Disposition with the filename parameters the
 // client sent (formPart.disposition), and field and filename again in
-// X-Stream-Proxy-* fields (the filename percent-encoded).
-func partHeader(p *formPart) http.Header {
+// X-Stream-Proxy-* fields (the filename percent-encoded). A value that no
+// transport would send (a control character in a name or filename) is the
+// client's fault, 400, decided here: a transport's refusal would be a 502
+// counted against the upstream.
+func partHeader(p *formPart) (http.Header, *uploadError) {
+	if err := p.forwardable(); err != nil {
+		return nil, asUploadError(err)
+	}
 	ct := p.ContentType
 	if ct == "" {
 		ct = "application/octet-stream"
 	}
-	return http.Header{
+	h := http.Header{
 		"Content-Type":        {ct},
 		"Content-Disposition": {p.disposition()},
 		headerPartField:       {p.Field},
 		headerPartName:        {url.PathEscape(p.Filename)},
 		headerPartIndex:       {strconv.Itoa(p.Index)},
 	}
+	if p.DetectedType != "" {
+		h.Set(headerDetected, p.DetectedType) // the library's name, never the client's bytes
+	}
+	for name, vs := range h {
+		if !httpguts.ValidHeaderFieldValue(vs[0]) {
+			e := malformed(fmt.Errorf("part %d: its %s cannot be sent in a header", p.Index, name))
+			e.Part = p.ref()
+			return nil, e
+		}
+	}
+	return h, nil
 }
 
 // answerJSON is a backend's answer (its first 64 KiB) for the JSON report:

@@ -5,7 +5,6 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strconv"
-	"time"
 )
 
 // storing is one upload's files in store mode.
@@ -60,8 +59,11 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 			continue
 		}
 
-		sf, err := st.batch.Create(FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType})
+		sf, err := st.batch.Create(FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType, DetectedType: p.DetectedType})
 		if err != nil {
+			if ue, ok := err.(*uploadError); ok && ue.Part == nil && ue.Status < 500 {
+				ue.Part = p.ref()
+			}
 			return asStoreError(err)
 		}
 		stop := st.boundIdle()
@@ -72,7 +74,7 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 		}
 		r := newPartResult(p)
 		if err := sf.Finish(FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType,
-			Size: r.Size, Digests: r.Digests}); err != nil {
+			DetectedType: p.DetectedType, Size: r.Size, Digests: r.Digests}); err != nil {
 			return asStoreError(err)
 		}
 		loc := sf.Location()
@@ -89,23 +91,17 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 
 // boundIdle, for a store that holds a scarce buffer while a file arrives,
 // gives each read from the client the store's idle bound, so that a client
-// that stalls mid-file lets the buffer go (408, client_timeout). It returns
+// that stalls mid-file lets the buffer go (408, client_timeout), as does one
+// below min_rate (408, client_too_slow). It returns
 // the function that ends this.
 func (st *storing) boundIdle() (stop func()) {
 	ib, ok := st.u.h.store.(idleBounder)
 	if !ok {
 		return func() {}
 	}
-	d := ib.idleBound()
-	rc := http.NewResponseController(st.u.w)
-	body := st.u.body
-	body.deadline = func() {
-		_ = rc.SetReadDeadline(time.Now().Add(d)) // where unsupported, the server's own timeouts bound it
-	}
-	return func() {
-		body.deadline = nil
-		_ = rc.SetReadDeadline(time.Time{})
-	}
+	pace := st.u.body.pace
+	pace.idle = ib.idleBound()
+	return func() { pace.idle = 0 }
 }
 
 func (st *storing) keepField(p *formPart) error {
@@ -129,6 +125,9 @@ func (st *storing) writeMetadata(mw *multipart.Writer, r partResult, loc Locatio
 	fields := [][2]string{
 		{".name", *r.Filename},
 		{".content_type", r.ContentType},
+	}
+	if r.DetectedType != "" {
+		fields = append(fields, [2]string{".detected_type", r.DetectedType})
 	}
 	if loc.abs != "" {
 		fields = append(fields, [2]string{".path", loc.abs})

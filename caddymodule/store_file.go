@@ -26,9 +26,14 @@ func init() {
 }
 
 // FileStore writes file parts into a local directory: each to a temporary
-// file, fsynced, renamed to its generated name only when the whole form ended
-// cleanly. No file is ever written outside Root (os.Root), and no client
-// filename is ever part of a path.
+// file in Root/.partial, fsynced, renamed to its generated name only when the
+// whole form ended cleanly. No file is ever written outside Root (os.Root),
+// and no client filename is ever part of a path.
+//
+// A temporary file is locked (flock) while it is written. At provisioning,
+// the store removes the temporary files no live process holds a lock on:
+// those of uploads cut by a crash. Gateways may share Root: a file another
+// live process writes is never removed.
 type FileStore struct {
 	// Root is the directory files are stored under; created if missing.
 	Root string `json:"root,omitempty"`
@@ -98,8 +103,9 @@ func (s *FileStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// Provision sets defaults, then creates and opens the directory.
-func (s *FileStore) Provision(caddy.Context) error {
+// Provision sets defaults, creates and opens the directory, and removes the
+// temporary files of uploads no live process writes.
+func (s *FileStore) Provision(ctx caddy.Context) error {
 	if s.Layout == "" {
 		s.Layout = "date"
 	}
@@ -116,8 +122,13 @@ func (s *FileStore) Provision(caddy.Context) error {
 		return err
 	}
 	s.dir = dir
-	s.root, err = os.OpenRoot(dir)
-	return err
+	if s.root, err = os.OpenRoot(dir); err != nil {
+		return err
+	}
+	if err := s.root.MkdirAll(tempDir, s.dirMode); err != nil {
+		return err
+	}
+	return s.removeCrashed(ctx.Logger())
 }
 
 // Validate checks the configuration.
@@ -192,8 +203,8 @@ func (b *fileBatch) Create(FileInfo) (StoredFile, error) {
 	var id [16]byte
 	_, _ = rand.Read(id[:]) // never fails (crypto/rand)
 	name := hex.EncodeToString(id[:])
-	df := &diskFile{s: s, rel: path.Join(dir, name), tmp: path.Join(dir, "."+name+".partial")}
-	f, err := s.root.OpenFile(df.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, s.fileMode)
+	df := &diskFile{s: s, rel: path.Join(dir, name), tmp: path.Join(tempDir, name)}
+	f, err := s.createLocked(df.tmp)
 	if err != nil {
 		return nil, diskError(err)
 	}
@@ -250,19 +261,22 @@ func (df *diskFile) Location() Location {
 	return Location{Path: df.rel, abs: filepath.Join(df.s.dir, filepath.FromSlash(df.rel))}
 }
 
-// Commit moves every file into place and makes the renames durable.
+// Commit moves every file into place and makes the renames durable. A file
+// is renamed before it is closed, which ends its lock: a temporary file is
+// never unlocked while it is still to be kept.
 func (b *fileBatch) Commit() error {
-	dirs := map[string]bool{}
+	dirs := map[string]bool{tempDir: true}
 	for _, df := range b.files {
-		if err := df.f.Close(); err != nil {
-			return diskError(err)
-		}
-		df.f = nil
 		if err := b.s.root.Rename(df.tmp, df.rel); err != nil {
 			return diskError(err)
 		}
 		df.committed = true
 		dirs[path.Dir(df.rel)] = true
+		err := df.f.Close()
+		df.f = nil
+		if err != nil {
+			return diskError(err)
+		}
 	}
 	for dir := range dirs {
 		d, err := b.s.root.Open(dir)
@@ -282,16 +296,16 @@ func (b *fileBatch) Commit() error {
 func (b *fileBatch) Discard() {
 	for _, df := range b.files {
 		df.release()
-		if df.f != nil {
-			df.f.Close()
-			df.f = nil
-		}
 		name := df.tmp
 		if df.committed {
 			name = df.rel
 		}
 		if err := b.s.root.Remove(name); err != nil && !errors.Is(err, os.ErrNotExist) {
 			b.logger.Error("removing stored file", zap.String("path", name), zap.Error(err))
+		}
+		if df.f != nil {
+			df.f.Close() // after the removal: its lock held to the end
+			df.f = nil
 		}
 	}
 	b.files = nil

@@ -51,9 +51,23 @@ const (
 	// s3ClientIdle bounds how long a client that holds a part buffer may
 	// send nothing.
 	s3ClientIdle = time.Minute
-	// s3CleanupTimeout bounds the aborts and deletes after a failure.
-	s3CleanupTimeout = 30 * time.Second
+	// DefaultS3CleanupBudget bounds how long the aborts and deletes after a
+	// failure are retried.
+	DefaultS3CleanupBudget = 2 * time.Minute
+	// maxS3Metadata is S3's bound on an object's user metadata: the UTF-8
+	// bytes of every key and value.
+	maxS3Metadata = 2 << 10
 )
+
+// s3DigestMetadata is the most metadata the digests can add once a file
+// has ended: every algorithm's name and hex digest.
+var s3DigestMetadata = func() int {
+	n := 0
+	for name, h := range hashes {
+		n += len(name) + 2*h().Size()
+	}
+	return n
+}()
 
 // s3OpTimeout bounds each call to S3, so that a stalled server fails the
 // upload instead of holding it. A variable for the tests.
@@ -110,9 +124,18 @@ type S3Store struct {
 	// ever in use at once. Default: 32.
 	MaxBuffers int `json:"max_buffers,omitempty"`
 
+	// CleanupBudget is how long the store keeps trying to abort the
+	// multipart uploads and delete the objects of a failed request, with
+	// backoff, when S3 does not answer (an outage, a restart). The first
+	// try is made before the client is answered; the retries run in the
+	// background, and end at the latest when the configuration is
+	// unloaded. Default: 2m.
+	CleanupBudget caddy.Duration `json:"cleanup_budget,omitempty"`
+
 	client    *s3.Client
 	transport *http.Transport
 	pool      *bufferPool
+	cleanups  *retries
 }
 
 // CaddyModule returns the Caddy module information.
@@ -135,6 +158,7 @@ func (S3Store) CaddyModule() caddy.ModuleInfo {
 //		secret_access_key <secret>
 //		part_size <size>
 //		max_buffers <n>
+//		cleanup_budget <duration>
 //	}
 func (s *S3Store) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume "s3"
@@ -168,6 +192,15 @@ func (s *S3Store) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_buffers must be a positive whole number, got %q", d.Val())
 			}
 			s.MaxBuffers = n
+		case name == "cleanup_budget":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil || dur <= 0 {
+				return d.Errf("cleanup_budget must be a positive duration, got %q", d.Val())
+			}
+			s.CleanupBudget = caddy.Duration(dur)
 		default:
 			return d.Errf("unrecognized s3 store option %s", d.Val())
 		}
@@ -186,6 +219,9 @@ func (s *S3Store) Provision(ctx caddy.Context) error {
 	}
 	if s.MaxBuffers == 0 {
 		s.MaxBuffers = DefaultS3MaxBuffers
+	}
+	if s.CleanupBudget == 0 {
+		s.CleanupBudget = caddy.Duration(DefaultS3CleanupBudget)
 	}
 	if s.Region == "" && s.Endpoint != "" {
 		s.Region = "us-east-1"
@@ -232,6 +268,7 @@ func (s *S3Store) Provision(ctx caddy.Context) error {
 		o.UsePathStyle = s.UsePathStyle
 	})
 	s.pool = newBufferPool(s.MaxBuffers, int(s.PartSize))
+	s.cleanups = newRetries()
 	return nil
 }
 
@@ -246,6 +283,9 @@ func (s *S3Store) Validate() error {
 	if s.MaxBuffers < 1 {
 		return fmt.Errorf("s3 store: max_buffers must be at least 1, got %d", s.MaxBuffers)
 	}
+	if s.CleanupBudget < 0 {
+		return fmt.Errorf("s3 store: cleanup_budget must not be negative, got %s", time.Duration(s.CleanupBudget))
+	}
 	if (s.AccessKeyID == "") != (s.SecretAccessKey == "") {
 		return fmt.Errorf("s3 store: access_key_id and secret_access_key go together")
 	}
@@ -258,8 +298,12 @@ func (s *S3Store) Validate() error {
 	return nil
 }
 
-// Cleanup closes idle connections to S3 and lets the buffers go.
+// Cleanup ends the cleanups still retried (what they leave is logged),
+// closes idle connections to S3 and lets the buffers go.
 func (s *S3Store) Cleanup() error {
+	if s.cleanups != nil {
+		s.cleanups.end()
+	}
 	if s.transport != nil {
 		s.transport.CloseIdleConnections()
 	}
@@ -319,11 +363,22 @@ type s3File struct {
 // that an unreachable server, refused credentials or a missing bucket fail
 // the upload before the file's bytes are read. No request to S3 is made
 // for the file itself until it has a part's worth of data, or has ended.
+//
+// A file whose metadata (its field and filename, percent-encoded, and room
+// for its digests) would pass S3's 2 KB is refused with 400 here, before
+// any of it goes to S3: S3 would refuse it only once its data had come.
 func (b *s3Batch) Create(info FileInfo) (StoredFile, error) {
+	if size := (&s3File{info: info}).metadataSize() + s3DigestMetadata; size > maxS3Metadata {
+		return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeMetadataTooLarge, Limit: "s3 user metadata",
+			Message: fmt.Sprintf("the file's name and field, percent-encoded, take %d bytes of metadata, more than the store's %d", size-s3DigestMetadata, maxS3Metadata-s3DigestMetadata)}
+	}
 	if !b.ready {
 		ctx, cancel := context.WithTimeout(b.ctx, s3OpTimeout)
 		_, err := b.s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(b.s.Bucket)})
 		cancel()
+		if forbidden(err) {
+			err = b.probeForbidden(err)
+		}
 		if err != nil {
 			return nil, b.failure(err)
 		}
@@ -338,6 +393,26 @@ func (b *s3Batch) Create(info FileInfo) (StoredFile, error) {
 	f := &s3File{b: b, key: key, info: info, next: 1, slots: make(chan struct{}, partsInFlight)}
 	b.files = append(b.files, f)
 	return f, nil
+}
+
+// probeForbidden tells refused credentials from credentials that may write
+// but not list (s3:ListBucket), once HeadBucket was refused: its answer has
+// no body, a listing's says why. It returns nil when the first write is to
+// tell.
+func (b *s3Batch) probeForbidden(headErr error) error {
+	ctx, cancel := context.WithTimeout(b.ctx, s3OpTimeout)
+	defer cancel()
+	_, err := b.s.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(b.s.Bucket), MaxKeys: aws.Int32(0)})
+	var ae smithy.APIError
+	if err != nil && errors.As(err, &ae) && (ae.ErrorCode() == "InvalidAccessKeyId" || ae.ErrorCode() == "SignatureDoesNotMatch") {
+		return err
+	}
+	if err == nil || forbidden(err) {
+		b.logger.Info("s3 refused the bucket probe (HeadBucket); the first write tells whether the credentials may write",
+			zap.String("bucket", b.s.Bucket), zap.NamedError("probe", headErr))
+		return nil
+	}
+	return err
 }
 
 func (f *s3File) Location() Location { return Location{Bucket: f.b.s.Bucket, Key: f.key} }
@@ -455,11 +530,24 @@ func (f *s3File) metadata() (meta map[string]string, contentType string) {
 	for name, sum := range f.info.Digests {
 		meta[name] = sum
 	}
+	if f.info.DetectedType != "" {
+		meta["detected-type"] = f.info.DetectedType // verify_types
+	}
 	contentType = f.info.ContentType
 	if contentType == "" {
 		contentType = "application/octet-stream"
 	}
 	return meta, contentType
+}
+
+// metadataSize is the size S3 counts of the metadata known now.
+func (f *s3File) metadataSize() int {
+	meta, _ := f.metadata()
+	n := 0
+	for k, v := range meta {
+		n += len(k) + len(v)
+	}
+	return n
 }
 
 // create starts the file's multipart upload, with its metadata.
@@ -569,6 +657,13 @@ func (f *s3File) addDigests() error {
 		Metadata:          meta,
 		ContentType:       aws.String(ct),
 	})
+	if forbidden(err) {
+		// Credentials without s3:GetObject: the object stays, with its
+		// metadata but no digests, which the answer and fields carry.
+		b.logger.Warn("s3 refused the copy that adds the digests to the metadata (s3:GetObject needed); the object keeps its metadata without them",
+			zap.String("bucket", b.s.Bucket), zap.String("key", f.key), zap.Error(err))
+		return nil
+	}
 	if err != nil {
 		return b.failure(err)
 	}
@@ -577,34 +672,35 @@ func (f *s3File) addDigests() error {
 
 // Discard stops the part uploads in flight, aborts every multipart upload of
 // the batch and deletes the objects it completed. It runs even when the
-// request's context has ended, within s3CleanupTimeout.
+// request's context has ended. What S3 does not take on the first try (it is
+// down, or stalls) is retried in the background within CleanupBudget.
 func (b *s3Batch) Discard() {
 	b.cancel()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(b.req), s3CleanupTimeout)
-	defer cancel()
+	var left []*s3Removal
 	for _, f := range b.files {
 		f.wg.Wait()
 		if f.buf != nil {
 			b.pool.put(f.buf)
 			f.buf = nil
 		}
-		var err error
-		if f.uploadID != "" && !f.completed {
-			_, err = b.s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{
-				Bucket: aws.String(b.s.Bucket), Key: aws.String(f.key), UploadId: aws.String(f.uploadID)})
-			if f.completing && errors.As(err, new(*types.NoSuchUpload)) {
-				err = nil // completed after all: deleted below
-			}
-		}
-		if f.completing {
-			_, derr := b.s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(b.s.Bucket), Key: aws.String(f.key)})
-			err = errors.Join(err, derr)
-		}
-		if err != nil {
-			b.logger.Error("removing from s3", zap.String("bucket", b.s.Bucket), zap.String("key", f.key), zap.Error(err))
+		r := &s3Removal{key: f.key, uploadID: f.uploadID, abort: f.uploadID != "" && !f.completed, delete: f.completing}
+		if r.abort || r.delete {
+			left = append(left, r)
 		}
 	}
 	b.files = nil
+	if len(left) == 0 {
+		return
+	}
+	ctx := context.WithoutCancel(b.req)
+	deadline := time.Now().Add(time.Duration(b.s.CleanupBudget))
+	for i, r := range left {
+		if b.s.removeOnce(ctx, r, b.logger) {
+			// S3 does not answer: the rest waits for it too.
+			b.s.cleanups.start(func(stop context.Context) { b.s.retryRemovals(stop, left[i:], deadline, b.logger) })
+			return
+		}
+	}
 }
 
 // failure classifies an error of S3 or of waiting on it. The message says

@@ -55,8 +55,11 @@ type FileInfo struct {
 	Field       string
 	Filename    string // as the client sent it: metadata only, never a path or key
 	ContentType string
-	Size        int64
-	Digests     map[string]string // configured digests, hex, by name
+	// DetectedType is, with verify_types, the type the file's first bytes
+	// show; empty otherwise.
+	DetectedType string
+	Size         int64
+	Digests      map[string]string // configured digests, hex, by name
 }
 
 // Location is where a stored file is. The file store sets Path; object

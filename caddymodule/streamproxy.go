@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -33,6 +34,12 @@ const (
 	DefaultMaxParts          = 1000
 	DefaultMaxFieldSize      = 1 << 20  // 1 MiB
 	DefaultMaxPartHeaderSize = 16 << 10 // 16 KiB
+	// DefaultMaxFormHeaderSize bounds all part headers of one form: the
+	// default max_parts with 512 bytes of headers each, more than a browser
+	// sends even for a folder of files with long paths (a part header is
+	// 100 to 300 bytes), and small enough that a stream of large part
+	// headers costs about what a plain upload does.
+	DefaultMaxFormHeaderSize = 512 << 10 // 512 KiB
 	// DefaultWriteBuffer is the http transport's, unless write_buffer is
 	// set: a chunk of up to passSize with its size line and CRLF leaves in
 	// one write; a larger one's bulk is written past the buffer.
@@ -57,11 +64,13 @@ const (
 // Statuses it answers with itself, each with a JSON body carrying a stable
 // `code` (see the README): 400 for malformed multipart, a refused field or a
 // digest mismatch, 408 when the client stops sending within the server's read
-// timeouts, 413 when a size or count limit is broken, 415 for a refused content
+// timeouts (client_timeout) or sends slower than min_rate (client_too_slow), 413 when a size or count limit is broken, 415 for a refused content
 // type, 431 for an oversized part header, 499 (logged only) when the client
 // goes away, 502 when the backend cannot be reached or fails mid-stream, or
-// when S3 refuses the credentials or has no such bucket, 503 when no upstream
-// is available or S3 cannot be reached, 504 when the backend times out, 507
+// when S3 refuses the credentials or has no such bucket, or when the backend
+// answered 2xx before it took the whole upload (backend_answered_early), 503
+// when no upstream is available or S3 cannot be reached, 504 when the backend
+// times out or takes no byte of the upload for backend_stall_timeout, 507
 // when the disk store is full. When the site has `handle_errors` routes, the
 // error is returned to them instead.
 //
@@ -73,6 +82,7 @@ const (
 //	{http.stream_proxy.part.field}           its name
 //	{http.stream_proxy.part.filename}        its filename, as sent
 //	{http.stream_proxy.part.content_type}    its Content-Type
+//	{http.stream_proxy.part.detected_type}   with verify_types, a file part's type as its first bytes show it
 //	{http.stream_proxy.parts}                parts read, when the upload ends
 //	{http.stream_proxy.bytes_in}             body bytes read, when the upload ends
 //	{http.stream_proxy.bytes_out}            part bytes delivered, when the upload ends
@@ -118,6 +128,13 @@ type Handler struct {
 	// Default: 16 KiB.
 	MaxPartHeaderSize int64 `json:"max_part_header_size,omitempty"`
 
+	// MaxFormHeaderSize is the most bytes all part headers of one form may
+	// take together: past it the upload fails with 431 (code
+	// part_header_too_large, limit max_form_header_size), so that a stream
+	// of parts with large headers costs no more than a plain upload.
+	// Default: 512 KiB.
+	MaxFormHeaderSize int64 `json:"max_form_header_size,omitempty"`
+
 	// AllowFields, when set, lists the only part names accepted; a part with
 	// any other name fails the upload with 400 (code field_not_allowed).
 	AllowFields []string `json:"allow_fields,omitempty"`
@@ -128,15 +145,40 @@ type Handler struct {
 	// type fails the upload with 415 (code type_not_allowed).
 	AllowTypes []string `json:"allow_types,omitempty"`
 
+	// VerifyTypes judges each file part by its first 4 KiB too, not only by
+	// the Content-Type the client declares (verify.go): a part whose bytes
+	// contradict a specific declared type fails the upload with 415 (code
+	// type_mismatch), and AllowTypes is checked against the type the bytes
+	// show, before any of the part goes on. Default: false.
+	VerifyTypes bool `json:"verify_types,omitempty"`
+
 	// Hash lists the digests computed over every file part while it streams:
 	// sha256, sha1, md5, crc32c. In forward mode each file part is followed by
 	// a text field `<field>.<hash>` with the hex digest; per_part and store
 	// mode report them in their JSON and metadata. Default: none.
 	Hash []string `json:"hash,omitempty"`
 
-	proxy  *reverseproxy.Handler
-	store  Store
-	logger *zap.Logger
+	// MinRate is the slowest a client may send its body, in bytes per
+	// second, over any stretch longer than MinRateGrace: slower, it gets
+	// 408 (code client_too_slow), and its buffers and backend request are
+	// let go. Only time spent waiting for the client counts (see pacer).
+	// -1 turns it off, for trusted clients. Default: 500.
+	MinRate int64 `json:"min_rate,omitempty"`
+
+	// MinRateGrace is how long a client may send slower than MinRate, or
+	// nothing at all, before it is cut. Default: 20s.
+	MinRateGrace caddy.Duration `json:"min_rate_grace,omitempty"`
+	// BackendStallTimeout is how long a backend may take no byte of an
+	// upload's body (a write to it does not complete) before the upload
+	// ends with 504 (code backend_timeout), its backend connection closed.
+	// Time spent waiting for the client does not count. Default: 1m.
+	BackendStallTimeout caddy.Duration `json:"backend_stall_timeout,omitempty"`
+
+	proxy    *reverseproxy.Handler
+	proxyErr error          // what checkProxy refused, reported by Validate; proxy is then unprovisioned
+	route    *routeTemplate // the upstreams' path, expanded per request (route.go)
+	store    Store
+	logger   *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -169,6 +211,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxPartHeaderSize == 0 {
 		h.MaxPartHeaderSize = DefaultMaxPartHeaderSize
 	}
+	if h.BackendStallTimeout == 0 {
+		h.BackendStallTimeout = caddy.Duration(DefaultBackendStallTimeout)
+	}
+
+	if h.MinRate == 0 {
+		h.MinRate = DefaultMinRate
+	}
+	if h.MinRateGrace == 0 {
+		h.MinRateGrace = caddy.Duration(DefaultMinRateGrace)
+	}
+	if h.MaxFormHeaderSize == 0 {
+		h.MaxFormHeaderSize = DefaultMaxFormHeaderSize
+	}
 
 	if err := initMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
@@ -192,15 +247,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
+	if h.proxyErr != nil {
+		return fmt.Errorf("proxy: %w", h.proxyErr)
+	}
 	switch h.Mode {
 	case ModeForward, ModePerPart:
 		if h.proxy == nil {
 			return fmt.Errorf("mode %s needs a backend: set to", h.Mode)
 		}
+		if h.route != nil && h.route.clientValues() && h.Mode != ModePerPart {
+			return fmt.Errorf("upstream path %q: form and part placeholders route only in mode per_part, where each part's request starts once the fields before it were read", h.route.raw)
+		}
 		if h.StoreRaw != nil {
 			return fmt.Errorf("store is for mode store, not %s", h.Mode)
 		}
 	case ModeStore:
+		if h.route != nil && h.route.clientValues() {
+			return fmt.Errorf("upstream path %q: form and part placeholders route only in mode per_part, where each part's request starts once the fields before it were read", h.route.raw)
+		}
 		if h.store == nil {
 			return fmt.Errorf("mode store needs a store: set store")
 		}
@@ -218,12 +282,20 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("allow_types: %q is not a media type or type/* pattern", p)
 		}
 	}
+	if h.MinRate < minRateOff {
+		return fmt.Errorf("min_rate must be a positive rate in bytes per second, or -1 for none, got %d", h.MinRate)
+	}
+	if h.MinRateGrace < 0 {
+		return fmt.Errorf("min_rate_grace must not be negative, got %s", time.Duration(h.MinRateGrace))
+	}
 	for name, v := range map[string]int64{
-		"max_body_size":        h.MaxBodySize,
-		"max_part_size":        h.MaxPartSize,
-		"max_field_size":       h.MaxFieldSize,
-		"max_part_header_size": h.MaxPartHeaderSize,
-		"max_parts":            int64(h.MaxParts),
+		"max_body_size":         h.MaxBodySize,
+		"max_part_size":         h.MaxPartSize,
+		"max_field_size":        h.MaxFieldSize,
+		"max_part_header_size":  h.MaxPartHeaderSize,
+		"max_parts":             int64(h.MaxParts),
+		"backend_stall_timeout": int64(h.BackendStallTimeout),
+		"max_form_header_size":  h.MaxFormHeaderSize,
 	} {
 		if v < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", name, v)
@@ -284,11 +356,16 @@ func (h *Handler) provisionProxy(ctx caddy.Context) error {
 		case *reverseproxy.HTTPTransport:
 			rp.Transport = bodyTransport{t}
 		case reverseproxy.BufferedTransport:
-			return fmt.Errorf("transport %T buffers request bodies", t)
+			h.proxyErr = fmt.Errorf("transport %T buffers request bodies", t)
+			return nil
 		default:
 			rp.Transport = t.(http.RoundTripper)
 		}
 	}
+	if h.proxyErr = checkProxy(rp); h.proxyErr != nil {
+		return nil // Validate reports it; nothing is started for a config it refuses
+	}
+	h.liftRoute(rp)
 	if err := rp.Provision(ctx); err != nil {
 		return err
 	}
@@ -298,7 +375,7 @@ func (h *Handler) provisionProxy(ctx caddy.Context) error {
 
 // Cleanup stops the proxy's health checks and releases its upstreams.
 func (h *Handler) Cleanup() error {
-	if h.proxy == nil {
+	if h.proxy == nil || h.proxyErr != nil {
 		return nil
 	}
 	return h.proxy.Cleanup()

@@ -41,7 +41,8 @@ type upload struct {
 	current   *partRef   // the part being read, nil between parts
 	partStart time.Time
 
-	fieldBytes int // text field bytes kept as placeholders
+	fieldBytes    int             // text field bytes kept as placeholders
+	droppedFields map[string]bool // text fields read but too long to keep as placeholders
 }
 
 // result is how a mode's handling of an upload ended: the status the client
@@ -62,7 +63,10 @@ func newUpload(h *Handler, w http.ResponseWriter, r *http.Request) *upload {
 	if repl == nil {
 		repl = caddy.NewReplacer()
 	}
-	u := &upload{h: h, w: w, r: r, repl: repl, start: time.Now()}
+	// The body is set here, before the admin API can see the upload, and
+	// never replaced: the API reads it while the upload runs.
+	u := &upload{h: h, w: w, r: r, repl: repl, start: time.Now(), body: &clientBody{r: r.Body, max: h.MaxBodySize}}
+	u.body.pace = u.newPacer()
 	u.id, _ = repl.GetString("http.request.uuid")
 	u.logger = h.logger.With(zap.String("upload", u.id))
 	return u
@@ -103,7 +107,7 @@ func (u *upload) end(res result) {
 		code = e.Code
 		metrics.rejections.WithLabelValues(mode, e.Code).Inc()
 		switch {
-		case e.Code == CodeClientGone || e.Code == CodeClientTimeout:
+		case e.Code == CodeClientGone || e.Code == CodeClientTimeout || e.Code == CodeClientTooSlow:
 			outcome = outcomeClientGone
 		case e.Code == CodeBackendRejected:
 			outcome = outcomeBackendError
@@ -153,6 +157,7 @@ func (u *upload) partStarted(p *formPart) {
 	u.repl.Set(placeholderPrefix+"part.field", p.Field)
 	u.repl.Set(placeholderPrefix+"part.filename", p.Filename)
 	u.repl.Set(placeholderPrefix+"part.content_type", p.ContentType)
+	u.repl.Set(placeholderPrefix+"part.detected_type", p.DetectedType)
 }
 
 func (u *upload) partEnded(p *formPart) {
@@ -174,9 +179,7 @@ func (u *upload) snapshot(now time.Time) uploadStatus {
 		ID: u.id, RemoteAddr: u.r.RemoteAddr, Method: u.r.Method, Host: u.r.Host, URI: u.r.RequestURI,
 		Mode: u.h.Mode, Started: u.start, Parts: u.parts.Load(),
 	}
-	if u.body != nil {
-		s.Bytes = u.body.n.Load()
-	}
+	s.Bytes = u.body.n.Load()
 	u.mu.Lock()
 	if u.current != nil {
 		c := *u.current
@@ -184,7 +187,7 @@ func (u *upload) snapshot(now time.Time) uploadStatus {
 	}
 	u.mu.Unlock()
 	if secs := now.Sub(u.start).Seconds(); secs > 0 {
-		s.Rate = float64(s.Bytes) / secs
+		s.Rate = int64(float64(s.Bytes) / secs) // whole bytes per second
 	}
 	return s
 }

@@ -247,6 +247,7 @@ type partBackend struct {
 // partRequest is one part as a partBackend received it.
 type partRequest struct {
 	path, disposition, contentType, field, filename string
+	detected                                        string // X-Stream-Proxy-Detected-Type
 	size                                            int64
 	sha256                                          string
 }
@@ -264,7 +265,7 @@ func newPartBackend(t *testing.T, status int) *partBackend {
 		b.seen = append(b.seen, partRequest{
 			path: r.URL.Path, disposition: r.Header.Get("Content-Disposition"), contentType: r.Header.Get("Content-Type"),
 			field: r.Header.Get("X-Stream-Proxy-Field"), filename: r.Header.Get("X-Stream-Proxy-Filename"),
-			size: n, sha256: sum,
+			detected: r.Header.Get("X-Stream-Proxy-Detected-Type"), size: n, sha256: sum,
 		})
 		b.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")

@@ -48,6 +48,31 @@ type browserUpload struct {
 	Progress *struct {
 		Events, Loaded, Total int64
 	} `json:"progress"`
+	Page *pageState `json:"page"`
+}
+
+// pageState is what the upload page showed once an upload had ended.
+type pageState struct {
+	Text        string  `json:"text"`   // the status line
+	Failed      bool    `json:"failed"` // the bar and the line marked as failed
+	Value       float64 `json:"value"`  // the progress bar
+	Max         float64 `json:"max"`
+	SendEnabled bool    `json:"send_enabled"`
+	// Seen is the status line at each of its changes, with whether the
+	// Upload button was disabled then.
+	Seen []struct {
+		Text     string `json:"text"`
+		Disabled bool   `json:"disabled"`
+	} `json:"seen"`
+}
+
+// disabledWhileSending checks that the Upload button was disabled while the
+// page showed the upload going, and enabled again at its end.
+func (p *pageState) disabledWhileSending(t *testing.T, kind string) {
+	t.Helper()
+	if p == nil || len(p.Seen) < 2 || !p.Seen[0].Disabled || p.Seen[len(p.Seen)-1].Disabled || !p.SendEnabled {
+		t.Errorf("%s: the Upload button, at each change of the status line: %+v; want disabled while sending, enabled at the end", kind, p)
+	}
 }
 
 // Real clients, integration/README.md, rows 31 and 38: Debian's chromium,
@@ -56,6 +81,9 @@ type browserUpload struct {
 // HTML form (a text field, a file with a non-ASCII name, an optional file input
 // left empty), the page's XHR upload, and a fetch() with FormData. The backend
 // checks every byte and field, and the browser gets the backend's answer.
+// Then a file the gateway refuses (415), through the page: the page shows
+// the refusal and an empty bar marked as failed, never a full one, though
+// the browser may have sent every byte (the gateway reads the rest away).
 func TestBrowserUploads(t *testing.T) {
 	node := needTool(t, "node", "")
 	needTool(t, "chromium", "/usr/bin/chromium")
@@ -85,6 +113,11 @@ func TestBrowserUploads(t *testing.T) {
 		t.Fatal(err)
 	}
 	fileSum := sha256.Sum256(data)
+	// A file of a type allow_types refuses (Chromium sends .wav as audio/wav).
+	refused := filepath.Join(dir, "refused talk.wav")
+	if err := os.WriteFile(refused, data[:2<<20], 0o600); err != nil {
+		t.Fatal(err)
+	}
 	const note = "héllo wörld ✓"
 	noteSum := sha256.Sum256([]byte(note))
 	generated := make([]byte, 1<<20) // what the page's fetch() sends, made the same way
@@ -132,7 +165,7 @@ func TestBrowserUploads(t *testing.T) {
 			before := len(be.requests())
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, node, "upload.mjs", tc.base, filepath.Join(dir, name), note)
+			cmd := exec.CommandContext(ctx, node, "upload.mjs", tc.base, filepath.Join(dir, name), note, refused)
 			cmd.Dir = "browser"
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -147,12 +180,17 @@ func TestBrowserUploads(t *testing.T) {
 				}
 				uploads = append(uploads, u)
 			}
-			if len(uploads) != 3 {
-				t.Fatalf("upload.mjs reported %d uploads, want 3:\n%s", len(uploads), stdout.String())
+			if len(uploads) != 4 {
+				t.Fatalf("upload.mjs reported %d uploads, want 4:\n%s", len(uploads), stdout.String())
 			}
 			got := be.requests()[before:]
-			if len(got) != 3 {
-				t.Fatalf("backend got %d requests, want 3", len(got))
+			if len(got) < 3 {
+				t.Fatalf("backend got %d requests, want 3 (and the refused one, aborted, if it came)", len(got))
+			}
+			for _, rec := range got[3:] {
+				if rec.Err == "" {
+					t.Errorf("the refused upload reached the backend whole: %+v", rec.Parts)
+				}
 			}
 			for i, want := range [][]checkedPart{formParts, formParts, fetchParts} {
 				u, rec := uploads[i], got[i]
@@ -173,6 +211,25 @@ func TestBrowserUploads(t *testing.T) {
 			}
 			if p := uploads[1].Progress; p == nil || p.Events < 1 || p.Total <= int64(len(data)) || p.Loaded != p.Total {
 				t.Errorf("xhr progress %+v: want events up to the whole body", p)
+			}
+			if p := uploads[1].Page; p == nil || p.Failed || p.Value != p.Max || !strings.Contains(p.Text, "complete") {
+				t.Errorf("xhr: the page shows %+v, want a full bar and the upload complete", p)
+			}
+			uploads[1].Page.disabledWhileSending(t, "xhr")
+
+			// The refusal, as the page shows it.
+			ref := uploads[3]
+			var refusal errorBody
+			if ref.Status != 415 || json.Unmarshal(ref.Answer, &refusal) != nil || refusal.Error.Code != "type_not_allowed" {
+				t.Errorf("refused: the page got %d %s, want 415 type_not_allowed", ref.Status, ref.Answer)
+			}
+			if p := ref.Page; p == nil || !p.Failed || p.Value != 0 || !strings.Contains(p.Text, "refused (415") {
+				t.Errorf("refused: the page shows %+v, want an empty bar marked failed and the refusal", p)
+			}
+			ref.Page.disabledWhileSending(t, "refused")
+			if p := ref.Progress; p != nil {
+				t.Logf("refused: the browser reported %d of %d bytes sent in %d progress events; the page shows %q",
+					p.Loaded, p.Total, p.Events, ref.Page.Text)
 			}
 		})
 	}

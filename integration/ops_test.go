@@ -154,7 +154,7 @@ func TestAdminListsUploadsInFlight(t *testing.T) {
 			Field    string `json:"field"`
 			Filename string `json:"filename"`
 		} `json:"current_part"`
-		Rate float64 `json:"bytes_per_second"`
+		Rate int64 `json:"bytes_per_second"`
 	}
 	list := func() []status {
 		res, err := http.Get(fmt.Sprintf("http://localhost:%d/stream_proxy/uploads", adminPort))

@@ -32,6 +32,12 @@
 //	    turn and prints the gateway's peak RSS (VmHWM) after each: memory
 //	    should stay flat whatever the upload size.
 //
+//	uploadbench slow -caddy PATH [-n 3000] [-rate 4KiB] [-duration 15s] [-via rp,sp]
+//	    Holds n uploads open at once, each a small form trickled at rate,
+//	    into a discarding backend, through reverse_proxy and stream_proxy,
+//	    each in a fresh gateway, and prints the gateway's RSS per upload
+//	    (peak minus idle) and how many uploads failed.
+//
 // Each subcommand takes -h for its flags. compare and rss need Linux (/proc).
 package main
 
@@ -55,6 +61,7 @@ var subcommands = []subcommand{
 	{"upload", runUpload},
 	{"compare", runCompare},
 	{"rss", runRSS},
+	{"slow", runSlow},
 }
 
 const usageText = `usage: uploadbench <subcommand> [flags]
@@ -69,6 +76,8 @@ const usageText = `usage: uploadbench <subcommand> [flags]
       benchmark direct vs reverse_proxy vs stream_proxy through a gateway it starts
   rss -caddy PATH [-sizes 64MiB,4GiB] [-mode forward|per_part|store]
       a fresh gateway's peak RSS after a small and after a large upload
+  slow -caddy PATH [-n 3000] [-rate 4KiB] [-duration 15s] [-via rp,sp]
+      the gateway's RSS per upload with n slow uploads held open at once
 
 Run 'uploadbench <subcommand> -h' for all of its flags.
 `
