@@ -94,7 +94,7 @@ browser-deps:
 	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
 unit: $(VERSITYGW) $(AZURITE)
-	test -z "$$(gofmt -l caddymodule cmd integration internal)" || { gofmt -l caddymodule cmd integration internal; exit 1; }
+	test -z "$$(gofmt -l caddymodule cmd integration)" || { gofmt -l caddymodule cmd integration; exit 1; }
 	go vet ./...
 	# The handler and its end-to-end tests under the race detector; the rest plain.
 	SP_VERSITYGW=$(VERSITYGW) SP_AZURITE=$(AZURITE) go test -race -count=1 -timeout 25m ./caddymodule/ ./integration/

@@ -350,8 +350,8 @@ type azureFile struct {
 // metadata fits.
 func (b *azureBatch) Create(info FileInfo) (StoredFile, error) {
 	if n := metadataSize(azureMetadata(info)); n > maxAzureMetadata {
-		return nil, limitError(http.StatusRequestHeaderFieldsTooLarge, CodePartHeaderTooBig, "the store's metadata", maxAzureMetadata,
-			"field and filename, encoded,")
+		return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeMetadataTooLarge, Limit: "azure metadata",
+			Message: fmt.Sprintf("the file's name and field, encoded, take %d bytes of metadata, more than the store's %d", n, maxAzureMetadata)}
 	}
 	if !b.ready {
 		ctx, cancel := context.WithTimeout(b.ctx, azureOpTimeout)

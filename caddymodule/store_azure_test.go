@@ -18,7 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
-	"github.com/streamproxy/caddy-stream-proxy/internal/azurite"
+	azurite "github.com/streamproxy/caddy-stream-proxy/integration/azuritetest"
 )
 
 // The Caddyfile's options, and what Validate refuses.
@@ -127,7 +127,7 @@ func TestAzureStoreStall(t *testing.T) {
 
 	batch := s.Begin(context.Background(), zap.NewNop())
 	var ue *uploadError
-	if _, err := batch.Create(FileInfo{Field: "f", Filename: strings.Repeat("é", 2000)}); !errors.As(err, &ue) || ue.Code != CodePartHeaderTooBig {
+	if _, err := batch.Create(FileInfo{Field: "f", Filename: strings.Repeat("é", 2000)}); !errors.As(err, &ue) || ue.Code != CodeMetadataTooLarge {
 		t.Fatalf("a filename over the metadata's size: %v", err)
 	}
 	f, err := batch.Create(FileInfo{Field: "f", Filename: "f.bin"})

@@ -26,7 +26,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 
-	"github.com/streamproxy/caddy-stream-proxy/internal/azurite"
+	azurite "github.com/streamproxy/caddy-stream-proxy/integration/azuritetest"
 )
 
 const (

@@ -1,7 +1,7 @@
-// Package azurite starts Azurite, Microsoft's Azure Storage emulator, for
+// Package azuritetest starts Azurite, Microsoft's Azure Storage emulator, for
 // tests: its Blob service on a free loopback port, with a temporary
 // location, and Azurite's well-known development account.
-package azurite
+package azuritetest
 
 import (
 	"bufio"
@@ -44,7 +44,7 @@ func Path(t testing.TB) string {
 	p := os.Getenv("SP_AZURITE")
 	if p == "" {
 		_, file, _, _ := runtime.Caller(0)
-		p = filepath.Join(filepath.Dir(file), "..", "..", "integration", "azurite", "node_modules", ".bin", "azurite-blob")
+		p = filepath.Join(filepath.Dir(file), "..", "azurite", "node_modules", ".bin", "azurite-blob")
 	}
 	if _, err := os.Stat(p); err != nil {
 		msg := "azurite-blob not found at " + p + " (make -f xcaddy.mk azurite installs it)"
