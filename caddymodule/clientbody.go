@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"sync/atomic"
+
+	"github.com/streamproxy/caddy-stream-proxy/store"
 )
 
 // checkRequest refuses what can be refused before reading the body, so that
@@ -28,7 +30,7 @@ func (u *upload) checkRequest() *uploadError {
 // The caller must call closeBody.
 func (u *upload) openBody() *formReader {
 	src := &budgetReader{r: u.body, budget: -1}
-	_, pooled := u.h.store.(idleBounder) // see idleBounder
+	_, pooled := u.h.store.(store.IdleBounder) // see store.IdleBounder
 	u.bufs = takeBufs(pooled || (u.r.ContentLength >= 0 && u.r.ContentLength < smallBody))
 	u.in = u.bufs.readers.Get().(*bufio.Reader)
 	u.in.Reset(src)

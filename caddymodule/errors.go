@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/streamproxy/caddy-stream-proxy/store"
 )
 
 // Stable, machine-readable codes of refused or failed uploads. They appear in
@@ -24,7 +26,7 @@ const (
 	CodeFieldNotAllowed  = "field_not_allowed"
 	CodeTypeNotAllowed   = "type_not_allowed"
 	CodeTypeMismatch     = "type_mismatch" // verify_types: the bytes contradict the declared type
-	CodeClientGone       = "client_gone"
+	CodeClientGone       = store.CodeClientGone
 	CodeClientTimeout    = "client_timeout"
 	CodeClientTooSlow    = "client_too_slow" // slower than min_rate for longer than its grace
 	CodeBackendFailed    = "backend_failed"
@@ -35,16 +37,17 @@ const (
 	CodeBackendAnsweredEarly = "backend_answered_early"
 	CodeNoUpstream           = "no_upstream"
 	CodeDigestMismatch       = "digest_mismatch"
-	CodeStorageFull          = "insufficient_storage"
-	CodeStoreFailed          = "store_failed"
-	CodeStoreUnavailable     = "store_unavailable"  // S3 unreachable, failing (5xx) or stalled
-	CodeStoreDenied          = "store_denied"       // S3 refused the gateway's credentials
-	CodeStoreNoBucket        = "store_no_bucket"    // the S3 bucket does not exist
-	CodeMetadataTooLarge     = "metadata_too_large" // a file's name would pass the store's metadata limit
+	// The stores' codes, defined with the store API (package store).
+	CodeStorageFull      = store.CodeStorageFull
+	CodeStoreFailed      = store.CodeStoreFailed
+	CodeStoreUnavailable = store.CodeStoreUnavailable
+	CodeStoreDenied      = store.CodeStoreDenied
+	CodeStoreNoBucket    = store.CodeStoreNoBucket
+	CodeMetadataTooLarge = store.CodeMetadataTooLarge
 )
 
 // statusClientClosed is logged when the client went away; nobody reads it.
-const statusClientClosed = 499
+const statusClientClosed = store.StatusClientClosed
 
 // partRef names the part an error is about.
 type partRef struct {
@@ -96,14 +99,27 @@ type writeError struct{ error }
 
 func (e writeError) Unwrap() error { return e.error }
 
-// asUploadError returns err as an uploadError; anything that is not one is a
-// malformed body.
+// asUploadError returns err as an uploadError; a store's *store.Error is
+// turned into one, and anything else is a malformed body.
 func asUploadError(err error) *uploadError {
 	var ue *uploadError
 	if errors.As(err, &ue) {
 		return ue
 	}
+	if se := fromStore(err); se != nil {
+		return se
+	}
 	return malformed(err)
+}
+
+// fromStore is the uploadError of a store's failure, or nil when err carries
+// no *store.Error.
+func fromStore(err error) *uploadError {
+	var se *store.Error
+	if !errors.As(err, &se) {
+		return nil
+	}
+	return &uploadError{Status: se.Status, Code: se.Code, Message: se.Message, Limit: se.Limit, err: se.Err}
 }
 
 func malformed(err error) *uploadError {
@@ -157,10 +173,8 @@ func asStoreError(err error) error {
 	if errors.As(err, &ue) || errors.As(err, &we) {
 		return err
 	}
-	return storeFailed(err)
-}
-
-// storeFailed is a failure of the store that has no status of its own.
-func storeFailed(err error) *uploadError {
-	return &uploadError{Status: http.StatusInternalServerError, Code: CodeStoreFailed, Message: "storing the upload failed", err: err}
+	if se := fromStore(err); se != nil {
+		return se
+	}
+	return fromStore(store.Failed(err))
 }

@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/streamproxy/caddy-stream-proxy/store/bufpool"
 )
 
 // metrics are the handler's Prometheus collectors. They are created once per
@@ -20,8 +22,6 @@ var metrics = struct {
 	inFlight    *prometheus.GaugeVec
 	partSeconds *prometheus.HistogramVec
 	backendTTFB *prometheus.HistogramVec
-	bufInUse    prometheus.Gauge   // store s3: part buffers in use
-	bufWaits    prometheus.Counter // store s3: uploads that waited for one
 }{}
 
 // Outcomes of an upload, the `outcome` label.
@@ -53,14 +53,10 @@ func initMetrics(registry *prometheus.Registry) error {
 			Help: "Uploads being handled now."}, []string{"mode"})
 		metrics.partSeconds = seconds("part_duration_seconds", "Time from a part's header to its end.")
 		metrics.backendTTFB = seconds("backend_ttfb_seconds", "Time from the start of a backend request to its response header.")
-		metrics.bufInUse = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "store_buffers_in_use",
-			Help: "S3 part buffers in use, all handlers together."})
-		metrics.bufWaits = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "store_buffer_waits_total",
-			Help: "Times an S3 upload found no free part buffer and stopped reading from its client until one was."})
 	})
 	for _, c := range []prometheus.Collector{
 		metrics.uploads, metrics.parts, metrics.received, metrics.sent, metrics.rejections,
-		metrics.inFlight, metrics.partSeconds, metrics.backendTTFB, metrics.bufInUse, metrics.bufWaits,
+		metrics.inFlight, metrics.partSeconds, metrics.backendTTFB, bufpool.InUse, bufpool.Waits,
 	} {
 		if err := registry.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

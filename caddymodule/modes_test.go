@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/streamproxy/caddy-stream-proxy/store/filestore"
 )
 
 const twoFiles = "--B\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nbase\r\n" +
@@ -102,7 +104,7 @@ func storedFiles(t *testing.T, dir string) map[string]string {
 
 func TestServeStoreWithoutBackend(t *testing.T) {
 	dir := t.TempDir()
-	h := provision(t, &Handler{Mode: ModeStore, StoreRaw: fileStoreJSON(&FileStore{Root: dir, Layout: "flat"}), Hash: []string{"md5"}})
+	h := provision(t, &Handler{Mode: ModeStore, StoreRaw: fileStoreJSON(&filestore.FileStore{Root: dir, Layout: "flat"}), Hash: []string{"md5"}})
 	w := serve(h, formRequest(twoFiles), failNext)
 	if w.Code != http.StatusCreated {
 		t.Fatalf("status %d: %s", w.Code, w.Body)
@@ -128,7 +130,7 @@ func TestServeStoreWithoutBackend(t *testing.T) {
 
 func TestServeStoreLeavesNothingOnError(t *testing.T) {
 	dir := t.TempDir()
-	h := provision(t, &Handler{Mode: ModeStore, StoreRaw: fileStoreJSON(&FileStore{Root: dir}), MaxPartSize: 8})
+	h := provision(t, &Handler{Mode: ModeStore, StoreRaw: fileStoreJSON(&filestore.FileStore{Root: dir}), MaxPartSize: 8})
 	w := serve(h, formRequest(twoFiles), failNext) // the second file is 9 bytes
 	if w.Code != http.StatusRequestEntityTooLarge {
 		t.Fatalf("status %d: %s", w.Code, w.Body)
@@ -136,7 +138,7 @@ func TestServeStoreLeavesNothingOnError(t *testing.T) {
 	if files := storedFiles(t, dir); len(files) != 0 {
 		t.Fatalf("left on disk: %v", files)
 	}
-	h = provision(t, &Handler{Mode: ModeStore, StoreRaw: fileStoreJSON(&FileStore{Root: dir})})
+	h = provision(t, &Handler{Mode: ModeStore, StoreRaw: fileStoreJSON(&filestore.FileStore{Root: dir})})
 	w = serve(h, formRequest(strings.TrimSuffix(twoFiles, "--B--\r\n")), failNext)
 	if w.Code != http.StatusBadRequest || len(storedFiles(t, dir)) != 0 {
 		t.Fatalf("truncated form: status %d, left %v", w.Code, storedFiles(t, dir))
@@ -156,7 +158,7 @@ func TestServeStoreWithBackend(t *testing.T) {
 		w.WriteHeader(status)
 	}))
 	t.Cleanup(be.Close)
-	h := provision(t, &Handler{ProxyRaw: proxyTo(be.URL), Mode: ModeStore, StoreRaw: fileStoreJSON(&FileStore{Root: dir}), Hash: []string{"sha256"}})
+	h := provision(t, &Handler{ProxyRaw: proxyTo(be.URL), Mode: ModeStore, StoreRaw: fileStoreJSON(&filestore.FileStore{Root: dir}), Hash: []string{"sha256"}})
 	w := serve(h, formRequest(twoFiles), failNext)
 	if w.Code != 200 {
 		t.Fatalf("status %d: %s", w.Code, w.Body)
@@ -226,6 +228,6 @@ func TestDeclaredDigests(t *testing.T) {
 }
 
 // fileStoreJSON is s as the handler's store module.
-func fileStoreJSON(s *FileStore) json.RawMessage {
+func fileStoreJSON(s *filestore.FileStore) json.RawMessage {
 	return caddyconfig.JSONModuleObject(s, "module", "file", nil)
 }

@@ -68,10 +68,3 @@ func releaseBufs(s *bufSet) {
 		largeTaken.Add(-1)
 	}
 }
-
-// fileWriterSize is the size of the buffered writer in front of a stored file.
-// It gathers part headers and small client reads into one write; a run of
-// part data larger than it is written past it.
-const fileWriterSize = 128 << 10
-
-var fileWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, fileWriterSize) }}

@@ -5,12 +5,14 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strconv"
+
+	"github.com/streamproxy/caddy-stream-proxy/store"
 )
 
 // storing is one upload's files in store mode.
 type storing struct {
 	u      *upload
-	batch  Batch
+	batch  store.Batch
 	parts  []partResult
 	stored []storedPart      // the file parts, for the answer
 	fields map[string]string // kept text fields, without a backend
@@ -59,12 +61,13 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 			continue
 		}
 
-		sf, err := st.batch.Create(FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType, DetectedType: p.DetectedType})
+		sf, err := st.batch.Create(store.FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType, DetectedType: p.DetectedType})
 		if err != nil {
+			err = asStoreError(err)
 			if ue, ok := err.(*uploadError); ok && ue.Part == nil && ue.Status < 500 {
 				ue.Part = p.ref()
 			}
-			return asStoreError(err)
+			return err
 		}
 		stop := st.boundIdle()
 		err = u.copyPart(sf, p) // the store buffers as its medium needs
@@ -73,7 +76,7 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 			return asStoreError(err)
 		}
 		r := newPartResult(p)
-		if err := sf.Finish(FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType,
+		if err := sf.Finish(store.FileInfo{Field: p.Field, Filename: p.Filename, ContentType: p.ContentType,
 			DetectedType: p.DetectedType, Size: r.Size, Digests: r.Digests}); err != nil {
 			return asStoreError(err)
 		}
@@ -95,12 +98,12 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 // below min_rate (408, client_too_slow). It returns
 // the function that ends this.
 func (st *storing) boundIdle() (stop func()) {
-	ib, ok := st.u.h.store.(idleBounder)
+	ib, ok := st.u.h.store.(store.IdleBounder)
 	if !ok {
 		return func() {}
 	}
 	pace := st.u.body.pace
-	pace.idle = ib.idleBound()
+	pace.idle = ib.IdleBound()
 	return func() { pace.idle = 0 }
 }
 
@@ -121,7 +124,7 @@ func (st *storing) keepField(p *formPart) error {
 // does: <field>.name, .content_type, where it is (.path, absolute, on disk;
 // .bucket and .key in an object store), .size and a field per configured
 // digest.
-func (st *storing) writeMetadata(mw *multipart.Writer, r partResult, loc Location) error {
+func (st *storing) writeMetadata(mw *multipart.Writer, r partResult, loc store.Location) error {
 	fields := [][2]string{
 		{".name", *r.Filename},
 		{".content_type", r.ContentType},
@@ -129,8 +132,8 @@ func (st *storing) writeMetadata(mw *multipart.Writer, r partResult, loc Locatio
 	if r.DetectedType != "" {
 		fields = append(fields, [2]string{".detected_type", r.DetectedType})
 	}
-	if loc.abs != "" {
-		fields = append(fields, [2]string{".path", loc.abs})
+	if loc.AbsPath != "" {
+		fields = append(fields, [2]string{".path", loc.AbsPath})
 	}
 	if loc.Key != "" {
 		fields = append(fields, [2]string{".bucket", loc.Bucket}, [2]string{".key", loc.Key})

@@ -15,6 +15,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/streamproxy/caddy-stream-proxy/store"
 )
 
 func init() {
@@ -177,7 +179,7 @@ type Handler struct {
 	proxy    *reverseproxy.Handler
 	proxyErr error          // what checkProxy refused, reported by Validate; proxy is then unprovisioned
 	route    *routeTemplate // the upstreams' path, expanded per request (route.go)
-	store    Store
+	store    store.Store
 	logger   *zap.Logger
 }
 
@@ -240,7 +242,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("loading store: %w", err)
 		}
-		h.store = mod.(Store)
+		h.store = mod.(store.Store)
 	}
 	return nil
 }
@@ -268,8 +270,8 @@ func (h *Handler) Validate() error {
 		if h.store == nil {
 			return fmt.Errorf("mode store needs a store: set store")
 		}
-		if l, ok := h.store.(partLimiter); ok && h.MaxPartSize > l.maxFileSize() {
-			return fmt.Errorf("max_part_size %d is larger than the store can take (%d): lower it or raise the store's part_size", h.MaxPartSize, l.maxFileSize())
+		if l, ok := h.store.(store.MaxFileSizer); ok && h.MaxPartSize > l.MaxFileSize() {
+			return fmt.Errorf("max_part_size %d is larger than the store can take (%d): lower it or raise the store's part_size", h.MaxPartSize, l.MaxFileSize())
 		}
 	default:
 		return fmt.Errorf("unknown mode %q (want forward, per_part or store)", h.Mode)

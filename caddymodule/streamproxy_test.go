@@ -22,6 +22,9 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/streamproxy/caddy-stream-proxy/store/filestore"
+	"github.com/streamproxy/caddy-stream-proxy/store/s3store"
 )
 
 func TestMain(m *testing.M) {
@@ -103,7 +106,7 @@ func TestValidate(t *testing.T) {
 		{Handler{Mode: ModePerPart}, "needs a backend"},
 		{Handler{proxy: backend, Mode: "bulk"}, "unknown mode"},
 		{Handler{proxy: backend, Mode: ModeStore}, "needs a store"},
-		{Handler{proxy: backend, StoreRaw: fileStoreJSON(&FileStore{Root: "/tmp"})}, "store is for mode store"},
+		{Handler{proxy: backend, StoreRaw: fileStoreJSON(&filestore.FileStore{Root: "/tmp"})}, "store is for mode store"},
 		{Handler{proxy: backend, Hash: []string{"sha3"}}, "unknown hash"},
 		{Handler{proxy: backend, AllowTypes: []string{"audio/x*"}}, "not a media type"},
 		{Handler{proxy: backend, MaxParts: -1}, "max_parts must not be negative"},
@@ -117,7 +120,7 @@ func TestValidate(t *testing.T) {
 			t.Errorf("%+v: error %v, want %q", tc.h, err, tc.err)
 		}
 	}
-	ok := Handler{Mode: ModeStore, StoreRaw: fileStoreJSON(&FileStore{Root: "/tmp"}), store: &FileStore{Root: "/tmp"}}
+	ok := Handler{Mode: ModeStore, StoreRaw: fileStoreJSON(&filestore.FileStore{Root: "/tmp"}), store: &filestore.FileStore{Root: "/tmp"}}
 	if err := ok.Validate(); err != nil {
 		t.Errorf("store without a backend: %v", err)
 	}
@@ -285,42 +288,21 @@ func TestServeRefusals(t *testing.T) {
 	}
 }
 
-func TestS3StoreValidate(t *testing.T) {
-	ok := S3Store{Bucket: "b", PartSize: MinS3PartSize, MaxBuffers: 1}
-	if err := ok.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		s   S3Store
-		err string
-	}{
-		{S3Store{PartSize: MinS3PartSize, MaxBuffers: 1}, "bucket is required"},
-		{S3Store{Bucket: "b", PartSize: 4 << 20, MaxBuffers: 1}, "part_size must be between 5MiB and 5GiB"},
-		{S3Store{Bucket: "b", PartSize: MinS3PartSize}, "max_buffers must be at least 1"},
-		{S3Store{Bucket: "b", PartSize: MinS3PartSize, MaxBuffers: 1, AccessKeyID: "k"}, "go together"},
-		{S3Store{Bucket: "b", PartSize: MinS3PartSize, MaxBuffers: 1, Endpoint: "127.0.0.1:7070"}, "not an http or https URL"},
-	} {
-		if err := tc.s.Validate(); err == nil || !strings.Contains(err.Error(), tc.err) {
-			t.Errorf("%+v: error %v, want %q", tc.s, err, tc.err)
-		}
-	}
-}
-
 // A max_part_size that 10,000 parts of part_size cannot reach is refused.
 func TestValidateS3PartCount(t *testing.T) {
 	t.Setenv("SP_TEST_SECRET", "s")
-	store := caddyconfig.JSONModuleObject(&S3Store{Bucket: "b", Endpoint: "http://127.0.0.1:1", AccessKeyID: "k",
-		SecretAccessKey: "{env.SP_TEST_SECRET}", PartSize: MinS3PartSize}, "module", "s3", nil)
+	raw := caddyconfig.JSONModuleObject(&s3store.S3Store{Bucket: "b", Endpoint: "http://127.0.0.1:1", AccessKeyID: "k",
+		SecretAccessKey: "{env.SP_TEST_SECRET}", PartSize: s3store.MinS3PartSize}, "module", "s3", nil)
 	ctx, cancel := caddy.NewContext(caddy.ActiveContext())
 	defer cancel()
-	h := &Handler{Mode: ModeStore, StoreRaw: store, MaxPartSize: MinS3PartSize*10000 + 1}
+	h := &Handler{Mode: ModeStore, StoreRaw: raw, MaxPartSize: s3store.MinS3PartSize*10000 + 1}
 	if err := h.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "larger than the store can take") {
 		t.Fatalf("error %v", err)
 	}
-	h.MaxPartSize = MinS3PartSize * 10000
+	h.MaxPartSize = s3store.MinS3PartSize * 10000
 	if err := h.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package streamproxy
+package bufpool
 
 import "golang.org/x/sys/unix"
 

@@ -1,4 +1,4 @@
-package streamproxy
+package s3store
 
 import (
 	"context"

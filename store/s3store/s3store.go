@@ -1,4 +1,4 @@
-package streamproxy
+package s3store
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -29,10 +30,14 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/middleware"
+	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/streamproxy/caddy-stream-proxy/store"
+	"github.com/streamproxy/caddy-stream-proxy/store/bufpool"
 )
 
 func init() {
@@ -63,8 +68,8 @@ const (
 // has ended: every algorithm's name and hex digest.
 var s3DigestMetadata = func() int {
 	n := 0
-	for name, h := range hashes {
-		n += len(name) + 2*h().Size()
+	for name, size := range store.DigestHexSizes {
+		n += len(name) + size
 	}
 	return n
 }()
@@ -134,7 +139,7 @@ type S3Store struct {
 
 	client    *s3.Client
 	transport *http.Transport
-	pool      *bufferPool
+	pool      *bufpool.Pool
 	cleanups  *retries
 }
 
@@ -211,6 +216,27 @@ func (s *S3Store) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// parseSize reads the size argument of the subdirective d is on, such as
+// 8MiB, into dst.
+func parseSize(d *caddyfile.Dispenser, dst *int64) error {
+	name := d.Val()
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	n, err := humanize.ParseBytes(d.Val())
+	if err != nil {
+		return d.Errf("%s: parsing size %q: %v", name, d.Val(), err)
+	}
+	if n == 0 || n > math.MaxInt64 {
+		return d.Errf("%s must be between 1 byte and 8EiB, got %q", name, d.Val())
+	}
+	*dst = int64(n)
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
 // Provision sets defaults, expands the credentials' placeholders and sets up
 // the client. It makes no request to S3.
 func (s *S3Store) Provision(ctx caddy.Context) error {
@@ -267,7 +293,7 @@ func (s *S3Store) Provision(ctx caddy.Context) error {
 		}
 		o.UsePathStyle = s.UsePathStyle
 	})
-	s.pool = newBufferPool(s.MaxBuffers, int(s.PartSize))
+	s.pool = bufpool.New(s.MaxBuffers, int(s.PartSize))
 	s.cleanups = newRetries()
 	return nil
 }
@@ -308,17 +334,17 @@ func (s *S3Store) Cleanup() error {
 		s.transport.CloseIdleConnections()
 	}
 	if s.pool != nil {
-		s.pool.close()
+		s.pool.Close()
 	}
 	return nil
 }
 
-func (s *S3Store) maxFileSize() int64 { return s.PartSize * maxS3Parts }
+func (s *S3Store) MaxFileSize() int64 { return s.PartSize * maxS3Parts }
 
-func (s *S3Store) idleBound() time.Duration { return s3ClientIdle }
+func (s *S3Store) IdleBound() time.Duration { return s3ClientIdle }
 
 // Begin starts one request's files.
-func (s *S3Store) Begin(ctx context.Context, logger *zap.Logger) Batch {
+func (s *S3Store) Begin(ctx context.Context, logger *zap.Logger) store.Batch {
 	bctx, cancel := context.WithCancel(ctx)
 	return &s3Batch{s: s, pool: s.pool, req: ctx, ctx: bctx, cancel: cancel, logger: logger}
 }
@@ -328,7 +354,7 @@ func (s *S3Store) Begin(ctx context.Context, logger *zap.Logger) Batch {
 // own before it finishes.
 type s3Batch struct {
 	s      *S3Store
-	pool   *bufferPool
+	pool   *bufpool.Pool
 	req    context.Context // the request's
 	ctx    context.Context // req's child, cancelled on Discard
 	cancel context.CancelFunc
@@ -341,7 +367,7 @@ type s3Batch struct {
 type s3File struct {
 	b        *s3Batch
 	key      string
-	info     FileInfo
+	info     store.FileInfo
 	uploadID string
 	buf      []byte // being filled; nil when none is held
 	crc      uint32 // buf's CRC32C, computed while it is filled, when its bytes are still in cache
@@ -367,9 +393,9 @@ type s3File struct {
 // A file whose metadata (its field and filename, percent-encoded, and room
 // for its digests) would pass S3's 2 KB is refused with 400 here, before
 // any of it goes to S3: S3 would refuse it only once its data had come.
-func (b *s3Batch) Create(info FileInfo) (StoredFile, error) {
+func (b *s3Batch) Create(info store.FileInfo) (store.StoredFile, error) {
 	if size := (&s3File{info: info}).metadataSize() + s3DigestMetadata; size > maxS3Metadata {
-		return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeMetadataTooLarge, Limit: "s3 user metadata",
+		return nil, &store.Error{Status: http.StatusBadRequest, Code: store.CodeMetadataTooLarge, Limit: "s3 user metadata",
 			Message: fmt.Sprintf("the file's name and field, percent-encoded, take %d bytes of metadata, more than the store's %d", size-s3DigestMetadata, maxS3Metadata-s3DigestMetadata)}
 	}
 	if !b.ready {
@@ -415,7 +441,7 @@ func (b *s3Batch) probeForbidden(headErr error) error {
 	return err
 }
 
-func (f *s3File) Location() Location { return Location{Bucket: f.b.s.Bucket, Key: f.key} }
+func (f *s3File) Location() store.Location { return store.Location{Bucket: f.b.s.Bucket, Key: f.key} }
 
 // Write gathers data into part buffers; each full one goes up in the
 // background once more data arrives (so that a file of exactly one part is
@@ -432,7 +458,7 @@ func (f *s3File) Write(p []byte) (int, error) {
 			}
 		}
 		if f.buf == nil {
-			buf, err := f.b.pool.get(f.b.ctx)
+			buf, err := f.b.pool.Get(f.b.ctx)
 			if err != nil {
 				return written, f.b.failure(err)
 			}
@@ -448,10 +474,10 @@ func (f *s3File) Write(p []byte) (int, error) {
 }
 
 // Finish sends the last part and waits for every part of the file.
-func (f *s3File) Finish(info FileInfo) error {
+func (f *s3File) Finish(info store.FileInfo) error {
 	f.info, f.finishing = info, true
 	if f.buf == nil && f.next == 1 { // an empty file is one empty part
-		buf, err := f.b.pool.get(f.b.ctx)
+		buf, err := f.b.pool.Get(f.b.ctx)
 		if err != nil {
 			return f.b.failure(err)
 		}
@@ -491,7 +517,7 @@ func (f *s3File) send() error {
 	go func() {
 		defer f.wg.Done()
 		defer func() { <-f.slots }()
-		defer b.pool.put(buf)
+		defer b.pool.Put(buf)
 		// Not cancelled with the request either: S3 may go on writing a
 		// part whose request was cut, after an abort that would then
 		// leave it behind. So a part in flight ends before the abort.
@@ -680,7 +706,7 @@ func (b *s3Batch) Discard() {
 	for _, f := range b.files {
 		f.wg.Wait()
 		if f.buf != nil {
-			b.pool.put(f.buf)
+			b.pool.Put(f.buf)
 			f.buf = nil
 		}
 		r := &s3Removal{key: f.key, uploadID: f.uploadID, abort: f.uploadID != "" && !f.completed, delete: f.completing}
@@ -705,9 +731,9 @@ func (b *s3Batch) Discard() {
 
 // failure classifies an error of S3 or of waiting on it. The message says
 // what failed, never with the credentials; the cause goes to the logs.
-func (b *s3Batch) failure(err error) *uploadError {
+func (b *s3Batch) failure(err error) *store.Error {
 	if b.req.Err() != nil {
-		return &uploadError{Status: statusClientClosed, Code: CodeClientGone, Message: "client went away", err: err}
+		return &store.Error{Status: store.StatusClientClosed, Code: store.CodeClientGone, Message: "client went away", Err: err}
 	}
 	var re *awshttp.ResponseError
 	if errors.As(err, &re) {
@@ -719,26 +745,26 @@ func (b *s3Batch) failure(err error) *uploadError {
 		}
 		switch {
 		case code == "NoSuchBucket" || (status == http.StatusNotFound && code == "NotFound"):
-			return &uploadError{Status: http.StatusBadGateway, Code: CodeStoreNoBucket, Message: "the store's bucket does not exist", err: err}
+			return &store.Error{Status: http.StatusBadGateway, Code: store.CodeStoreNoBucket, Message: "the store's bucket does not exist", Err: err}
 		case status == http.StatusUnauthorized || status == http.StatusForbidden:
-			return &uploadError{Status: http.StatusBadGateway, Code: CodeStoreDenied, Message: "the store refused the gateway's credentials", err: err}
+			return &store.Error{Status: http.StatusBadGateway, Code: store.CodeStoreDenied, Message: "the store refused the gateway's credentials", Err: err}
 		case status == 0 || status >= 500: // 0: no answer at all
-			return &uploadError{Status: http.StatusServiceUnavailable, Code: CodeStoreUnavailable, Message: "the store is unavailable", err: err}
+			return &store.Error{Status: http.StatusServiceUnavailable, Code: store.CodeStoreUnavailable, Message: "the store is unavailable", Err: err}
 		}
-		return &uploadError{Status: http.StatusBadGateway, Code: CodeStoreFailed, Message: "the store failed", err: err}
+		return &store.Error{Status: http.StatusBadGateway, Code: store.CodeStoreFailed, Message: "the store failed", Err: err}
 	}
 	var ne net.Error
 	if errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return &uploadError{Status: http.StatusServiceUnavailable, Code: CodeStoreUnavailable, Message: "the store is unavailable", err: err}
+		return &store.Error{Status: http.StatusServiceUnavailable, Code: store.CodeStoreUnavailable, Message: "the store is unavailable", Err: err}
 	}
-	return &uploadError{Status: http.StatusBadGateway, Code: CodeStoreFailed, Message: "the store failed", err: err}
+	return &store.Error{Status: http.StatusBadGateway, Code: store.CodeStoreFailed, Message: "the store failed", Err: err}
 }
 
 // Interface guards
 var (
-	_ Store                 = (*S3Store)(nil)
-	_ partLimiter           = (*S3Store)(nil)
-	_ idleBounder           = (*S3Store)(nil)
+	_ store.Store           = (*S3Store)(nil)
+	_ store.MaxFileSizer    = (*S3Store)(nil)
+	_ store.IdleBounder     = (*S3Store)(nil)
 	_ caddy.Provisioner     = (*S3Store)(nil)
 	_ caddy.Validator       = (*S3Store)(nil)
 	_ caddy.CleanerUpper    = (*S3Store)(nil)

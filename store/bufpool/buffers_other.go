@@ -1,6 +1,6 @@
 //go:build !linux
 
-package streamproxy
+package bufpool
 
 // allocBuffer allocates a part buffer on Go's heap.
 func allocBuffer(size int) []byte { return make([]byte, size) }

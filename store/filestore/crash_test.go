@@ -1,6 +1,6 @@
 //go:build unix
 
-package streamproxy
+package filestore
 
 import (
 	"os"
@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/streamproxy/caddy-stream-proxy/store"
 )
 
 // At provisioning, the file store removes the temporary files nobody holds a
@@ -49,7 +51,7 @@ func TestFileStoreRemovesCrashedTempFiles(t *testing.T) {
 
 	// A file the store writes is locked until it is committed or discarded.
 	b := s.Begin(t.Context(), ctx.Logger())
-	sf, err := b.Create(FileInfo{Field: "f"})
+	sf, err := b.Create(store.FileInfo{Field: "f"})
 	if err != nil {
 		t.Fatal(err)
 	}

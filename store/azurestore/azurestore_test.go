@@ -1,4 +1,4 @@
-package streamproxy
+package azurestore
 
 import (
 	"context"
@@ -19,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	azurite "github.com/streamproxy/caddy-stream-proxy/integration/azuritetest"
+	"github.com/streamproxy/caddy-stream-proxy/store"
 )
 
 // The Caddyfile's options, and what Validate refuses.
@@ -126,11 +127,11 @@ func TestAzureStoreStall(t *testing.T) {
 	defer s.Cleanup()
 
 	batch := s.Begin(context.Background(), zap.NewNop())
-	var ue *uploadError
-	if _, err := batch.Create(FileInfo{Field: "f", Filename: strings.Repeat("é", 2000)}); !errors.As(err, &ue) || ue.Code != CodeMetadataTooLarge {
+	var se *store.Error
+	if _, err := batch.Create(store.FileInfo{Field: "f", Filename: strings.Repeat("é", 2000)}); !errors.As(err, &se) || se.Code != store.CodeMetadataTooLarge {
 		t.Fatalf("a filename over the metadata's size: %v", err)
 	}
-	f, err := batch.Create(FileInfo{Field: "f", Filename: "f.bin"})
+	f, err := batch.Create(store.FileInfo{Field: "f", Filename: "f.bin"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,9 +141,9 @@ func TestAzureStoreStall(t *testing.T) {
 		_, werr = f.Write(data)
 	}
 	if werr == nil {
-		werr = f.Finish(FileInfo{Field: "f", Filename: "f.bin", Size: 1 << 20})
+		werr = f.Finish(store.FileInfo{Field: "f", Filename: "f.bin", Size: 1 << 20})
 	}
-	if !errors.As(werr, &ue) || ue.Status != http.StatusServiceUnavailable || ue.Code != CodeStoreUnavailable {
+	if !errors.As(werr, &se) || se.Status != http.StatusServiceUnavailable || se.Code != store.CodeStoreUnavailable {
 		t.Fatalf("error %v, want 503 store_unavailable", werr)
 	}
 	batch.Discard()
@@ -153,7 +154,7 @@ func TestAzureStoreStall(t *testing.T) {
 			t.Fatalf("blobs left: %v %v", page.Segment.BlobItems, err)
 		}
 	}
-	if len(s.pool.slots) != 0 {
-		t.Fatalf("%d buffers still in use", len(s.pool.slots))
+	if s.pool.InUse() != 0 {
+		t.Fatalf("%d buffers still in use", s.pool.InUse())
 	}
 }

@@ -1,4 +1,4 @@
-package streamproxy
+package azurestore
 
 import (
 	"bytes"
@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -26,10 +27,14 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
+	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/streamproxy/caddy-stream-proxy/store"
+	"github.com/streamproxy/caddy-stream-proxy/store/bufpool"
 )
 
 func init() {
@@ -42,7 +47,7 @@ const (
 	MinAzureBlockSize      = 64 << 10
 	maxAzureBlockSize      = 4000 << 20 // Azure's largest block
 	maxAzureBlocks         = 50000      // Azure's most blocks in one blob
-	DefaultAzureMaxBuffers = DefaultS3MaxBuffers
+	DefaultAzureMaxBuffers = 32         // as s3's
 	// blocksInFlight is how many blocks of one file are staged at once.
 	blocksInFlight = 4
 	// azureClientIdle bounds how long a client that holds a block buffer
@@ -124,7 +129,7 @@ type AzureStore struct {
 
 	client    *container.Client
 	transport *http.Transport
-	pool      *bufferPool
+	pool      *bufpool.Pool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -183,6 +188,27 @@ func (s *AzureStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if d.NextArg() {
 			return d.ArgErr()
 		}
+	}
+	return nil
+}
+
+// parseSize reads the size argument of the subdirective d is on, such as
+// 8MiB, into dst.
+func parseSize(d *caddyfile.Dispenser, dst *int64) error {
+	name := d.Val()
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	n, err := humanize.ParseBytes(d.Val())
+	if err != nil {
+		return d.Errf("%s: parsing size %q: %v", name, d.Val(), err)
+	}
+	if n == 0 || n > math.MaxInt64 {
+		return d.Errf("%s must be between 1 byte and 8EiB, got %q", name, d.Val())
+	}
+	*dst = int64(n)
+	if d.NextArg() {
+		return d.ArgErr()
 	}
 	return nil
 }
@@ -257,7 +283,7 @@ func (s *AzureStore) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("azure store: setting up the client: %w", err)
 	}
-	s.pool = newBufferPool(s.MaxBuffers, int(s.BlockSize))
+	s.pool = bufpool.New(s.MaxBuffers, int(s.BlockSize))
 	return nil
 }
 
@@ -299,17 +325,17 @@ func (s *AzureStore) Cleanup() error {
 		s.transport.CloseIdleConnections()
 	}
 	if s.pool != nil {
-		s.pool.close()
+		s.pool.Close()
 	}
 	return nil
 }
 
-func (s *AzureStore) maxFileSize() int64 { return s.BlockSize * maxAzureBlocks }
+func (s *AzureStore) MaxFileSize() int64 { return s.BlockSize * maxAzureBlocks }
 
-func (s *AzureStore) idleBound() time.Duration { return azureClientIdle }
+func (s *AzureStore) IdleBound() time.Duration { return azureClientIdle }
 
 // Begin starts one request's files.
-func (s *AzureStore) Begin(ctx context.Context, logger *zap.Logger) Batch {
+func (s *AzureStore) Begin(ctx context.Context, logger *zap.Logger) store.Batch {
 	bctx, cancel := context.WithCancel(ctx)
 	return &azureBatch{s: s, req: ctx, ctx: bctx, cancel: cancel, logger: logger}
 }
@@ -332,7 +358,7 @@ type azureFile struct {
 	b     *azureBatch
 	name  string
 	blob  *blockblob.Client
-	info  FileInfo
+	info  store.FileInfo
 	buf   []byte // being filled; nil when none is held
 	ids   []string
 	slots chan struct{}
@@ -348,9 +374,9 @@ type azureFile struct {
 // so that an unreachable server, refused credentials or a missing container
 // fail the upload before the file's bytes are read; and that the file's
 // metadata fits.
-func (b *azureBatch) Create(info FileInfo) (StoredFile, error) {
+func (b *azureBatch) Create(info store.FileInfo) (store.StoredFile, error) {
 	if n := metadataSize(azureMetadata(info)); n > maxAzureMetadata {
-		return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeMetadataTooLarge, Limit: "azure metadata",
+		return nil, &store.Error{Status: http.StatusBadRequest, Code: store.CodeMetadataTooLarge, Limit: "azure metadata",
 			Message: fmt.Sprintf("the file's name and field, encoded, take %d bytes of metadata, more than the store's %d", n, maxAzureMetadata)}
 	}
 	if !b.ready {
@@ -373,7 +399,9 @@ func (b *azureBatch) Create(info FileInfo) (StoredFile, error) {
 	return f, nil
 }
 
-func (f *azureFile) Location() Location { return Location{Bucket: f.b.s.Container, Key: f.name} }
+func (f *azureFile) Location() store.Location {
+	return store.Location{Bucket: f.b.s.Container, Key: f.name}
+}
 
 // Write gathers data into block buffers; each full one is staged in the
 // background.
@@ -384,7 +412,7 @@ func (f *azureFile) Write(p []byte) (int, error) {
 			return written, err
 		}
 		if f.buf == nil {
-			buf, err := f.b.s.pool.get(f.b.ctx)
+			buf, err := f.b.s.pool.Get(f.b.ctx)
 			if err != nil {
 				return written, f.b.failure(err)
 			}
@@ -404,7 +432,7 @@ func (f *azureFile) Write(p []byte) (int, error) {
 }
 
 // Finish stages the last block and waits for every block of the file.
-func (f *azureFile) Finish(info FileInfo) error {
+func (f *azureFile) Finish(info store.FileInfo) error {
 	f.info = info
 	if f.buf != nil && len(f.buf) > 0 {
 		if err := f.stage(); err != nil {
@@ -426,7 +454,7 @@ func blockID(i int) string {
 func (f *azureFile) stage() error {
 	b := f.b
 	if len(f.ids) == maxAzureBlocks {
-		return storeFailed(fmt.Errorf("blob %s: more than %d blocks", f.name, maxAzureBlocks)) // max_part_size forbids it
+		return store.Failed(fmt.Errorf("blob %s: more than %d blocks", f.name, maxAzureBlocks)) // max_part_size forbids it
 	}
 	select {
 	case f.slots <- struct{}{}:
@@ -440,7 +468,7 @@ func (f *azureFile) stage() error {
 	go func() {
 		defer f.wg.Done()
 		defer func() { <-f.slots }()
-		defer b.s.pool.put(buf)
+		defer b.s.pool.Put(buf)
 		// Cancelled with the batch: a block never committed is no blob.
 		ctx, cancel := context.WithTimeout(b.ctx, azureOpTimeout)
 		defer cancel()
@@ -464,7 +492,7 @@ func (f *azureFile) failed() error {
 
 // azureMetadata is a blob's metadata: names are C# identifiers, values
 // ASCII, so the client's field and filename go percent-encoded.
-func azureMetadata(info FileInfo) map[string]*string {
+func azureMetadata(info store.FileInfo) map[string]*string {
 	meta := map[string]*string{
 		"field":    ptr(url.PathEscape(info.Field)),
 		"filename": ptr(url.PathEscape(info.Filename)),
@@ -525,7 +553,7 @@ func (b *azureBatch) Discard() {
 	for _, f := range b.files {
 		f.wg.Wait()
 		if f.buf != nil {
-			b.s.pool.put(f.buf)
+			b.s.pool.Put(f.buf)
 			f.buf = nil
 		}
 		if !f.committing {
@@ -541,38 +569,38 @@ func (b *azureBatch) Discard() {
 
 // failure classifies an error of Azure or of waiting on it. The message
 // says what failed, never with the credentials; the cause goes to the logs.
-func (b *azureBatch) failure(err error) *uploadError {
+func (b *azureBatch) failure(err error) *store.Error {
 	if b.req.Err() != nil {
-		return &uploadError{Status: statusClientClosed, Code: CodeClientGone, Message: "client went away", err: err}
+		return &store.Error{Status: store.StatusClientClosed, Code: store.CodeClientGone, Message: "client went away", Err: err}
 	}
 	var re *azcore.ResponseError
 	if errors.As(err, &re) {
 		switch status := re.StatusCode; {
 		case bloberror.HasCode(err, bloberror.ContainerNotFound):
-			return &uploadError{Status: http.StatusBadGateway, Code: CodeStoreNoBucket, Message: "the store's container does not exist", err: err}
+			return &store.Error{Status: http.StatusBadGateway, Code: store.CodeStoreNoBucket, Message: "the store's container does not exist", Err: err}
 		case status == http.StatusUnauthorized || status == http.StatusForbidden:
-			return &uploadError{Status: http.StatusBadGateway, Code: CodeStoreDenied, Message: "the store refused the gateway's credentials", err: err}
+			return &store.Error{Status: http.StatusBadGateway, Code: store.CodeStoreDenied, Message: "the store refused the gateway's credentials", Err: err}
 		case status >= 500:
-			return &uploadError{Status: http.StatusServiceUnavailable, Code: CodeStoreUnavailable, Message: "the store is unavailable", err: err}
+			return &store.Error{Status: http.StatusServiceUnavailable, Code: store.CodeStoreUnavailable, Message: "the store is unavailable", Err: err}
 		}
-		return &uploadError{Status: http.StatusBadGateway, Code: CodeStoreFailed, Message: "the store failed", err: err}
+		return &store.Error{Status: http.StatusBadGateway, Code: store.CodeStoreFailed, Message: "the store failed", Err: err}
 	}
 	var ae *azidentity.AuthenticationFailedError
 	if errors.As(err, &ae) { // a token refused by Entra ID
-		return &uploadError{Status: http.StatusBadGateway, Code: CodeStoreDenied, Message: "the store refused the gateway's credentials", err: err}
+		return &store.Error{Status: http.StatusBadGateway, Code: store.CodeStoreDenied, Message: "the store refused the gateway's credentials", Err: err}
 	}
 	var ne net.Error
 	if errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return &uploadError{Status: http.StatusServiceUnavailable, Code: CodeStoreUnavailable, Message: "the store is unavailable", err: err}
+		return &store.Error{Status: http.StatusServiceUnavailable, Code: store.CodeStoreUnavailable, Message: "the store is unavailable", Err: err}
 	}
-	return &uploadError{Status: http.StatusBadGateway, Code: CodeStoreFailed, Message: "the store failed", err: err}
+	return &store.Error{Status: http.StatusBadGateway, Code: store.CodeStoreFailed, Message: "the store failed", Err: err}
 }
 
 // Interface guards
 var (
-	_ Store                 = (*AzureStore)(nil)
-	_ partLimiter           = (*AzureStore)(nil)
-	_ idleBounder           = (*AzureStore)(nil)
+	_ store.Store           = (*AzureStore)(nil)
+	_ store.MaxFileSizer    = (*AzureStore)(nil)
+	_ store.IdleBounder     = (*AzureStore)(nil)
 	_ caddy.Provisioner     = (*AzureStore)(nil)
 	_ caddy.Validator       = (*AzureStore)(nil)
 	_ caddy.CleanerUpper    = (*AzureStore)(nil)

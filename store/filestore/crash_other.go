@@ -1,6 +1,6 @@
 //go:build !unix
 
-package streamproxy
+package filestore
 
 import (
 	"os"

@@ -1,4 +1,4 @@
-package streamproxy
+package filestore
 
 import (
 	"bufio"
@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -19,6 +20,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/streamproxy/caddy-stream-proxy/store"
 )
 
 func init() {
@@ -169,7 +172,7 @@ func parsePerm(val string, def os.FileMode) (os.FileMode, error) {
 }
 
 // Begin starts one request's files.
-func (s *FileStore) Begin(_ context.Context, logger *zap.Logger) Batch {
+func (s *FileStore) Begin(_ context.Context, logger *zap.Logger) store.Batch {
 	return &fileBatch{s: s, logger: logger}
 }
 
@@ -191,7 +194,7 @@ type diskFile struct {
 }
 
 // Create opens a new temporary file under a generated name.
-func (b *fileBatch) Create(FileInfo) (StoredFile, error) {
+func (b *fileBatch) Create(store.FileInfo) (store.StoredFile, error) {
 	s := b.s
 	dir := "."
 	if s.Layout == "date" {
@@ -225,7 +228,7 @@ func (df *diskFile) Write(p []byte) (int, error) {
 }
 
 // Finish writes out what is buffered and makes the file's data durable.
-func (df *diskFile) Finish(FileInfo) error {
+func (df *diskFile) Finish(store.FileInfo) error {
 	err := df.buf.Flush()
 	df.release()
 	if err != nil {
@@ -246,6 +249,13 @@ func (df *diskFile) release() {
 	}
 }
 
+// fileWriterSize is the size of the buffered writer in front of a stored file.
+// It gathers part headers and small client reads into one write; a run of
+// part data larger than it is written past it.
+const fileWriterSize = 128 << 10
+
+var fileWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, fileWriterSize) }}
+
 // diskWriter classifies the failures of writes to the file.
 type diskWriter struct{ f *os.File }
 
@@ -257,8 +267,8 @@ func (w diskWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-func (df *diskFile) Location() Location {
-	return Location{Path: df.rel, abs: filepath.Join(df.s.dir, filepath.FromSlash(df.rel))}
+func (df *diskFile) Location() store.Location {
+	return store.Location{Path: df.rel, AbsPath: filepath.Join(df.s.dir, filepath.FromSlash(df.rel))}
 }
 
 // Commit moves every file into place and makes the renames durable. A file
@@ -312,16 +322,16 @@ func (b *fileBatch) Discard() {
 }
 
 // diskError classifies a failure of the disk: a full disk or quota is 507.
-func diskError(err error) *uploadError {
+func diskError(err error) *store.Error {
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		return &uploadError{Status: http.StatusInsufficientStorage, Code: CodeStorageFull, Message: "the store is full", err: err}
+		return &store.Error{Status: http.StatusInsufficientStorage, Code: store.CodeStorageFull, Message: "the store is full", Err: err}
 	}
-	return storeFailed(err)
+	return store.Failed(err)
 }
 
 // Interface guards
 var (
-	_ Store                 = (*FileStore)(nil)
+	_ store.Store           = (*FileStore)(nil)
 	_ caddy.Provisioner     = (*FileStore)(nil)
 	_ caddy.Validator       = (*FileStore)(nil)
 	_ caddy.CleanerUpper    = (*FileStore)(nil)
