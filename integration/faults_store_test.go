@@ -25,6 +25,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/streamproxy/caddy-stream-proxy/integration/versitygwtest"
 )
 
 // buildCaddy builds ./cmd/caddy into a temporary directory, for tests that
@@ -252,7 +254,6 @@ func TestFaultFileStoreCrash(t *testing.T) {
 // abort during the outage is aborted once S3 is back, within cleanup_budget.
 func TestFaultS3OutageMidUpload(t *testing.T) {
 	s := startS3(t)
-	bin := versitygwPath(t)
 	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
 	mode store
 	%s
@@ -268,7 +269,7 @@ func TestFaultS3OutageMidUpload(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	s.stop() // SIGKILL
+	s.Kill()
 	close(finish)
 	got := <-done
 	if e := decodeError(t, got.body); got.status != http.StatusServiceUnavailable || e.Error.Code != "store_unavailable" {
@@ -276,7 +277,9 @@ func TestFaultS3OutageMidUpload(t *testing.T) {
 	}
 	// The outage lasts a while after the client's answer.
 	time.Sleep(2 * time.Second)
-	s.start(t, bin)
+	if err := s.Restart(); err != nil {
+		t.Fatal(err)
+	}
 	if len(s.uploads(t)) == 0 {
 		t.Fatal("the multipart upload did not survive the restart: nothing to clean up")
 	}
@@ -318,7 +321,7 @@ func startS3IAM(t *testing.T) *s3Server {
 func TestFaultS3LeastPrivilege(t *testing.T) {
 	s := startS3IAM(t)
 	const user, secret = "ingest", "ingest-secret-0123456789"
-	if out, err := exec.Command(versitygwPath(t), "admin", "--access", s3Key, "--secret", s3Secret,
+	if out, err := exec.Command(versitygwtest.Path(t), "admin", "--access", s3Key, "--secret", s3Secret,
 		"--endpoint-url", s.endpoint, "create-user", "--access", user, "--secret", secret, "--role", "user").CombinedOutput(); err != nil {
 		t.Fatalf("creating the user: %v\n%s", err, out)
 	}

@@ -15,9 +15,6 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -26,8 +23,9 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/streamproxy/caddy-stream-proxy/integration/versitygwtest"
 )
 
 const (
@@ -40,89 +38,21 @@ const (
 // s3Server is a versitygw (a real S3 server, on the POSIX backend) on a free
 // loopback port, with an empty bucket.
 type s3Server struct {
+	*versitygwtest.Server
 	endpoint string
 	client   *s3.Client
-	cmd      *exec.Cmd
-	dir      string
-	port     string
-}
-
-// versitygwPath finds the versitygw binary that xcaddy.mk installs into
-// ./bin, or where SP_VERSITYGW says. Without it the S3 tests skip, except
-// in CI, where they fail.
-func versitygwPath(t *testing.T) string {
-	t.Helper()
-	p := os.Getenv("SP_VERSITYGW")
-	if p == "" {
-		p, _ = filepath.Abs(filepath.Join("..", "bin", "versitygw"))
-	}
-	if _, err := os.Stat(p); err != nil {
-		msg := fmt.Sprintf("versitygw not found at %s (make -f xcaddy.mk versitygw installs it)", p)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return p
 }
 
 func startS3(t *testing.T) *s3Server {
 	t.Helper()
-	bin := versitygwPath(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	l.Close()
-	s := &s3Server{endpoint: "http://127.0.0.1:" + port, dir: t.TempDir(), port: port}
-	s.start(t, bin)
-	t.Cleanup(s.stop)
-
+	srv := versitygwtest.StartT(t, s3Key, s3Secret)
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
-	s.client = s3.New(s3.Options{
-		BaseEndpoint:               aws.String(s.endpoint),
-		Region:                     "us-east-1",
-		UsePathStyle:               true,
-		Credentials:                credentials.NewStaticCredentialsProvider(s3Key, s3Secret, ""),
-		HTTPClient:                 &http.Client{Transport: tr},
-		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
-		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
-	})
+	s := &s3Server{Server: srv, endpoint: srv.Endpoint, client: srv.Client(tr)}
 	if _, err := s.client.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(s3Bucket)}); err != nil {
 		t.Fatalf("creating the bucket: %v", err)
 	}
 	return s
-}
-
-func (s *s3Server) start(t *testing.T, bin string) {
-	t.Helper()
-	s.cmd = exec.Command(bin, "--port", "127.0.0.1:"+s.port, "posix", s.dir)
-	s.cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s3Key, "ROOT_SECRET_KEY="+s3Secret)
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.Dial("tcp", "127.0.0.1:"+s.port)
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("versitygw did not start: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (s *s3Server) stop() {
-	if s.cmd != nil && s.cmd.Process != nil {
-		s.cmd.Process.Kill()
-		s.cmd.Wait()
-		s.cmd = nil
-	}
 }
 
 // site is a store s3 block for the gateway, credentials by placeholder.

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,11 +16,11 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
-	"github.com/aws/smithy-go/middleware"
+
+	"github.com/streamproxy/caddy-stream-proxy/integration/versitygwtest"
+	"github.com/streamproxy/caddy-stream-proxy/store/s3store"
 )
 
 // The store-s3 path: stream_proxy in store mode into a versitygw, beside the
@@ -47,60 +46,34 @@ type s3Options struct {
 // s3Target is a versitygw on a free loopback port with an empty bucket.
 // Close must be called: it kills the process and removes its directory.
 type s3Target struct {
+	*versitygwtest.Server
 	endpoint string
 	client   *s3.Client
 	tr       *http.Transport
 	opts     s3Options
-	cmd      *exec.Cmd
-	dir      string
 }
 
 func startS3Target(ctx context.Context, opts s3Options) (t *s3Target, err error) {
 	if _, err := exec.LookPath(opts.versitygw); err != nil {
 		return nil, fmt.Errorf("-versitygw: %w (make -f xcaddy.mk versitygw)", err)
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
 	dir, err := os.MkdirTemp("", "uploadbench-s3-")
 	if err != nil {
 		return nil, err
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	t = &s3Target{endpoint: "http://" + addr, opts: opts, dir: dir}
+	srv, err := versitygwtest.Start(opts.versitygw, dir, s3Key, s3Secret)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	t = &s3Target{Server: srv, endpoint: srv.Endpoint, opts: opts}
 	defer func() {
 		if err != nil {
 			t.Close()
 		}
 	}()
-	t.cmd = exec.Command(opts.versitygw, "--port", addr, "posix", dir)
-	t.cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s3Key, "ROOT_SECRET_KEY="+s3Secret)
-	if err := t.cmd.Start(); err != nil {
-		return nil, err
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("versitygw did not start: %w", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 	t.tr = &http.Transport{MaxIdleConnsPerHost: 2 * s3PartsInFlight}
-	t.client = s3.New(s3.Options{
-		BaseEndpoint:               aws.String(t.endpoint),
-		Region:                     "us-east-1",
-		UsePathStyle:               true,
-		Credentials:                credentials.NewStaticCredentialsProvider(s3Key, s3Secret, ""),
-		HTTPClient:                 &http.Client{Transport: t.tr},
-		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
-		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
-	})
+	t.client = srv.Client(t.tr)
 	if _, err := t.client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(s3Bucket)}); err != nil {
 		return nil, fmt.Errorf("creating the bucket: %w", err)
 	}
@@ -108,14 +81,11 @@ func startS3Target(ctx context.Context, opts s3Options) (t *s3Target, err error)
 }
 
 func (t *s3Target) Close() {
-	if t.cmd != nil && t.cmd.Process != nil {
-		_ = t.cmd.Process.Kill()
-		_ = t.cmd.Wait()
-	}
+	t.Kill()
 	if t.tr != nil {
 		t.tr.CloseIdleConnections()
 	}
-	_ = os.RemoveAll(t.dir)
+	_ = os.RemoveAll(t.Dir)
 }
 
 // caddyBlock is the gateway's store s3 block.
@@ -181,7 +151,7 @@ func (t *s3Target) putMultipart(ctx context.Context, key string, r io.Reader, bu
 			out, err := t.client.UploadPart(ctx, &s3.UploadPartInput{
 				Bucket: aws.String(s3Bucket), Key: aws.String(key), UploadId: up.UploadId, PartNumber: aws.Int32(num),
 				Body: bytes.NewReader(buf[:n]), ContentLength: aws.Int64(int64(n)), ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
-			}, unsignedPayload)
+			}, s3store.UnsignedPayload)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -284,16 +254,4 @@ func (t *s3Target) empty(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// unsignedPayload does as the gateway does: the part's CRC32C, no SHA-256 in
-// the signature, and none computed (the payload hash is set before the SDK's
-// checksum middleware would compute it beside the CRC32C).
-func unsignedPayload(o *s3.Options) {
-	o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware, func(stack *middleware.Stack) error {
-		return stack.Finalize.Add(middleware.FinalizeMiddlewareFunc("UploadbenchUnsignedPayload",
-			func(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
-				return next.HandleFinalize(v4.SetPayloadHash(ctx, "UNSIGNED-PAYLOAD"), in)
-			}), middleware.Before)
-	})
 }

@@ -349,9 +349,10 @@ func (s *S3Store) Begin(ctx context.Context, logger *zap.Logger) store.Batch {
 	return &s3Batch{s: s, pool: s.pool, req: ctx, ctx: bctx, cancel: cancel, logger: logger}
 }
 
-// s3Batch is one request's objects. Its methods run on the request's
-// goroutine; only part uploads run on others, and each file waits for its
-// own before it finishes.
+// s3Batch is one request's objects. Its methods run on one goroutine at a
+// time (the request's, or the backend transport's: see store.Batch); only
+// part uploads run on others, and each file waits for its own before it
+// finishes.
 type s3Batch struct {
 	s      *S3Store
 	pool   *bufpool.Pool
@@ -532,7 +533,7 @@ func (f *s3File) send() error {
 			ContentLength:     aws.Int64(int64(len(buf))),
 			ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
 			ChecksumCRC32C:    aws.String(crc),
-		}, unsignedPayload)
+		}, UnsignedPayload)
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		if err != nil {
@@ -601,13 +602,14 @@ func (f *s3File) create() error {
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// unsignedPayload leaves a part's SHA-256 out of its signature: the part's
+// UnsignedPayload leaves a part's SHA-256 out of its signature: the part's
 // CRC32C, which the server checks, already covers its bytes, and hashing
 // every byte once more costs more CPU than all the rest of the way. The
 // payload hash is set first in the finalize step: the SDK's checksum
 // middleware, which runs before the signer's, would otherwise compute the
-// SHA-256 beside the CRC32C, over plain HTTP.
-func unsignedPayload(o *s3.Options) {
+// SHA-256 beside the CRC32C, over plain HTTP. An option of UploadPart, exported
+// for uploadbench, which uploads as the store does.
+func UnsignedPayload(o *s3.Options) {
 	o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware, func(stack *middleware.Stack) error {
 		return stack.Finalize.Add(unsignedFirst, middleware.Before)
 	})
