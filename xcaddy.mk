@@ -94,13 +94,14 @@ browser-deps:
 	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
 unit: $(VERSITYGW) $(AZURITE)
-	test -z "$$(gofmt -l caddymodule store cmd integration)" || { gofmt -l caddymodule store cmd integration; exit 1; }
+	test -z "$$(gofmt -l caddymodule formreader store cmd integration)" || { gofmt -l caddymodule formreader store cmd integration; exit 1; }
 	go vet ./...
-	# No store imports the handler: stores are written against package store only.
-	test -z "$$(go list -deps ./store/... | grep /caddymodule)" || { echo "a store imports the handler:"; go list -deps ./store/... | grep /caddymodule; exit 1; }
+	# No store and not the form reader imports the handler; the form reader imports no Caddy.
+	test -z "$$(go list -deps ./store/... ./formreader/ | grep /caddymodule)" || { echo "the handler imported by:"; go list -deps ./store/... ./formreader/ | grep /caddymodule; exit 1; }
+	test -z "$$(go list -deps ./formreader/ | grep caddyserver)" || { echo "formreader imports Caddy"; exit 1; }
 	# The handler, the stores and the end-to-end tests under the race detector; the rest plain.
-	SP_VERSITYGW=$(VERSITYGW) SP_AZURITE=$(AZURITE) go test -race -count=1 -timeout 25m ./caddymodule/ ./store/... ./integration/
-	SP_VERSITYGW=$(VERSITYGW) SP_AZURITE=$(AZURITE) go test -count=1 -timeout 20m $$(go list ./... | grep -v -e '/caddymodule$$' -e '/integration$$' -e '/store$$' -e '/store/')
+	SP_VERSITYGW=$(VERSITYGW) SP_AZURITE=$(AZURITE) go test -race -count=1 -timeout 25m ./caddymodule/ ./formreader/ ./store/... ./integration/
+	SP_VERSITYGW=$(VERSITYGW) SP_AZURITE=$(AZURITE) go test -count=1 -timeout 20m $$(go list ./... | grep -v -e '/caddymodule$$' -e '/integration$$' -e '/store$$' -e '/store/' -e '/formreader$$')
 
 ## check-binary: the xcaddy build lists the module and adapts the example
 check-binary: build

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/streamproxy/caddy-stream-proxy/formreader"
 )
 
 func init() {
@@ -46,17 +48,17 @@ func (a *Admin) Routes() []caddy.AdminRoute {
 
 // uploadStatus is one upload in flight, as the admin API shows it.
 type uploadStatus struct {
-	ID          string    `json:"id"`
-	RemoteAddr  string    `json:"remote_addr"`
-	Method      string    `json:"method"`
-	Host        string    `json:"host"`
-	URI         string    `json:"uri"`
-	Mode        string    `json:"mode"`
-	Started     time.Time `json:"started"`
-	Bytes       int64     `json:"bytes"`
-	Parts       int64     `json:"parts"`
-	CurrentPart *partRef  `json:"current_part,omitempty"`
-	Rate        int64     `json:"bytes_per_second"`
+	ID          string              `json:"id"`
+	RemoteAddr  string              `json:"remote_addr"`
+	Method      string              `json:"method"`
+	Host        string              `json:"host"`
+	URI         string              `json:"uri"`
+	Mode        string              `json:"mode"`
+	Started     time.Time           `json:"started"`
+	Bytes       int64               `json:"bytes"`
+	Parts       int64               `json:"parts"`
+	CurrentPart *formreader.PartRef `json:"current_part,omitempty"`
+	Rate        int64               `json:"bytes_per_second"`
 }
 
 func (a *Admin) handleUploads(w http.ResponseWriter, r *http.Request) error {

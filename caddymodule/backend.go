@@ -120,7 +120,7 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 	}
 
 	w.early = perr != nil
-	var ue *uploadError
+	ue := classified(perr) // a refusal of the form, the client's body or the store
 	switch {
 	case w.dropped:
 		return &uploadError{Status: http.StatusBadGateway, Code: CodeBackendAnsweredEarly,
@@ -135,7 +135,7 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 	case stall.fired.Load():
 		return &uploadError{Status: http.StatusGatewayTimeout, Code: CodeBackendTimeout,
 			Message: fmt.Sprintf("backend took no byte of the upload for %s", stall.d), err: perr}
-	case errors.As(perr, &ue):
+	case ue != nil:
 		return ue
 	case proxyErr != nil:
 		return backendError(proxyErr, u.r.Context().Err() != nil)

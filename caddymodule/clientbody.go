@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"sync/atomic"
 
+	"github.com/streamproxy/caddy-stream-proxy/formreader"
 	"github.com/streamproxy/caddy-stream-proxy/store"
 )
 
@@ -28,13 +29,22 @@ func (u *upload) checkRequest() *uploadError {
 
 // openBody starts reading the client's body through a pooled buffer.
 // The caller must call closeBody.
-func (u *upload) openBody() *formReader {
-	src := &budgetReader{r: u.body, budget: -1}
+func (u *upload) openBody() *formreader.Reader {
+	src := formreader.NewSource(u.body)
 	_, pooled := u.h.store.(store.IdleBounder) // see store.IdleBounder
 	u.bufs = takeBufs(pooled || (u.r.ContentLength >= 0 && u.r.ContentLength < smallBody))
 	u.in = u.bufs.readers.Get().(*bufio.Reader)
 	u.in.Reset(src)
-	return newFormReader(u.in, src, u.boundary, u.h, u)
+	return formreader.New(u.in, src, u.boundary, u.h.formLimits(), u)
+}
+
+// formLimits are the limits of the config the form reader enforces.
+func (h *Handler) formLimits() formreader.Limits {
+	return formreader.Limits{
+		MaxParts: h.MaxParts, MaxPartSize: h.MaxPartSize, MaxFieldSize: h.MaxFieldSize,
+		MaxPartHeaderSize: h.MaxPartHeaderSize, MaxFormHeaderSize: h.MaxFormHeaderSize,
+		AllowFields: h.AllowFields, AllowTypes: h.AllowTypes, VerifyTypes: h.VerifyTypes, Hash: h.Hash,
+	}
 }
 
 func (u *upload) closeBody() {
@@ -92,36 +102,5 @@ func (c *clientBody) Read(p []byte) (int, error) {
 		return n, clientReadError(err)
 	}
 	c.eof.Store(err == io.EOF)
-	return n, err
-}
-
-// budgetReader lets through at most budget bytes while a part header is being
-// read (budget -1: no cap), so that an endless header never fills memory.
-// Once a read fails, it fails every read after with the same error.
-type budgetReader struct {
-	r         io.Reader
-	budget    int64
-	exhausted bool
-	err       error
-}
-
-var errHeaderBudget = errors.New("part header exceeds its budget")
-
-func (b *budgetReader) Read(p []byte) (int, error) {
-	if b.err != nil {
-		return 0, b.err
-	}
-	if b.budget == 0 {
-		b.exhausted = true
-		return 0, errHeaderBudget // not sticky: the header's end decides
-	}
-	if b.budget > 0 && int64(len(p)) > b.budget {
-		p = p[:b.budget]
-	}
-	n, err := b.r.Read(p)
-	if b.budget > 0 {
-		b.budget -= int64(n)
-	}
-	b.err = err
 	return n, err
 }

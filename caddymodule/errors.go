@@ -10,22 +10,23 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/streamproxy/caddy-stream-proxy/formreader"
 	"github.com/streamproxy/caddy-stream-proxy/store"
 )
 
 // Stable, machine-readable codes of refused or failed uploads. They appear in
 // the JSON error body, in {http.stream_proxy.error.code} and in the logs.
 const (
-	CodeMalformed        = "malformed_multipart"
+	CodeMalformed        = formreader.CodeMalformed
 	CodeBodyTooLarge     = "body_too_large"
-	CodePartTooLarge     = "part_too_large"
-	CodeFieldTooLarge    = "field_too_large"
-	CodeTooManyParts     = "too_many_parts"
-	CodePartHeaderTooBig = "part_header_too_large"
-	CodeTransferEncoding = "content_transfer_encoding"
-	CodeFieldNotAllowed  = "field_not_allowed"
-	CodeTypeNotAllowed   = "type_not_allowed"
-	CodeTypeMismatch     = "type_mismatch" // verify_types: the bytes contradict the declared type
+	CodePartTooLarge     = formreader.CodePartTooLarge
+	CodeFieldTooLarge    = formreader.CodeFieldTooLarge
+	CodeTooManyParts     = formreader.CodeTooManyParts
+	CodePartHeaderTooBig = formreader.CodePartHeaderTooBig
+	CodeTransferEncoding = formreader.CodeTransferEncoding
+	CodeFieldNotAllowed  = formreader.CodeFieldNotAllowed
+	CodeTypeNotAllowed   = formreader.CodeTypeNotAllowed
+	CodeTypeMismatch     = formreader.CodeTypeMismatch // verify_types: the bytes contradict the declared type
 	CodeClientGone       = store.CodeClientGone
 	CodeClientTimeout    = "client_timeout"
 	CodeClientTooSlow    = "client_too_slow" // slower than min_rate for longer than its grace
@@ -36,7 +37,7 @@ const (
 	// whole upload, which therefore did not succeed.
 	CodeBackendAnsweredEarly = "backend_answered_early"
 	CodeNoUpstream           = "no_upstream"
-	CodeDigestMismatch       = "digest_mismatch"
+	CodeDigestMismatch       = formreader.CodeDigestMismatch
 	// The stores' codes, defined with the store API (package store).
 	CodeStorageFull      = store.CodeStorageFull
 	CodeStoreFailed      = store.CodeStoreFailed
@@ -49,20 +50,13 @@ const (
 // statusClientClosed is logged when the client went away; nobody reads it.
 const statusClientClosed = store.StatusClientClosed
 
-// partRef names the part an error is about.
-type partRef struct {
-	Index    int    `json:"index"`
-	Field    string `json:"field,omitempty"`
-	Filename string `json:"filename,omitempty"`
-}
-
 // uploadError is a refused or failed upload: what the client is told.
 type uploadError struct {
-	Status  int      `json:"status"`
-	Code    string   `json:"code"`
-	Message string   `json:"message"`
-	Limit   string   `json:"limit,omitempty"`
-	Part    *partRef `json:"part,omitempty"`
+	Status  int                 `json:"status"`
+	Code    string              `json:"code"`
+	Message string              `json:"message"`
+	Limit   string              `json:"limit,omitempty"`
+	Part    *formreader.PartRef `json:"part,omitempty"`
 	// With verify_types, a refused file part's type as declared and as its
 	// first bytes show it.
 	DeclaredType string `json:"declared_type,omitempty"`
@@ -99,27 +93,32 @@ type writeError struct{ error }
 
 func (e writeError) Unwrap() error { return e.error }
 
-// asUploadError returns err as an uploadError; a store's *store.Error is
-// turned into one, and anything else is a malformed body.
+// asUploadError returns err as an uploadError; a form reader's or a store's
+// error is turned into one, and anything else is a malformed body.
 func asUploadError(err error) *uploadError {
-	var ue *uploadError
-	if errors.As(err, &ue) {
+	if ue := classified(err); ue != nil {
 		return ue
-	}
-	if se := fromStore(err); se != nil {
-		return se
 	}
 	return malformed(err)
 }
 
-// fromStore is the uploadError of a store's failure, or nil when err carries
-// no *store.Error.
-func fromStore(err error) *uploadError {
-	var se *store.Error
-	if !errors.As(err, &se) {
-		return nil
+// classified is the uploadError err carries: its own, or the one made of a
+// form reader's refusal or a store's failure; nil when it carries none.
+func classified(err error) *uploadError {
+	var ue *uploadError
+	if errors.As(err, &ue) {
+		return ue
 	}
-	return &uploadError{Status: se.Status, Code: se.Code, Message: se.Message, Limit: se.Limit, err: se.Err}
+	var fe *formreader.Error
+	if errors.As(err, &fe) {
+		return &uploadError{Status: fe.Status, Code: fe.Code, Message: fe.Message, Limit: fe.Limit, Part: fe.Part,
+			DeclaredType: fe.DeclaredType, DetectedType: fe.DetectedType, err: fe.Err}
+	}
+	var se *store.Error
+	if errors.As(err, &se) {
+		return &uploadError{Status: se.Status, Code: se.Code, Message: se.Message, Limit: se.Limit, err: se.Err}
+	}
+	return nil
 }
 
 func malformed(err error) *uploadError {
@@ -173,8 +172,8 @@ func asStoreError(err error) error {
 	if errors.As(err, &ue) || errors.As(err, &we) {
 		return err
 	}
-	if se := fromStore(err); se != nil {
-		return se
+	if ue := classified(err); ue != nil {
+		return ue
 	}
-	return fromStore(store.Failed(err))
+	return classified(store.Failed(err))
 }

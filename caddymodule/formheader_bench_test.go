@@ -2,7 +2,6 @@ package streamproxy
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -78,8 +77,7 @@ func BenchmarkFormHeaders(b *testing.B) {
 							return
 						}
 						err := forwardTo(u, io.Discard)
-						var ue *uploadError
-						if err != nil && !(errors.As(err, &ue) && ue.Limit == "max_form_header_size") {
+						if ue := classified(err); err != nil && !(ue != nil && ue.Limit == "max_form_header_size") {
 							b.Error(err)
 						}
 					}()

@@ -3,6 +3,8 @@ package streamproxy
 import (
 	"io"
 	"mime/multipart"
+
+	"github.com/streamproxy/caddy-stream-proxy/formreader"
 )
 
 // serveForward re-encodes the client's form under a fresh boundary and streams
@@ -19,19 +21,19 @@ func (h *Handler) serveForward(u *upload) result {
 }
 
 // forward copies every part of form into mw, in order.
-func (u *upload) forward(form *formReader, mw *multipart.Writer) error {
+func (u *upload) forward(form *formreader.Reader, mw *multipart.Writer) error {
 	for {
-		p, err := form.next()
+		p, err := form.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			return err
 		}
-		if err := p.forwardable(); err != nil {
+		if err := p.Forwardable(); err != nil {
 			return err
 		}
-		dst, err := mw.CreatePart(p.formHeader())
+		dst, err := mw.CreatePart(p.FormHeader())
 		if err != nil {
 			return err
 		}

@@ -20,6 +20,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/streamproxy/caddy-stream-proxy/formreader"
 	"github.com/streamproxy/caddy-stream-proxy/integration/formtest"
 )
 
@@ -363,7 +364,7 @@ func reference(boundary string, body []byte) refResult {
 		if i >= fuzzMaxParts {
 			return refuse(413, CodeTooManyParts, "too many parts")
 		}
-		if headerSize(p.Header) > fuzzMaxHeader {
+		if formreader.HeaderSize(p.Header) > fuzzMaxHeader {
 			return refuse(431, CodePartHeaderTooBig, "part header too large")
 		}
 		cds := p.Header["Content-Disposition"]
@@ -374,7 +375,7 @@ func reference(boundary string, body []byte) refResult {
 		if err != nil {
 			// Unquoted UTF-8 values (filename=näme.txt) pass the gateway, but
 			// Go's parser, here the oracle, reads no name from them.
-			if _, _, lerr := mime.ParseMediaType(quoteUTF8Tokens(cds[0])); lerr == nil {
+			if _, _, lerr := mime.ParseMediaType(formreader.LenientDisposition(cds[0])); lerr == nil {
 				ref.unreadable = true
 				uncertain = true
 				continue

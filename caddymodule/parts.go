@@ -2,10 +2,11 @@ package streamproxy
 
 import (
 	"bytes"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"mime/multipart"
+
+	"github.com/streamproxy/caddy-stream-proxy/formreader"
 )
 
 // What the modes share about parts: copying their data on, the digest
@@ -22,9 +23,9 @@ const (
 
 // copyPart writes one part's data to dst, straight from the client's read
 // buffer.
-func (u *upload) copyPart(dst io.Writer, p *formPart) error {
+func (u *upload) copyPart(dst io.Writer, p *formreader.Part) error {
 	for {
-		b, err := p.next()
+		b, err := p.Next()
 		if err == io.EOF {
 			return nil
 		}
@@ -40,13 +41,13 @@ func (u *upload) copyPart(dst io.Writer, p *formPart) error {
 
 // writeDigestFields follows a file part with a text field per configured
 // digest: `<field>.sha256` and so on.
-func writeDigestFields(mw *multipart.Writer, p *formPart) error {
-	if !p.IsFile || p.digests == nil {
+func writeDigestFields(mw *multipart.Writer, p *formreader.Part) error {
+	if !p.IsFile || len(p.DigestNames()) == 0 {
 		return nil
 	}
-	for i, name := range p.digests.names {
-		sum := hex.EncodeToString(p.digests.computed[i].Sum(nil))
-		if err := mw.WriteField(p.Field+"."+name, sum); err != nil {
+	sums := p.Digests()
+	for _, name := range p.DigestNames() {
+		if err := mw.WriteField(p.Field+"."+name, sums[name]); err != nil {
 			return err
 		}
 	}
@@ -55,7 +56,7 @@ func writeDigestFields(mw *multipart.Writer, p *formPart) error {
 
 // writeDetectedField follows a file part, with verify_types, with a text
 // field `<field>.detected_type`: its type as its first bytes show it.
-func writeDetectedField(mw *multipart.Writer, p *formPart) error {
+func writeDetectedField(mw *multipart.Writer, p *formreader.Part) error {
 	if !p.IsFile || p.DetectedType == "" {
 		return nil
 	}
@@ -65,7 +66,7 @@ func writeDetectedField(mw *multipart.Writer, p *formPart) error {
 // readField reads a text field. A value of up to 8 KiB (64 KiB for all fields
 // together) becomes the placeholder {http.stream_proxy.form.<name>}; a longer
 // one is read through and counted, but not kept.
-func (u *upload) readField(p *formPart) error {
+func (u *upload) readField(p *formreader.Part) error {
 	var buf bytes.Buffer
 	keep := u.fieldBytes+len(p.Field) <= maxFieldValues
 	for {
@@ -116,9 +117,9 @@ type partResult struct {
 	Truncated    bool              `json:"truncated,omitempty"` // the response was longer than 64 KiB
 }
 
-func newPartResult(p *formPart) partResult {
+func newPartResult(p *formreader.Part) partResult {
 	r := partResult{Index: p.Index, Field: p.Field, ContentType: p.ContentType, DetectedType: p.DetectedType,
-		Size: p.Size, Digests: p.digests.sums()}
+		Size: p.Size, Digests: p.Digests()}
 	if p.IsFile {
 		name := p.Filename
 		r.Filename = &name

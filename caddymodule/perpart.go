@@ -10,6 +10,8 @@ import (
 	"strconv"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/streamproxy/caddy-stream-proxy/formreader"
 )
 
 const (
@@ -29,7 +31,7 @@ func (h *Handler) servePerPart(u *upload) result {
 
 	var results []partResult
 	for {
-		p, err := form.next()
+		p, err := form.Next()
 		if err == io.EOF {
 			break
 		}
@@ -70,10 +72,10 @@ func (h *Handler) servePerPart(u *upload) result {
 		switch {
 		case answer.status >= 400:
 			return failed(&uploadError{Status: answer.status, Code: CodeBackendRejected,
-				Message: fmt.Sprintf("backend answered %d to part %d", answer.status, p.Index), Part: p.ref()}, results)
+				Message: fmt.Sprintf("backend answered %d to part %d", answer.status, p.Index), Part: p.Ref()}, results)
 		case answer.early:
 			return failed(&uploadError{Status: http.StatusBadGateway, Code: CodeBackendAnsweredEarly,
-				Message: fmt.Sprintf("backend answered before it had read part %d", p.Index), Part: p.ref()}, results)
+				Message: fmt.Sprintf("backend answered before it had read part %d", p.Index), Part: p.Ref()}, results)
 		}
 	}
 	return u.reply(http.StatusOK, map[string]any{"parts": results})
@@ -81,13 +83,13 @@ func (h *Handler) servePerPart(u *upload) result {
 
 // partHeader is what a per_part request says of its part: the part's own
 // Content-Type, its Content-Disposition with the filename parameters the
-// client sent (formPart.disposition), and field and filename again in
+// client sent (formreader.Part.Disposition), and field and filename again in
 // X-Stream-Proxy-* fields (the filename percent-encoded). A value that no
 // transport would send (a control character in a name or filename) is the
 // client's fault, 400, decided here: a transport's refusal would be a 502
 // counted against the upstream.
-func partHeader(p *formPart) (http.Header, *uploadError) {
-	if err := p.forwardable(); err != nil {
+func partHeader(p *formreader.Part) (http.Header, *uploadError) {
+	if err := p.Forwardable(); err != nil {
 		return nil, asUploadError(err)
 	}
 	ct := p.ContentType
@@ -96,7 +98,7 @@ func partHeader(p *formPart) (http.Header, *uploadError) {
 	}
 	h := http.Header{
 		"Content-Type":        {ct},
-		"Content-Disposition": {p.disposition()},
+		"Content-Disposition": {p.Disposition()},
 		headerPartField:       {p.Field},
 		headerPartName:        {url.PathEscape(p.Filename)},
 		headerPartIndex:       {strconv.Itoa(p.Index)},
@@ -107,7 +109,7 @@ func partHeader(p *formPart) (http.Header, *uploadError) {
 	for name, vs := range h {
 		if !httpguts.ValidHeaderFieldValue(vs[0]) {
 			e := malformed(fmt.Errorf("part %d: its %s cannot be sent in a header", p.Index, name))
-			e.Part = p.ref()
+			e.Part = p.Ref()
 			return nil, e
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/streamproxy/caddy-stream-proxy/formreader"
 	"github.com/streamproxy/caddy-stream-proxy/store"
 )
 
@@ -30,10 +31,10 @@ type storedPart struct {
 // receive reads the whole form: file parts go to the store; text fields go to mw
 // when there is a backend (with each file's metadata after it), or are kept
 // for the JSON answer when there is none.
-func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
+func (st *storing) receive(form *formreader.Reader, mw *multipart.Writer) error {
 	u := st.u
 	for {
-		p, err := form.next()
+		p, err := form.Next()
 		if err == io.EOF {
 			return nil
 		}
@@ -41,13 +42,13 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 			return err
 		}
 		if mw != nil {
-			if err := p.forwardable(); err != nil {
+			if err := p.Forwardable(); err != nil {
 				return err
 			}
 		}
 		if !p.IsFile {
 			if mw != nil {
-				dst, err := mw.CreatePart(p.formHeader())
+				dst, err := mw.CreatePart(p.FormHeader())
 				if err != nil {
 					return err
 				}
@@ -65,7 +66,7 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 		if err != nil {
 			err = asStoreError(err)
 			if ue, ok := err.(*uploadError); ok && ue.Part == nil && ue.Status < 500 {
-				ue.Part = p.ref()
+				ue.Part = p.Ref()
 			}
 			return err
 		}
@@ -107,7 +108,7 @@ func (st *storing) boundIdle() (stop func()) {
 	return func() { pace.idle = 0 }
 }
 
-func (st *storing) keepField(p *formPart) error {
+func (st *storing) keepField(p *formreader.Part) error {
 	if err := st.u.readField(p); err != nil {
 		return err
 	}

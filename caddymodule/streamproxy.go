@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/streamproxy/caddy-stream-proxy/formreader"
 	"github.com/streamproxy/caddy-stream-proxy/store"
 )
 
@@ -276,7 +277,7 @@ func (h *Handler) Validate() error {
 	default:
 		return fmt.Errorf("unknown mode %q (want forward, per_part or store)", h.Mode)
 	}
-	if err := checkHashNames(h.Hash); err != nil {
+	if err := formreader.CheckHashNames(h.Hash); err != nil {
 		return err
 	}
 	for _, p := range h.AllowTypes {

@@ -12,6 +12,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/streamproxy/caddy-stream-proxy/formreader"
 )
 
 // upload is the state of one intercepted request. The handler's goroutine
@@ -37,8 +39,8 @@ type upload struct {
 	sent  atomic.Int64 // part data bytes delivered to backends or the store
 	parts atomic.Int64 // parts seen
 
-	mu        sync.Mutex // guards current, read by the admin API
-	current   *partRef   // the part being read, nil between parts
+	mu        sync.Mutex          // guards current, read by the admin API
+	current   *formreader.PartRef // the part being read, nil between parts
 	partStart time.Time
 
 	fieldBytes    int             // text field bytes kept as placeholders
@@ -147,10 +149,10 @@ func (u *upload) end(res result) {
 }
 
 // partStarted and partEnded are called by the form reader around each part.
-func (u *upload) partStarted(p *formPart) {
+func (u *upload) PartStarted(p *formreader.Part) {
 	u.parts.Add(1)
 	u.mu.Lock()
-	u.current = p.ref()
+	u.current = p.Ref()
 	u.mu.Unlock()
 	u.partStart = time.Now()
 	u.repl.Set(placeholderPrefix+"part.index", p.Index)
@@ -160,7 +162,7 @@ func (u *upload) partStarted(p *formPart) {
 	u.repl.Set(placeholderPrefix+"part.detected_type", p.DetectedType)
 }
 
-func (u *upload) partEnded(p *formPart) {
+func (u *upload) PartEnded(p *formreader.Part) {
 	d := time.Since(u.partStart)
 	u.mu.Lock()
 	u.current = nil

@@ -1,4 +1,4 @@
-package streamproxy
+package formreader
 
 import (
 	"net/textproto"
@@ -47,7 +47,7 @@ func TestParseHeaderRealClients(t *testing.T) {
 			if tc.cte != "" {
 				h.Set("Content-Transfer-Encoding", tc.cte)
 			}
-			p := &formPart{Header: h}
+			p := &Part{Header: h}
 			err := p.parseHeader()
 			if tc.code != "" {
 				if err == nil || err.Code != tc.code {
@@ -61,10 +61,10 @@ func TestParseHeaderRealClients(t *testing.T) {
 			if p.IsFile != tc.isFile || p.Filename != tc.filename {
 				t.Errorf("file %v %q, want %v %q", p.IsFile, p.Filename, tc.isFile, tc.filename)
 			}
-			if got := p.disposition(); got != tc.disposition {
+			if got := p.Disposition(); got != tc.disposition {
 				t.Errorf("forwarded as\n%s\nwant\n%s", got, tc.disposition)
 			}
-			if got := p.formHeader().Get("Content-Transfer-Encoding"); got != tc.cte {
+			if got := p.FormHeader().Get("Content-Transfer-Encoding"); got != tc.cte {
 				t.Errorf("forwarded Content-Transfer-Encoding %q, want %q", got, tc.cte)
 			}
 		})

@@ -1,4 +1,4 @@
-package streamproxy
+package formreader
 
 import (
 	"fmt"
@@ -14,7 +14,7 @@ import (
 // verify_types: a file part is judged by its first bytes, with the detection
 // of github.com/gabriel-vasile/mimetype, before any of it goes on. The
 // form reader reads the prefix ahead and hands it out first, then the rest,
-// byte for byte as it came (formPart.next).
+// byte for byte as it came (Part.next).
 
 // verifyPrefix is how much of a file part is judged: as much as mimetype
 // reads of a file itself (its default limit), enough for the signatures of
@@ -33,14 +33,14 @@ var prefixBufs = sync.Pool{New: func() any { return new([verifyPrefix]byte) }}
 // readPrefix reads the part's first verifyPrefix bytes, or all of it when it
 // is shorter, and keeps them to be handed out first by next. The returned
 // slice is valid until next is called.
-func (p *formPart) readPrefix() ([]byte, error) {
+func (p *Part) readPrefix() ([]byte, error) {
 	f := p.f
 	b, err := f.data()
 	if err == io.EOF {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, readError(err, p)
+		return nil, p.f.readError(err, p)
 	}
 	if len(b) >= verifyPrefix {
 		p.held[0] = b // a slice of the read buffer, valid until it is read again
@@ -53,7 +53,7 @@ func (p *formPart) readPrefix() ([]byte, error) {
 			break
 		}
 		if err != nil {
-			return nil, readError(err, p)
+			return nil, p.f.readError(err, p)
 		}
 		m := copy(p.pbuf[n:], b)
 		n += m
@@ -66,7 +66,7 @@ func (p *formPart) readPrefix() ([]byte, error) {
 // ahead returns the next run read ahead by readPrefix, or nil once all have
 // been handed out (the copy's buffer then goes back to its pool: the caller
 // has written it on).
-func (p *formPart) ahead() []byte {
+func (p *Part) ahead() []byte {
 	for i, b := range p.held {
 		if len(b) > 0 {
 			p.held[i] = nil
@@ -82,10 +82,10 @@ func (p *formPart) ahead() []byte {
 
 // verifyType reads the file part's prefix and judges it (judgeType); it
 // sets DetectedType.
-func (p *formPart) verifyType(allow []string) *uploadError {
+func (p *Part) verifyType(allow []string) error {
 	prefix, err := p.readPrefix()
 	if err != nil {
-		return asUploadError(err)
+		return err // classified by readError
 	}
 	var detected *mimetype.MIME
 	p.DetectedType = detectedEmpty
@@ -101,7 +101,7 @@ func (p *formPart) verifyType(allow []string) *uploadError {
 	if declared == "" {
 		declared = "application/octet-stream"
 	}
-	e := &uploadError{Status: http.StatusUnsupportedMediaType, Code: code, Part: p.ref(),
+	e := &Error{Status: http.StatusUnsupportedMediaType, Code: code, Part: p.Ref(),
 		DeclaredType: declared, DetectedType: p.DetectedType}
 	if code == CodeTypeMismatch {
 		e.Message = fmt.Sprintf("part %d is declared %q, but its first bytes are %s", p.Index, declared, p.DetectedType)

@@ -1,4 +1,4 @@
-package streamproxy
+package formreader
 
 import (
 	"bufio"
@@ -9,7 +9,7 @@ import (
 	"net/textproto"
 )
 
-// This file is the multipart parser under formReader. It reads a body as
+// This file is the multipart parser under Reader. It reads a body as
 // mime/multipart's Reader.NextRawPart and Part.Read do, rule for rule:
 // delimiter lines with transport padding, bodies with bare LF line ends, a
 // skipped preamble and epilogue, a part that may end at "--boundary" followed
@@ -31,7 +31,7 @@ const maxLineSize = 4095
 
 // nextHeader reads up to the next delimiter line and returns the header of the
 // part it opens, or io.EOF after the closing delimiter.
-func (f *formReader) nextHeader() (textproto.MIMEHeader, error) {
+func (f *Reader) nextHeader() (textproto.MIMEHeader, error) {
 	expectNewPart := false
 	for {
 		line, err := f.in.ReadSlice('\n')
@@ -78,7 +78,7 @@ func (f *formReader) nextHeader() (textproto.MIMEHeader, error) {
 // isDelimiterLine reports whether line is "--boundary", optional spaces and
 // tabs, and a line end. The first one sets the body's line end: LF alone
 // (against RFC 2046, but common) when it ends so.
-func (f *formReader) isDelimiterLine(line []byte) bool {
+func (f *Reader) isDelimiterLine(line []byte) bool {
 	rest, ok := bytes.CutPrefix(line, f.dashBoundary)
 	if !ok {
 		return false
@@ -94,7 +94,7 @@ func (f *formReader) isDelimiterLine(line []byte) bool {
 
 // isClosingLine reports whether line is "--boundary--", optional spaces and
 // tabs, and a line end or nothing.
-func (f *formReader) isClosingLine(line []byte) bool {
+func (f *Reader) isClosingLine(line []byte) bool {
 	rest, ok := bytes.CutPrefix(line, f.dashBoundary)
 	if !ok {
 		return false
@@ -108,7 +108,7 @@ func (f *formReader) isClosingLine(line []byte) bool {
 
 // data returns the current part's next run of data, a slice of in's buffer
 // valid until in is read again, or io.EOF at the part's end.
-func (f *formReader) data() ([]byte, error) {
+func (f *Reader) data() ([]byte, error) {
 	for f.avail == 0 && f.end == nil {
 		buf, _ := f.in.Peek(f.in.Buffered())
 		f.avail, f.end = f.scan(buf)
@@ -134,7 +134,7 @@ func (f *formReader) data() ([]byte, error) {
 // scan tells how much of buf, the buffered bytes at the current position in a
 // part's data, is data for sure, and what follows: io.EOF when the part ends
 // there, f.readErr when the body does, nil when more must be read to know.
-func (f *formReader) scan(buf []byte) (int, error) {
+func (f *Reader) scan(buf []byte) (int, error) {
 	if f.total == 0 {
 		// A part with no data may have no line end before the delimiter
 		// that ends it.
@@ -183,7 +183,7 @@ const (
 // delimiterAt tells whether buf, which starts with a delimiter's prefix of n
 // bytes, is a delimiter: the prefix followed by a space, tab, CR, LF, "--",
 // or the end of the body.
-func (f *formReader) delimiterAt(buf []byte, n int) int {
+func (f *Reader) delimiterAt(buf []byte, n int) int {
 	if len(buf) == n {
 		if f.readErr != nil {
 			return delimiter

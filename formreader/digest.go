@@ -1,4 +1,4 @@
-package streamproxy
+package formreader
 
 import (
 	"bytes"
@@ -121,8 +121,41 @@ func (d *partDigests) sums() map[string]string {
 	return out
 }
 
-// checkHashNames validates the hash subdirective's algorithms.
-func checkHashNames(names []string) error {
+// DigestNames are the digests computed of the part, in the order of
+// Limits.Hash; none for a text field.
+func (p *Part) DigestNames() []string {
+	if p.digests == nil {
+		return nil
+	}
+	return p.digests.names
+}
+
+// Digests are the part's computed digests, hex-encoded, by name: whole once
+// its data ended.
+func (p *Part) Digests() map[string]string { return p.digests.sums() }
+
+// HashNames are the digests Limits.Hash may name.
+func HashNames() []string {
+	names := make([]string, 0, len(hashes))
+	for name := range hashes {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// HexSize is the length of the hex value of the digest name; 0 for a name
+// that is none.
+func HexSize(name string) int {
+	h, ok := hashes[name]
+	if !ok {
+		return 0
+	}
+	return 2 * h().Size()
+}
+
+// CheckHashNames validates the hash subdirective's algorithms.
+func CheckHashNames(names []string) error {
 	for i, name := range names {
 		if _, ok := hashes[name]; !ok {
 			return fmt.Errorf("unknown hash %q (want sha256, sha1, md5 or crc32c)", name)

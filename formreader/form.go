@@ -1,4 +1,4 @@
-package streamproxy
+package formreader
 
 import (
 	"bufio"
@@ -14,16 +14,16 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// formReader reads a multipart/form-data body strictly and with limits, one
+// Reader reads a multipart/form-data body strictly and with limits, one
 // part at a time. It parses as mime/multipart's NextRawPart and Part.Read do
 // (scan.go), and adds what mime/multipart leaves to its caller: a part-count
 // limit, bounded part headers, no Content-Transfer-Encoding that changes the
 // bytes (mime/multipart decodes quoted-printable silently), a name on every
 // part, and a closing delimiter (mime/multipart ends cleanly on a body cut
 // inside a part header).
-type formReader struct {
+type Reader struct {
 	in  *bufio.Reader // the client's body, buffered; part data is handed out from it
-	src *budgetReader // under in: caps what header reads take from the client
+	src *Source       // under in: caps what header reads take from the client
 	tp  *textproto.Reader
 
 	dashBoundary   []byte // "--boundary"
@@ -43,8 +43,8 @@ type formReader struct {
 	hashNames    []string
 
 	index int // parts seen so far
-	part  *formPart
-	obs   partObserver
+	part  *Part
+	obs   Observer
 
 	// The scan of the current part's data (scan.go).
 	total   int64 // data bytes handed out
@@ -53,15 +53,15 @@ type formReader struct {
 	readErr error // the error reading in met after its buffered bytes, if any
 }
 
-// partObserver hears of each part's start and clean end.
-type partObserver interface {
-	partStarted(*formPart)
-	partEnded(*formPart)
+// Observer hears of each part's start and clean end.
+type Observer interface {
+	PartStarted(*Part)
+	PartEnded(*Part)
 }
 
-// formPart is the part being read. Its data comes from next, or Read,
+// Part is the part being read. Its data comes from next, or Read,
 // counted, limited and hashed.
-type formPart struct {
+type Part struct {
 	Index       int // from 0
 	Field       string
 	Filename    string // as mime.ParseMediaType reads it (filename* decoded); never a path
@@ -78,7 +78,7 @@ type formPart struct {
 	// name, as sent ("filename*=utf-8''n%C3%A4me.txt"), in order.
 	params []string
 
-	f       *formReader
+	f       *Reader
 	done    bool   // the part's data has been read to its end
 	pending []byte // data from next not yet taken by Read
 	limit   int64
@@ -99,25 +99,41 @@ const maxPreamble = 64 << 10
 // the header itself: the line end and delimiter line before it.
 const headerSlack = maxLineSize + 2
 
-// newFormReader reads the form from in, which reads from src.
-func newFormReader(in *bufio.Reader, src *budgetReader, boundary string, h *Handler, obs partObserver) *formReader {
+// Limits are what a form may hold, as the handler's config says (its
+// subdirectives of the same names); every size must be set, the lists may
+// be empty.
+type Limits struct {
+	MaxParts          int
+	MaxPartSize       int64 // a part with a filename parameter
+	MaxFieldSize      int64 // a part without one
+	MaxPartHeaderSize int64
+	MaxFormHeaderSize int64    // all part headers of the form together
+	AllowFields       []string // if set, the only field names taken
+	AllowTypes        []string // if set, the only file types taken (audio/*, image/png, */*)
+	VerifyTypes       bool     // judge each file's type by its first bytes (verify.go)
+	Hash              []string // digests computed of each file part (digest.go)
+}
+
+// New reads the form from in, which reads from src, and tells obs of each
+// part.
+func New(in *bufio.Reader, src *Source, boundary string, lim Limits, obs Observer) *Reader {
 	b := []byte("\r\n--" + boundary + "--")
-	f := &formReader{
+	f := &Reader{
 		in:             in,
 		src:            src,
 		tp:             textproto.NewReader(in),
 		nl:             b[:2],
 		nlDashBoundary: b[:len(b)-2],
 		dashBoundary:   b[2 : len(b)-2],
-		maxParts:       h.MaxParts,
-		maxPartSize:    h.MaxPartSize,
-		maxFieldSize:   h.MaxFieldSize,
-		maxHeader:      h.MaxPartHeaderSize,
-		maxHeaders:     h.MaxFormHeaderSize,
-		allowFields:    h.AllowFields,
-		allowTypes:     h.AllowTypes,
-		verifyTypes:    h.VerifyTypes,
-		hashNames:      h.Hash,
+		maxParts:       lim.MaxParts,
+		maxPartSize:    lim.MaxPartSize,
+		maxFieldSize:   lim.MaxFieldSize,
+		maxHeader:      lim.MaxPartHeaderSize,
+		maxHeaders:     lim.MaxFormHeaderSize,
+		allowFields:    lim.AllowFields,
+		allowTypes:     lim.AllowTypes,
+		verifyTypes:    lim.VerifyTypes,
+		hashNames:      lim.Hash,
 		obs:            obs,
 	}
 	f.find.init(f.nlDashBoundary)
@@ -126,14 +142,14 @@ func newFormReader(in *bufio.Reader, src *budgetReader, boundary string, h *Hand
 
 // next returns the next part, or io.EOF after the closing delimiter. A body
 // that ends before the closing delimiter is an error, never io.EOF.
-func (f *formReader) next() (*formPart, error) {
+func (f *Reader) Next() (*Part, error) {
 	if p := f.part; p != nil {
 		for !p.done { // parts are read to their end, within their limits
-			if _, err := p.next(); err != nil && err != io.EOF {
+			if _, err := p.Next(); err != nil && err != io.EOF {
 				return nil, err
 			}
 		}
-		f.obs.partEnded(p)
+		f.obs.PartEnded(p)
 		f.part = nil
 	}
 	// A header read takes no more from the client than the header may
@@ -157,17 +173,17 @@ func (f *formReader) next() (*formPart, error) {
 		// Read the epilogue through to the body's end, so that the server
 		// notices, and cancels the request, if the client then goes away.
 		if _, err := io.Copy(io.Discard, f.in); err != nil {
-			return nil, readError(err, nil)
+			return nil, f.readError(err, nil)
 		}
 		return nil, io.EOF
 	}
 	if err != nil {
-		return nil, readError(err, nil)
+		return nil, f.readError(err, nil)
 	}
 	if f.index >= f.maxParts {
 		return nil, limitError(http.StatusRequestEntityTooLarge, CodeTooManyParts, "max_parts", int64(f.maxParts), "number of parts")
 	}
-	p := &formPart{Index: f.index, Header: header, f: f}
+	p := &Part{Index: f.index, Header: header, f: f}
 	f.index++
 	f.total, f.avail, f.end, f.readErr = 0, 0, nil, nil
 
@@ -182,16 +198,16 @@ func (f *formReader) next() (*formPart, error) {
 		return nil, err
 	}
 	if len(f.allowFields) > 0 && !slices.Contains(f.allowFields, p.Field) {
-		return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeFieldNotAllowed,
-			Message: fmt.Sprintf("field %q is not in allow_fields", p.Field), Limit: "allow_fields", Part: p.ref()}
+		return nil, &Error{Status: http.StatusBadRequest, Code: CodeFieldNotAllowed,
+			Message: fmt.Sprintf("field %q is not in allow_fields", p.Field), Limit: "allow_fields", Part: p.Ref()}
 	}
 	if f.verifyTypes && reservedField(p.Field) {
-		return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeFieldNotAllowed,
-			Message: fmt.Sprintf("field %q: names ending in .detected_type are the gateway's with verify_types", p.Field), Part: p.ref()}
+		return nil, &Error{Status: http.StatusBadRequest, Code: CodeFieldNotAllowed,
+			Message: fmt.Sprintf("field %q: names ending in .detected_type are the gateway's with verify_types", p.Field), Part: p.Ref()}
 	}
 	if p.IsFile && !f.verifyTypes && len(f.allowTypes) > 0 && !typeAllowed(p.ContentType, f.allowTypes) {
-		return nil, &uploadError{Status: http.StatusUnsupportedMediaType, Code: CodeTypeNotAllowed,
-			Message: fmt.Sprintf("content type %q is not in allow_types", p.ContentType), Limit: "allow_types", Part: p.ref()}
+		return nil, &Error{Status: http.StatusUnsupportedMediaType, Code: CodeTypeNotAllowed,
+			Message: fmt.Sprintf("content type %q is not in allow_types", p.ContentType), Limit: "allow_types", Part: p.Ref()}
 	}
 	// A part with a filename parameter, even an empty one, is bounded as a
 	// file: an empty file input may still carry data.
@@ -206,7 +222,7 @@ func (f *formReader) next() (*formPart, error) {
 	}
 	if err != nil {
 		e := malformed(err)
-		e.Part = p.ref()
+		e.Part = p.Ref()
 		return nil, e
 	}
 	if p.IsFile && f.verifyTypes {
@@ -215,7 +231,7 @@ func (f *formReader) next() (*formPart, error) {
 		}
 	}
 	f.part = p
-	f.obs.partStarted(p)
+	f.obs.PartStarted(p)
 	return p, nil
 }
 
@@ -236,23 +252,23 @@ func typeAllowed(contentType string, patterns []string) bool {
 	return false
 }
 
-func (f *formReader) headerTooLarge(index int) *uploadError {
+func (f *Reader) headerTooLarge(index int) *Error {
 	e := limitError(http.StatusRequestHeaderFieldsTooLarge, CodePartHeaderTooBig, "max_part_header_size", f.maxHeader, "part header")
-	e.Part = &partRef{Index: index}
+	e.Part = &PartRef{Index: index}
 	return e
 }
 
-func (f *formReader) formHeadersTooLarge(index int) *uploadError {
+func (f *Reader) formHeadersTooLarge(index int) *Error {
 	e := limitError(http.StatusRequestHeaderFieldsTooLarge, CodePartHeaderTooBig, "max_form_header_size", f.maxHeaders, "part headers of the form")
-	e.Part = &partRef{Index: index}
+	e.Part = &PartRef{Index: index}
 	return e
 }
 
 // parseHeader checks the part's header and fills in its name, filename and type.
-func (p *formPart) parseHeader() *uploadError {
-	bad := func(format string, args ...any) *uploadError {
+func (p *Part) parseHeader() *Error {
+	bad := func(format string, args ...any) *Error {
 		e := malformed(fmt.Errorf(format, args...))
-		e.Part = p.ref()
+		e.Part = p.Ref()
 		return e
 	}
 	cds := p.Header["Content-Disposition"]
@@ -282,11 +298,11 @@ func (p *formPart) parseHeader() *uploadError {
 		return isFilenameParam(key) && value != ""
 	})
 	if ctes := p.Header["Content-Transfer-Encoding"]; len(ctes) > 1 || len(ctes) == 1 && !identityEncoding(ctes[0]) {
-		return &uploadError{
+		return &Error{
 			Status:  http.StatusBadRequest,
 			Code:    CodeTransferEncoding,
 			Message: "parts must not have a Content-Transfer-Encoding other than binary, 8bit or 7bit (RFC 7578)",
-			Part:    p.ref(),
+			Part:    p.Ref(),
 		}
 	}
 	if cts := p.Header["Content-Type"]; len(cts) > 1 {
@@ -303,7 +319,7 @@ func (p *formPart) parseHeader() *uploadError {
 // next returns the part's next run of data, or io.EOF at its end. The run is
 // a slice of the client's read buffer, valid until the next call: callers
 // write it on, uncopied. A body that ends inside the part is an error.
-func (p *formPart) next() ([]byte, error) {
+func (p *Part) Next() ([]byte, error) {
 	if p.done {
 		return nil, io.EOF
 	}
@@ -316,14 +332,14 @@ func (p *formPart) next() ([]byte, error) {
 		p.done = true
 		if p.digests != nil {
 			if verr := p.digests.verify(); verr != nil {
-				return nil, &uploadError{Status: http.StatusBadRequest, Code: CodeDigestMismatch,
-					Message: verr.Error(), Part: p.ref()}
+				return nil, &Error{Status: http.StatusBadRequest, Code: CodeDigestMismatch,
+					Message: verr.Error(), Part: p.Ref()}
 			}
 		}
 		return nil, io.EOF
 	}
 	if err != nil {
-		return nil, readError(err, p)
+		return nil, p.f.readError(err, p)
 	}
 	p.Size += int64(len(b))
 	if p.Size > p.limit {
@@ -332,7 +348,7 @@ func (p *formPart) next() ([]byte, error) {
 			code = CodeFieldTooLarge
 		}
 		e := limitError(http.StatusRequestEntityTooLarge, code, p.lname, p.limit, "part")
-		e.Part = p.ref()
+		e.Part = p.Ref()
 		return nil, e
 	}
 	if p.digests != nil {
@@ -342,10 +358,10 @@ func (p *formPart) next() ([]byte, error) {
 }
 
 // Read copies the part's data into b, for readers that keep it (text fields).
-func (p *formPart) Read(b []byte) (int, error) {
+func (p *Part) Read(b []byte) (int, error) {
 	if len(p.pending) == 0 {
 		var err error
-		if p.pending, err = p.next(); err != nil {
+		if p.pending, err = p.Next(); err != nil {
 			return 0, err
 		}
 	}
@@ -354,18 +370,18 @@ func (p *formPart) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-func (p *formPart) ref() *partRef {
-	return &partRef{Index: p.Index, Field: p.Field, Filename: p.Filename}
+func (p *Part) Ref() *PartRef {
+	return &PartRef{Index: p.Index, Field: p.Field, Filename: p.Filename}
 }
 
 // formHeader is the part's header as the backend gets it: the disposition of
-// disposition(), and the other fields as they came.
-func (p *formPart) formHeader() textproto.MIMEHeader {
+// Disposition(), and the other fields as they came.
+func (p *Part) FormHeader() textproto.MIMEHeader {
 	h := make(textproto.MIMEHeader, len(p.Header))
 	for k, v := range p.Header {
 		h[k] = v
 	}
-	h.Set("Content-Disposition", p.disposition())
+	h.Set("Content-Disposition", p.Disposition())
 	return h
 }
 
@@ -375,7 +391,7 @@ func (p *formPart) formHeader() textproto.MIMEHeader {
 // the client sent them (filename and filename* both, when both came), so that
 // every parser reads the filename it would read without the gateway; they
 // came through net/textproto, so they hold no CR, LF or other control byte.
-func (p *formPart) disposition() string {
+func (p *Part) Disposition() string {
 	var sb strings.Builder
 	sb.WriteString(`form-data; name="`)
 	sb.WriteString(quoteParam(p.Field))
@@ -498,10 +514,10 @@ func identityEncoding(cte string) bool {
 //
 // Every other header value is checked as a transport would, so that a
 // value no backend may be sent is the client's 400 in every mode.
-func (p *formPart) forwardable() error {
+func (p *Part) Forwardable() error {
 	bad := func(what string) error {
 		e := malformed(fmt.Errorf("part %d: %s cannot be forwarded", p.Index, what))
-		e.Part = p.ref()
+		e.Part = p.Ref()
 		return e
 	}
 	if strings.ContainsFunc(p.Field, func(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }) {
@@ -528,21 +544,22 @@ func headerSize(h textproto.MIMEHeader) int64 {
 	return n
 }
 
-// readError classifies a failure met while reading the form: a refusal or a
-// failure to write to the backend passes as it is; anything else is what
-// mime/multipart found wrong with the body.
-func readError(err error, p *formPart) error {
-	var ue *uploadError
-	var we writeError
-	switch {
-	case errors.As(err, &ue):
+// readError classifies a failure met while reading the form: a refusal of
+// the reader's own, or the failure of its source (the client's body, whose
+// errors the caller classified: a timeout, a broken limit, a backend gone),
+// passes as it is; anything else is what mime/multipart found wrong with
+// the body.
+func (f *Reader) readError(err error, p *Part) error {
+	var ue *Error
+	if errors.As(err, &ue) {
 		return ue
-	case errors.As(err, &we):
-		return we
+	}
+	if serr := f.src.failure(err); serr != nil {
+		return serr
 	}
 	ue = malformed(err)
 	if p != nil {
-		ue.Part = p.ref()
+		ue.Part = p.Ref()
 	}
 	return ue
 }
