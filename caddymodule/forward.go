@@ -20,6 +20,7 @@ func (h *Handler) serveForward(u *upload) result {
 
 // forward copies every part of form into mw, in order.
 func (u *upload) forward(form *formReader, mw *multipart.Writer) error {
+	reserved := newReservedNames(u.h.digestSuffixes())
 	for {
 		p, err := form.next()
 		if err == io.EOF {
@@ -29,6 +30,9 @@ func (u *upload) forward(form *formReader, mw *multipart.Writer) error {
 			return err
 		}
 		if err := p.forwardable(); err != nil {
+			return err
+		}
+		if err := reserved.check(p); err != nil {
 			return err
 		}
 		dst, err := mw.CreatePart(p.formHeader())

@@ -30,6 +30,10 @@ type storedPart struct {
 // for the JSON answer when there is none.
 func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 	u := st.u
+	var reserved *reservedNames
+	if mw != nil {
+		reserved = newReservedNames(u.h.metadataSuffixes())
+	}
 	for {
 		p, err := form.next()
 		if err == io.EOF {
@@ -40,6 +44,9 @@ func (st *storing) receive(form *formReader, mw *multipart.Writer) error {
 		}
 		if mw != nil {
 			if err := p.forwardable(); err != nil {
+				return err
+			}
+			if err := reserved.check(p); err != nil {
 				return err
 			}
 		}
