@@ -37,10 +37,13 @@ const (
 	CodeDigestMismatch       = "digest_mismatch"
 	CodeStorageFull          = "insufficient_storage"
 	CodeStoreFailed          = "store_failed"
-	CodeStoreUnavailable     = "store_unavailable"  // S3 unreachable, failing (5xx) or stalled
-	CodeStoreDenied          = "store_denied"       // S3 refused the gateway's credentials
-	CodeStoreNoBucket        = "store_no_bucket"    // the S3 bucket does not exist
-	CodeMetadataTooLarge     = "metadata_too_large" // a file's name would pass the store's metadata limit
+	CodeStoreUnavailable     = "store_unavailable" // S3 unreachable, failing (5xx) or stalled
+	CodeStoreDenied          = "store_denied"      // S3 refused the gateway's credentials
+	CodeStoreNoBucket        = "store_no_bucket"   // the S3 bucket does not exist
+	// CodeHeaderValueInvalid: a client value (a form field through
+	// header_up) that no transport would send in a header.
+	CodeHeaderValueInvalid = "header_value_invalid"
+	CodeMetadataTooLarge   = "metadata_too_large" // a file's name would pass the store's metadata limit
 )
 
 // statusClientClosed is logged when the client went away; nobody reads it.
