@@ -47,6 +47,11 @@ type formReader struct {
 	avail   int   // bytes at the front of in that are data for sure
 	end     error // what comes after them: io.EOF at the part's end, or a failure
 	readErr error // the error reading in met after its buffered bytes, if any
+
+	// grow, if set, returns a larger reader in place of in, which must be
+	// empty; it is called once a read has filled in (fast).
+	grow func() *bufio.Reader
+	fast bool
 }
 
 // partObserver hears of each part's start and clean end.

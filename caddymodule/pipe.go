@@ -125,6 +125,12 @@ type idleFlusher struct {
 	delay time.Duration
 	armed bool           // the producer's: the timer is set
 	runs  sync.WaitGroup // a set timer not yet stopped, or its flush
+
+	// grow, if set, returns the set whose writer replaces out, a small
+	// one, once a write has filled out (full) and out is empty (grow.go).
+	grow func() *bufSet
+	full bool
+	set  *bufSet // out's, once grown
 }
 
 // newIdleFlusher returns an idleFlusher buffering in out; reset it to its
@@ -148,6 +154,13 @@ func (f *idleFlusher) Write(p []byte) (int, error) {
 	if f.err != nil {
 		return 0, f.err
 	}
+	if f.grow != nil {
+		if f.full && f.out.Buffered() == 0 {
+			f.swap()
+		} else if len(p) > f.out.Available() {
+			f.full = true
+		}
+	}
 	if len(p) < passSize {
 		return f.out.Write(p)
 	}
@@ -155,6 +168,26 @@ func (f *idleFlusher) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return f.dst.Write(p)
+}
+
+// swap moves f from its small writer, empty, to one of the set grow returns.
+func (f *idleFlusher) swap() {
+	f.set = f.grow()
+	f.grow = nil
+	big := f.set.getWriter()
+	big.Reset(f.dst)
+	startBufs.putWriter(f.out)
+	f.out = big
+}
+
+// release gives f's writer back to its pool, once f is done with and ended.
+func (f *idleFlusher) release() {
+	set := f.set
+	if set == nil {
+		set = startBufs
+	}
+	set.putWriter(f.out)
+	f.out = nil
 }
 
 // Flush sends what is buffered now.

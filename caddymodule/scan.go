@@ -109,8 +109,16 @@ func (f *formReader) isClosingLine(line []byte) bool {
 // data returns the current part's next run of data, a slice of in's buffer
 // valid until in is read again, or io.EOF at the part's end.
 func (f *formReader) data() ([]byte, error) {
+	if f.fast && f.grow != nil && f.in.Buffered() == 0 {
+		// The client filled the small buffer: move to a large one, now
+		// that nothing is in it (grow.go).
+		f.in = f.grow()
+		f.tp.R = f.in
+		f.grow = nil
+	}
 	for f.avail == 0 && f.end == nil {
 		buf, _ := f.in.Peek(f.in.Buffered())
+		f.fast = f.fast || len(buf) == f.in.Size()
 		f.avail, f.end = f.scan(buf)
 		if f.avail == 0 && f.end == nil {
 			// Too little is buffered to tell: read more. This happens only
