@@ -27,7 +27,7 @@ type formReader struct {
 	dashBoundary   []byte // "--boundary"
 	nlDashBoundary []byte // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
 	nl             []byte // "\r\n" or "\n"
-	find           finder // of nlDashBoundary
+	find           *finder // of nlDashBoundary; nil on the small buffer (grow.go), where bytes.Index serves
 
 	maxParts     int
 	maxPartSize  int64
@@ -120,7 +120,6 @@ func newFormReader(in *bufio.Reader, src *budgetReader, boundary string, h *Hand
 		hashNames:      h.Hash,
 		obs:            obs,
 	}
-	f.find.init(f.nlDashBoundary)
 	return f
 }
 
