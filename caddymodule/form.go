@@ -24,9 +24,9 @@ type formReader struct {
 	src *budgetReader // under in: caps what header reads take from the client
 	tp  *textproto.Reader
 
-	dashBoundary   []byte // "--boundary"
-	nlDashBoundary []byte // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
-	nl             []byte // "\r\n" or "\n"
+	dashBoundary   []byte  // "--boundary"
+	nlDashBoundary []byte  // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
+	nl             []byte  // "\r\n" or "\n"
 	find           *finder // of nlDashBoundary; nil on the small buffer (grow.go), where bytes.Index serves
 
 	maxParts     int
