@@ -48,9 +48,9 @@ type formReader struct {
 	end     error // what comes after them: io.EOF at the part's end, or a failure
 	readErr error // the error reading in met after its buffered bytes, if any
 
-	// grow, if set, returns a larger reader in place of in, which must be
-	// empty; it is called once a read has filled in (fast).
-	grow func() *bufio.Reader
+	// grow, if set, returns a larger reader in place of in, which reads
+	// first what in left; it is called once a read has filled in (fast).
+	grow func(left []byte) *bufio.Reader
 	fast bool
 }
 

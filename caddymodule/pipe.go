@@ -127,7 +127,7 @@ type idleFlusher struct {
 	runs  sync.WaitGroup // a set timer not yet stopped, or its flush
 
 	// grow, if set, returns the set whose writer replaces out, a small
-	// one, once a write has filled out (full) and out is empty (grow.go).
+	// one, at the write after one that filled out (full), out flushed (grow.go).
 	grow func() *bufSet
 	full bool
 	set  *bufSet // out's, once grown
@@ -155,7 +155,10 @@ func (f *idleFlusher) Write(p []byte) (int, error) {
 		return 0, f.err
 	}
 	if f.grow != nil {
-		if f.full && f.out.Buffered() == 0 {
+		if f.full {
+			if err := f.out.Flush(); err != nil {
+				return 0, err
+			}
 			f.swap()
 		} else if len(p) > f.out.Available() {
 			f.full = true

@@ -111,10 +111,11 @@ func (f *formReader) isClosingLine(line []byte) bool {
 // data returns the current part's next run of data, a slice of in's buffer
 // valid until in is read again, or io.EOF at the part's end.
 func (f *formReader) data() ([]byte, error) {
-	if f.fast && f.grow != nil && f.in.Buffered() == 0 {
-		// The client filled the small buffer: move to a large one, now
-		// that nothing is in it (grow.go).
-		f.in = f.grow()
+	if f.fast && f.grow != nil && f.readErr == nil && f.in.Buffered() <= maxCarry {
+		// The client filled the small buffer: move to a large one, which
+		// reads first the few bytes left in it (grow.go).
+		left, _ := f.in.Peek(f.in.Buffered())
+		f.in = f.grow(left)
 		f.tp.R = f.in
 		f.grow = nil
 		f.find = new(finder) // 8 KiB, worth it only for the reads of a fast client
