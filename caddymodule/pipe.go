@@ -204,10 +204,20 @@ func (f *idleFlusher) Flush() error {
 }
 
 // beforeRead sets the timer, when something waits in out, before a read from
-// the client that may block; afterRead stops it.
+// the client that may block, or on the small writer sends it at once;
+// afterRead stops the timer.
 func (f *idleFlusher) beforeRead() {
 	f.mu.Lock()
 	pending := f.out.Buffered() > 0
+	if pending && f.grow != nil {
+		// Still on the small writer: the client has not proved fast, and
+		// its next read likely waits. Send now, as reverse_proxy would,
+		// with no timer and no goroutine to run it.
+		if err := f.out.Flush(); err != nil && f.err == nil {
+			f.err = writeError{err}
+		}
+		pending = false
+	}
 	f.mu.Unlock()
 	if pending {
 		f.runs.Add(1)
