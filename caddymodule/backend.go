@@ -41,9 +41,8 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 // boundary, whose parts write adds while the client's body is read, and
 // hands the answer to w.
 func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer) error) *uploadError {
-	out := u.bufs.getWriter()
-	defer u.bufs.putWriter(out)
-	bw := newIdleFlusher(out)
+	bw := u.newFlusher()
+	defer bw.release()
 	mw := multipart.NewWriter(bw)
 	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
 	return u.roundTrip(w, header, func(body io.Writer) error {

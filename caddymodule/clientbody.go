@@ -24,15 +24,16 @@ func (u *upload) checkRequest() *uploadError {
 	return nil
 }
 
-// openBody starts reading the client's body through a pooled buffer.
+// openBody starts reading the client's body through a pooled buffer, small
+// until the client proves fast (grow.go).
 // The caller must call closeBody.
 func (u *upload) openBody() *formReader {
-	src := &budgetReader{r: u.body, budget: -1}
-	_, pooled := u.h.store.(idleBounder) // see idleBounder
-	u.bufs = takeBufs(pooled || (u.r.ContentLength >= 0 && u.r.ContentLength < smallBody))
-	u.in = u.bufs.readers.Get().(*bufio.Reader)
-	u.in.Reset(src)
-	return newFormReader(u.in, src, u.boundary, u.h, u)
+	u.src = &budgetReader{r: u.body, budget: -1}
+	u.in = startBufs.readers.Get().(*bufio.Reader) // see grow.go
+	u.in.Reset(u.src)
+	f := newFormReader(u.in, u.src, u.boundary, u.h, u)
+	f.grow = u.growReader
+	return f
 }
 
 func (u *upload) closeBody() {
@@ -40,10 +41,17 @@ func (u *upload) closeBody() {
 		u.body.pace.stop()
 	}
 	if u.in != nil {
+		set := startBufs
+		if u.in.Size() != startSize {
+			set = u.bufs
+		}
 		u.in.Reset(nil)
-		u.bufs.readers.Put(u.in)
+		set.readers.Put(u.in)
 		u.in = nil
+	}
+	if u.bufs != nil {
 		releaseBufs(u.bufs)
+		u.bufs = nil
 	}
 }
 

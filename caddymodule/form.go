@@ -26,10 +26,10 @@ type formReader struct {
 	src *budgetReader // under in: caps what header reads take from the client
 	tp  *textproto.Reader
 
-	dashBoundary   []byte // "--boundary"
-	nlDashBoundary []byte // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
-	nl             []byte // "\r\n" or "\n"
-	find           finder // of nlDashBoundary
+	dashBoundary   []byte  // "--boundary"
+	nlDashBoundary []byte  // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
+	nl             []byte  // "\r\n" or "\n"
+	find           *finder // of nlDashBoundary; nil on the small buffer (grow.go), where bytes.Index serves
 
 	maxParts     int
 	maxPartSize  int64
@@ -51,6 +51,11 @@ type formReader struct {
 	avail   int   // bytes at the front of in that are data for sure
 	end     error // what comes after them: io.EOF at the part's end, or a failure
 	readErr error // the error reading in met after its buffered bytes, if any
+
+	// grow, if set, returns a larger reader in place of in, which reads
+	// first what in left; it is called once a read has filled in (fast).
+	grow func(left []byte) *bufio.Reader
+	fast bool
 }
 
 // partObserver hears of each part's start and clean end.
@@ -120,7 +125,6 @@ func newFormReader(in *bufio.Reader, src *budgetReader, boundary string, h *Hand
 		hashNames:      h.Hash,
 		obs:            obs,
 	}
-	f.find.init(f.nlDashBoundary)
 	return f
 }
 
