@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -40,9 +41,8 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 // boundary, whose parts write adds while the client's body is read, and
 // hands the answer to w.
 func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer) error) *uploadError {
-	out := u.bufs.getWriter()
-	defer u.bufs.putWriter(out)
-	bw := newIdleFlusher(out)
+	bw := u.newFlusher()
+	defer bw.release()
 	mw := multipart.NewWriter(bw)
 	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
 	return u.roundTrip(w, header, func(body io.Writer) error {
@@ -132,6 +132,8 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 			}
 		}
 		return nil
+	case body.refused.Load() != nil:
+		return body.refused.Load()
 	case stall.fired.Load():
 		return &uploadError{Status: http.StatusGatewayTimeout, Code: CodeBackendTimeout,
 			Message: fmt.Sprintf("backend took no byte of the upload for %s", stall.d), err: perr}
@@ -186,6 +188,9 @@ type backendBody struct {
 	// closing: the backend's answer says it closes the connection after it
 	// (HTTP/1 Connection: close, or HTTP/1.0), so it will read no more.
 	closing atomic.Bool
+	// refused: the transport was handed a header it must not send (see
+	// headerRefused); set on the proxy's goroutine before it returns.
+	refused atomic.Pointer[uploadError]
 }
 
 const (
@@ -319,11 +324,34 @@ func (t bodyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		req = req.WithContext(req.Context())
 		req.Body = b
 	}
+	if ok {
+		if uerr := headerRefused(req.Header); uerr != nil {
+			// A value no transport would send came from the client (a form
+			// field through header_up): the client's fault, so it reads as
+			// context.Canceled and reverse_proxy neither counts nor retries it.
+			b.refused.Store(uerr)
+			return nil, aborted{uerr}
+		}
+	}
 	res, err := t.HTTPTransport.RoundTrip(req)
 	if ok && res != nil && res.Close {
 		b.closing.Store(true)
 	}
 	return res, err
+}
+
+// headerRefused refuses a backend request whose header holds a value that
+// no transport would send: header_up can put a client's form value there.
+func headerRefused(h http.Header) *uploadError {
+	for name, vs := range h {
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return &uploadError{Status: http.StatusBadRequest, Code: CodeHeaderValueInvalid,
+					Message: fmt.Sprintf("a client value cannot be sent in the backend request's %s header", name)}
+			}
+		}
+	}
+	return nil
 }
 
 // maxBackendAnswer bounds a backend's response body kept for per_part's JSON

@@ -22,9 +22,8 @@ import (
 func forwardTo(u *upload, w io.Writer) error {
 	form := u.openBody()
 	defer u.closeBody()
-	out := u.bufs.getWriter()
-	defer u.bufs.putWriter(out)
-	bw := newIdleFlusher(out)
+	bw := u.newFlusher()
+	defer bw.release()
 	bw.reset(w)
 	defer u.flushWhenIdle(bw)()
 	mw := multipart.NewWriter(bw)

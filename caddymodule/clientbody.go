@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 
 	"github.com/streamproxy/caddy-stream-proxy/formreader"
-	"github.com/streamproxy/caddy-stream-proxy/store"
 )
 
 // checkRequest refuses what can be refused before reading the body, so that
@@ -27,15 +26,16 @@ func (u *upload) checkRequest() *uploadError {
 	return nil
 }
 
-// openBody starts reading the client's body through a pooled buffer.
+// openBody starts reading the client's body through a pooled buffer, small
+// until the client proves fast (grow.go).
 // The caller must call closeBody.
 func (u *upload) openBody() *formreader.Reader {
-	src := formreader.NewSource(u.body)
-	_, pooled := u.h.store.(store.IdleBounder) // see store.IdleBounder
-	u.bufs = takeBufs(pooled || (u.r.ContentLength >= 0 && u.r.ContentLength < smallBody))
-	u.in = u.bufs.readers.Get().(*bufio.Reader)
-	u.in.Reset(src)
-	return formreader.New(u.in, src, u.boundary, u.h.formLimits(), u)
+	u.src = formreader.NewSource(u.body)
+	u.in = startBufs.readers.Get().(*bufio.Reader) // see grow.go
+	u.in.Reset(u.src)
+	f := formreader.New(u.in, u.src, u.boundary, u.h.formLimits(), u)
+	f.SetGrow(u.growReader)
+	return f
 }
 
 // formLimits are the limits of the config the form reader enforces.
@@ -52,10 +52,17 @@ func (u *upload) closeBody() {
 		u.body.pace.stop()
 	}
 	if u.in != nil {
+		set := startBufs
+		if u.in.Size() != startSize {
+			set = u.bufs
+		}
 		u.in.Reset(nil)
-		u.bufs.readers.Put(u.in)
+		set.readers.Put(u.in)
 		u.in = nil
+	}
+	if u.bufs != nil {
 		releaseBufs(u.bufs)
+		u.bufs = nil
 	}
 }
 

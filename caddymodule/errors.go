@@ -45,6 +45,9 @@ const (
 	CodeStoreDenied      = store.CodeStoreDenied
 	CodeStoreNoBucket    = store.CodeStoreNoBucket
 	CodeMetadataTooLarge = store.CodeMetadataTooLarge
+	// CodeHeaderValueInvalid: a client value (a form field through
+	// header_up) that no transport would send in a header.
+	CodeHeaderValueInvalid = "header_value_invalid"
 )
 
 // statusClientClosed is logged when the client went away; nobody reads it.

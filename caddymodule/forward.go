@@ -22,6 +22,7 @@ func (h *Handler) serveForward(u *upload) result {
 
 // forward copies every part of form into mw, in order.
 func (u *upload) forward(form *formreader.Reader, mw *multipart.Writer) error {
+	reserved := newReservedNames(u.h.digestSuffixes())
 	for {
 		p, err := form.Next()
 		if err == io.EOF {
@@ -31,6 +32,9 @@ func (u *upload) forward(form *formreader.Reader, mw *multipart.Writer) error {
 			return err
 		}
 		if err := p.Forwardable(); err != nil {
+			return err
+		}
+		if err := reserved.check(p); err != nil {
 			return err
 		}
 		dst, err := mw.CreatePart(p.FormHeader())

@@ -26,8 +26,6 @@ const (
 func (h *Handler) servePerPart(u *upload) result {
 	form := u.openBody()
 	defer u.closeBody()
-	out := u.bufs.getWriter()
-	defer u.bufs.putWriter(out)
 
 	var results []partResult
 	for {
@@ -53,7 +51,8 @@ func (h *Handler) servePerPart(u *upload) result {
 		}
 		answer := u.keepAnswer()
 		uerr := u.roundTrip(answer, header, func(w io.Writer) error {
-			bw := newIdleFlusher(out)
+			bw := u.newFlusher()
+			defer bw.release()
 			bw.reset(w)
 			defer u.flushWhenIdle(bw)()
 			if err := u.copyPart(bw, p); err != nil {

@@ -125,6 +125,12 @@ type idleFlusher struct {
 	delay time.Duration
 	armed bool           // the producer's: the timer is set
 	runs  sync.WaitGroup // a set timer not yet stopped, or its flush
+
+	// grow, if set, returns the set whose writer replaces out, a small
+	// one, at the write after one that filled out (full), out flushed (grow.go).
+	grow func() *bufSet
+	full bool
+	set  *bufSet // out's, once grown
 }
 
 // newIdleFlusher returns an idleFlusher buffering in out; reset it to its
@@ -148,6 +154,16 @@ func (f *idleFlusher) Write(p []byte) (int, error) {
 	if f.err != nil {
 		return 0, f.err
 	}
+	if f.grow != nil {
+		if f.full {
+			if err := f.out.Flush(); err != nil {
+				return 0, err
+			}
+			f.swap()
+		} else if len(p) > f.out.Available() {
+			f.full = true
+		}
+	}
 	if len(p) < passSize {
 		return f.out.Write(p)
 	}
@@ -155,6 +171,26 @@ func (f *idleFlusher) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return f.dst.Write(p)
+}
+
+// swap moves f from its small writer, empty, to one of the set grow returns.
+func (f *idleFlusher) swap() {
+	f.set = f.grow()
+	f.grow = nil
+	big := f.set.getWriter()
+	big.Reset(f.dst)
+	startBufs.putWriter(f.out)
+	f.out = big
+}
+
+// release gives f's writer back to its pool, once f is done with and ended.
+func (f *idleFlusher) release() {
+	set := f.set
+	if set == nil {
+		set = startBufs
+	}
+	set.putWriter(f.out)
+	f.out = nil
 }
 
 // Flush sends what is buffered now.
@@ -168,10 +204,20 @@ func (f *idleFlusher) Flush() error {
 }
 
 // beforeRead sets the timer, when something waits in out, before a read from
-// the client that may block; afterRead stops it.
+// the client that may block, or on the small writer sends it at once;
+// afterRead stops the timer.
 func (f *idleFlusher) beforeRead() {
 	f.mu.Lock()
 	pending := f.out.Buffered() > 0
+	if pending && f.grow != nil {
+		// Still on the small writer: the client has not proved fast, and
+		// its next read likely waits. Send now, as reverse_proxy would,
+		// with no timer and no goroutine to run it.
+		if err := f.out.Flush(); err != nil && f.err == nil {
+			f.err = writeError{err}
+		}
+		pending = false
+	}
 	f.mu.Unlock()
 	if pending {
 		f.runs.Add(1)

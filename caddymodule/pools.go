@@ -10,7 +10,8 @@ import (
 // on from there, so a larger buffer means fewer reads and writes for the same
 // bytes (figures in the README's Performance section). So that many uploads
 // at once stay within bounded memory, only largeUploads uploads at a time get
-// 512 KiB buffers; the others get 128 KiB.
+// 512 KiB buffers; the others get 128 KiB. Every upload starts on 4 KiB ones
+// and takes these only once its client proves fast (grow.go).
 var (
 	largeBufs  = newBufSet(512 << 10)
 	smallBufs  = newBufSet(128 << 10)

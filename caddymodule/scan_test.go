@@ -20,7 +20,7 @@ func TestOpenBodyBufferSizes(t *testing.T) {
 			t.Fatal(err)
 		}
 		u.openBody()
-		got := u.bufs
+		got := u.largeSet()
 		u.closeBody()
 		if got != c.want {
 			t.Errorf("Content-Length %d: %d-byte buffers, want %d", c.length, got.size, c.want.size)

@@ -33,6 +33,10 @@ type storedPart struct {
 // for the JSON answer when there is none.
 func (st *storing) receive(form *formreader.Reader, mw *multipart.Writer) error {
 	u := st.u
+	var reserved *reservedNames
+	if mw != nil {
+		reserved = newReservedNames(u.h.metadataSuffixes())
+	}
 	for {
 		p, err := form.Next()
 		if err == io.EOF {
@@ -43,6 +47,9 @@ func (st *storing) receive(form *formreader.Reader, mw *multipart.Writer) error 
 		}
 		if mw != nil {
 			if err := p.Forwardable(); err != nil {
+				return err
+			}
+			if err := reserved.check(p); err != nil {
 				return err
 			}
 		}

@@ -33,8 +33,9 @@ type upload struct {
 
 	boundary string
 	body     *clientBody
-	in       *bufio.Reader // buffered client body
-	bufs     *bufSet       // in's
+	src      *formreader.Source // under in
+	in       *bufio.Reader      // buffered client body: startBufs', then bufs' (grow.go)
+	bufs     *bufSet            // the large set, once chosen (largeSet); nil before
 
 	sent  atomic.Int64 // part data bytes delivered to backends or the store
 	parts atomic.Int64 // parts seen

@@ -26,10 +26,10 @@ type Reader struct {
 	src *Source       // under in: caps what header reads take from the client
 	tp  *textproto.Reader
 
-	dashBoundary   []byte // "--boundary"
-	nlDashBoundary []byte // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
-	nl             []byte // "\r\n" or "\n"
-	find           finder // of nlDashBoundary
+	dashBoundary   []byte  // "--boundary"
+	nlDashBoundary []byte  // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
+	nl             []byte  // "\r\n" or "\n"
+	find           *finder // of nlDashBoundary; nil on the small buffer (grow.go), where bytes.Index serves
 
 	maxParts     int
 	maxPartSize  int64
@@ -51,6 +51,11 @@ type Reader struct {
 	avail   int   // bytes at the front of in that are data for sure
 	end     error // what comes after them: io.EOF at the part's end, or a failure
 	readErr error // the error reading in met after its buffered bytes, if any
+
+	// grow, if set, returns a larger reader in place of in, which reads
+	// first what in left; it is called once a read has filled in (fast).
+	grow func(left []byte) *bufio.Reader
+	fast bool
 }
 
 // Observer hears of each part's start and clean end.
@@ -114,6 +119,15 @@ type Limits struct {
 	Hash              []string // digests computed of each file part (digest.go)
 }
 
+// MaxCarry is the most a small read buffer may hold when the reader moves to
+// a larger one (SetGrow): a delimiter held back, the start of a part header.
+const MaxCarry = 256
+
+// SetGrow sets grow, which returns a larger reader in place of the one the
+// form is read from, reading first the at most MaxCarry bytes left in it; it
+// is called once, when a read has filled the buffer (the client is fast).
+func (f *Reader) SetGrow(grow func(left []byte) *bufio.Reader) { f.grow = grow }
+
 // New reads the form from in, which reads from src, and tells obs of each
 // part.
 func New(in *bufio.Reader, src *Source, boundary string, lim Limits, obs Observer) *Reader {
@@ -136,7 +150,6 @@ func New(in *bufio.Reader, src *Source, boundary string, lim Limits, obs Observe
 		hashNames:      lim.Hash,
 		obs:            obs,
 	}
-	f.find.init(f.nlDashBoundary)
 	return f
 }
 

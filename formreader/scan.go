@@ -87,7 +87,9 @@ func (f *Reader) isDelimiterLine(line []byte) bool {
 	if f.index == 0 && len(rest) == 1 && rest[0] == '\n' {
 		f.nl = f.nl[1:]
 		f.nlDashBoundary = f.nlDashBoundary[1:]
-		f.find.init(f.nlDashBoundary)
+		if f.find != nil {
+			f.find.init(f.nlDashBoundary)
+		}
 	}
 	return bytes.Equal(rest, f.nl)
 }
@@ -109,8 +111,19 @@ func (f *Reader) isClosingLine(line []byte) bool {
 // data returns the current part's next run of data, a slice of in's buffer
 // valid until in is read again, or io.EOF at the part's end.
 func (f *Reader) data() ([]byte, error) {
+	if f.fast && f.grow != nil && f.readErr == nil && f.in.Buffered() <= MaxCarry {
+		// The client filled the small buffer: move to a large one, which
+		// reads first the few bytes left in it (grow.go).
+		left, _ := f.in.Peek(f.in.Buffered())
+		f.in = f.grow(left)
+		f.tp.R = f.in
+		f.grow = nil
+		f.find = new(finder) // 8 KiB, worth it only for the reads of a fast client
+		f.find.init(f.nlDashBoundary)
+	}
 	for f.avail == 0 && f.end == nil {
 		buf, _ := f.in.Peek(f.in.Buffered())
+		f.fast = f.fast || len(buf) == f.in.Size()
 		f.avail, f.end = f.scan(buf)
 		if f.avail == 0 && f.end == nil {
 			// Too little is buffered to tell: read more. This happens only
@@ -151,7 +164,7 @@ func (f *Reader) scan(buf []byte) (int, error) {
 			return 0, f.readErr
 		}
 	}
-	if i := f.find.index(buf); i >= 0 {
+	if i := f.indexDelimiter(buf); i >= 0 {
 		switch f.delimiterAt(buf[i:], len(f.nlDashBoundary)) {
 		case delimiter:
 			return i, io.EOF
@@ -205,6 +218,14 @@ func (f *Reader) delimiterAt(buf []byte, n int) int {
 		}
 	}
 	return notDelimiter
+}
+
+// indexDelimiter is bytes.Index(buf, f.nlDashBoundary).
+func (f *Reader) indexDelimiter(buf []byte) int {
+	if f.find == nil {
+		return bytes.Index(buf, f.nlDashBoundary)
+	}
+	return f.find.index(buf)
 }
 
 // finder finds a delimiter ("\r\n--boundary") in part data: bytes.Index,

@@ -11,6 +11,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"os"
 	"runtime"
@@ -27,23 +28,95 @@ import (
 	_ "github.com/streamproxy/caddy-stream-proxy/caddymodule"
 )
 
-// The in-process Caddy's ports: caddytest's admin port and an HTTP port that
-// nothing else uses. SP_TEST_ADMIN_PORT and SP_TEST_HTTP_PORT move them, so
-// that two test runs on one machine do not share one Caddy.
+// The in-process Caddy's ports: its admin port, the gateway's HTTP port and
+// its HTTPS port (TCP for HTTP/1.1 and HTTP/2, UDP for HTTP/3). Unset,
+// SP_TEST_ADMIN_PORT, SP_TEST_HTTP_PORT and SP_TEST_HTTPS_PORT are picked at
+// random among free ports, so that two runs on one machine never share one
+// Caddy (caddytest loads into whatever Caddy answers on the admin port).
 var (
-	adminPort = envPort("SP_TEST_ADMIN_PORT", 2999)
-	httpPort  = envPort("SP_TEST_HTTP_PORT", 9080)
-	// The HTTPS port (TCP for HTTP/1.1 and HTTP/2, UDP for HTTP/3) moves
-	// with SP_TEST_HTTP_PORT.
-	httpsPort  = envPort("SP_TEST_HTTPS_PORT", httpPort+363)
-	gatewayURL = fmt.Sprintf("http://localhost:%d", httpPort)
+	adminPort, httpPort, httpsPort = testPorts()
+	gatewayURL                     = fmt.Sprintf("http://localhost:%d", httpPort)
 )
 
-func envPort(name string, def int) int {
+// testPorts reads the ports from the environment, or picks free ones below
+// Linux's ephemeral range (32768 up), where no outgoing connection of the
+// tests can take one before Caddy binds it. The HTTP port leaves httpPort+364
+// free too, for TestEdgeNodeParsersReadTheSame's backend.
+func testPorts() (admin, plain, tls int) {
+	admin, plain = envPort("SP_TEST_ADMIN_PORT"), envPort("SP_TEST_HTTP_PORT")
+	tls = envPort("SP_TEST_HTTPS_PORT")
+	pick := func(free func(p int) bool) int {
+		for range 1000 {
+			if p := 20000 + rand.IntN(12000); free(p) {
+				return p
+			}
+		}
+		panic("no free port for the in-process Caddy")
+	}
+	if plain == 0 {
+		plain = pick(func(p int) bool {
+			return p != admin && p+363 != admin && p+364 != admin && portFree(p, false) && portFree(p+364, false) &&
+				(tls != 0 || portFree(p+363, true))
+		})
+		if tls == 0 {
+			tls = plain + 363
+		}
+	}
+	if tls == 0 {
+		tls = pick(func(p int) bool { return p != admin && p != plain && portFree(p, true) })
+	}
+	if admin == 0 {
+		admin = pick(func(p int) bool { return p != plain && p != tls && p != plain+364 && portFree(p, false) })
+	}
+	return admin, plain, tls
+}
+
+func envPort(name string) int {
 	if p, err := strconv.Atoi(os.Getenv(name)); err == nil && p > 0 {
 		return p
 	}
-	return def
+	return 0
+}
+
+// portFree reports whether p can be bound on every address, over TCP and,
+// with udp, over UDP too.
+func portFree(p int, udp bool) bool {
+	l, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	if udp {
+		c, err := net.ListenPacket("udp", fmt.Sprintf(":%d", p))
+		if err != nil {
+			return false
+		}
+		c.Close()
+	}
+	return true
+}
+
+// caddyOwned is set once this process has found its admin and HTTP ports
+// unserved, so that the Caddy caddytest then starts is its own.
+var caddyOwned atomic.Bool
+
+// ownCaddy fails the test if another process (another test run given the
+// same ports) serves the admin or HTTP port: caddytest would load this run's
+// configurations into that Caddy, each run would replace the other's routes,
+// and a request would get an unrouted 200 with an empty body.
+func ownCaddy(t *testing.T) {
+	t.Helper()
+	if caddyOwned.Load() {
+		return
+	}
+	for _, p := range []int{adminPort, httpPort} {
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("localhost:%d", p), time.Second); err == nil {
+			c.Close()
+			t.Fatalf("port %d is served by another process: give this run ports of its own "+
+				"(SP_TEST_ADMIN_PORT, SP_TEST_HTTP_PORT, SP_TEST_HTTPS_PORT) or leave them unset", p)
+		}
+	}
+	caddyOwned.Store(true)
 }
 
 // startGateway loads site into the in-process Caddy, served on httpPort.
@@ -56,6 +129,7 @@ func startGateway(t *testing.T, site string) {
 // servers block (protocols, timeouts).
 func startGatewayWith(t *testing.T, serverOpts, site string) {
 	t.Helper()
+	ownCaddy(t)
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 	tester.InitServer(fmt.Sprintf(`{
 	skip_install_trust

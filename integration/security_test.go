@@ -507,3 +507,39 @@ stream_proxy /part* {
 		t.Error("the admin API was never polled")
 	}
 }
+
+// A form value that header_up puts into the backend request's header, with
+// a line break in it, is the client's 400 header_value_invalid, not a 502
+// that takes the upstream out of the pool: with max_fails 1, the next clean
+// upload still gets 200.
+func TestHeaderUpClientValueNeverCountsAgainstTheBackend(t *testing.T) {
+	be := newURIBackend(t)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
+	to %s
+	mode per_part
+	header_up X-Model {http.stream_proxy.form.model}
+	max_fails 1
+	fail_duration 10m
+}`, be.URL))
+
+	form := func(model string) string {
+		return "--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n" + model + "\r\n" +
+			faultForm(`Content-Disposition: form-data; name="audio"; filename="a.wav"`, "data", true)
+	}
+	request := func(body string) string {
+		return "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\n" +
+			fmt.Sprintf("Content-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+	}
+	for i := 0; i < 3; i++ {
+		if got := sendRaw(t, request(form("whisper\r\nX-Injected: 1"))); got != http.StatusBadRequest {
+			t.Fatalf("a line break in a header_up value: status %d, want 400", got)
+		}
+		if got := be.take(); len(got) != 0 {
+			t.Fatalf("the backend saw %q", got)
+		}
+		if got := sendRaw(t, request(form("whisper"))); got != http.StatusOK {
+			t.Fatalf("the clean upload after it: status %d, want 200 (the upstream was counted as failed)", got)
+		}
+		be.take()
+	}
+}

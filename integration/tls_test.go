@@ -19,6 +19,7 @@ import (
 func startGatewayTLS(t *testing.T, site string) (storage string) {
 	t.Helper()
 	storage = t.TempDir()
+	ownCaddy(t)
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 	tester.InitServer(fmt.Sprintf(`{
 	skip_install_trust

@@ -20,6 +20,11 @@ import (
 
 const readyPath = "/uploadbench-ready"
 
+// gatewayAdmin is the generated Caddyfile's admin address: off, unless a
+// command asks for Caddy's admin API (its /debug/pprof/ among it) to profile
+// the gateway while it runs.
+var gatewayAdmin = "off"
+
 // gateway is a Caddy process running a generated Caddyfile on a free loopback
 // port. Whatever happens, Stop must be called: it kills the process and
 // removes the temporary directory.
@@ -28,6 +33,7 @@ type gateway struct {
 	Pid      int
 	File     string // the Caddyfile it runs
 	StoreDir string // temporary, absolute: where store mode writes; empty without it
+	KeepLog  string // if set, Stop copies the gateway's stdout and stderr there
 
 	cmd    *exec.Cmd
 	dir    string // temporary: Caddyfile, log, Caddy's data and config dirs
@@ -58,7 +64,7 @@ func gatewayCaddyfile(port int, backendAddr string, modes []string, storeDir, s3
 		autoHTTPS = "disable_redirects"
 	}
 	fmt.Fprintf(&sb, `{
-	admin off
+	admin %s
 	persist_config off
 	auto_https %s
 	skip_install_trust
@@ -71,7 +77,7 @@ func gatewayCaddyfile(port int, backendAddr string, modes []string, storeDir, s3
 	reverse_proxy /rp/* %s {
 		flush_interval -1
 	}
-`, autoHTTPS, site, readyPath, backendAddr)
+`, gatewayAdmin, autoHTTPS, site, readyPath, backendAddr)
 	for _, mode := range modes {
 		switch mode {
 		case "forward":
@@ -196,6 +202,11 @@ func (g *gateway) Stop() {
 		case <-time.After(10 * time.Second):
 		}
 	}
+	if g.KeepLog != "" {
+		if err := copyFile(g.log, g.KeepLog); err != nil {
+			fmt.Fprintf(os.Stderr, "keeping the gateway's log: %v\n", err)
+		}
+	}
 	_ = os.RemoveAll(g.dir)
 	if g.StoreDir != "" {
 		_ = os.RemoveAll(g.StoreDir)
@@ -287,4 +298,22 @@ func freePort() (int, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// copyFile copies the file at src to dst, which it creates or truncates.
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }

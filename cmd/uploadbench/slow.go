@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +28,8 @@ func runSlow(ctx context.Context, args []string) error {
 	duration := fs.Duration("duration", 15*time.Second, "how long each upload takes: its form is rate × duration bytes")
 	interval := fs.Duration("interval", 250*time.Millisecond, "time between two writes of an upload")
 	ramp := fs.Duration("ramp", 3*time.Second, "time over which the uploads are started")
+	logDir := fs.String("log", "", "directory to keep each gateway's log in, as gateway-<route>.log (default: discarded)")
+	admin := fs.String("admin", "", "Caddy admin address for the gateways (e.g. 127.0.0.1:2999), to profile them through /debug/pprof/ while they run (default: off)")
 	via := fs.String("via", "rp,sp", "routes, in order, each in a fresh gateway: rp (reverse_proxy), sp (stream_proxy forward)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: uploadbench slow -caddy PATH [flags]\n\n"+
@@ -52,6 +56,14 @@ func runSlow(ctx context.Context, args []string) error {
 	if err := checkCaddy(*caddyPath); err != nil {
 		return err
 	}
+	if *admin != "" {
+		gatewayAdmin = *admin
+	}
+	if *logDir != "" {
+		if err := os.MkdirAll(*logDir, 0o755); err != nil {
+			return err
+		}
+	}
 	if limit, err := raiseOpenFiles(); err != nil || limit < uint64(2**n+1000) {
 		return fmt.Errorf("open files: limit %d (%v); %d uploads need %d here and %d in the gateway: raise the hard limit (ulimit -Hn)",
 			limit, err, *n, 2**n+1000, 2**n+1000)
@@ -70,7 +82,11 @@ func runSlow(ctx context.Context, args []string) error {
 		*n, formatBytes(size), formatBytes(int64(rate)), *interval)
 	fmt.Printf("%-16s %10s %10s %10s %14s %8s %8s\n", "route", "idle RSS", "peak RSS", "peak-idle", "RSS per upload", "ok", "failed")
 	for _, r := range routes {
-		res, err := slowRun(ctx, *caddyPath, ln.Addr().String(), r, *n, size, int64(rate), *interval, *ramp)
+		keepLog := ""
+		if *logDir != "" {
+			keepLog = filepath.Join(*logDir, "gateway-"+r+".log")
+		}
+		res, err := slowRun(ctx, *caddyPath, ln.Addr().String(), r, *n, size, int64(rate), *interval, *ramp, keepLog)
 		if err != nil {
 			return err
 		}
@@ -104,11 +120,12 @@ type slowResult struct {
 }
 
 // slowRun starts a fresh gateway and holds n uploads open through route.
-func slowRun(ctx context.Context, caddyPath, backendAddr, route string, n int, size, rate int64, interval, ramp time.Duration) (res slowResult, err error) {
+func slowRun(ctx context.Context, caddyPath, backendAddr, route string, n int, size, rate int64, interval, ramp time.Duration, keepLog string) (res slowResult, err error) {
 	gw, err := startGateway(ctx, caddyPath, backendAddr, []string{"forward"}, "", "", protoHTTP)
 	if err != nil {
 		return res, err
 	}
+	gw.KeepLog = keepLog
 	defer gw.Stop()
 	url := gw.URL + "/rp/upload"
 	if route == "sp" {

@@ -1,0 +1,109 @@
+package streamproxy
+
+import (
+	"bytes"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// trickle hands out at most n bytes a read, as a slow client's body does.
+type trickle struct {
+	r io.Reader
+	n int
+}
+
+func (t trickle) Read(p []byte) (int, error) { return t.r.Read(p[:min(len(p), t.n)]) }
+
+// TestBuffersGrowOnlyForFastClients checks that an upload whose reads bring
+// little stays on the small buffers (no large set taken; what it writes is sent before each read), that one whose reads
+// fill them moves to its large set, and that
+// both forward the same bytes, delimiter-like bytes held back across the
+// move among them.
+func TestBuffersGrowOnlyForFastClients(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789abcdef\r\n--C"), 3<<10) // 63 KiB, with near-delimiters
+	body := "--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n" + string(data) + "\r\n--B--\r\n"
+	h := provision(t, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1")})
+	for _, c := range []struct {
+		name string
+		read int // bytes a read brings at most
+		grow bool
+	}{{"slow", 1000, false}, {"fast", 1 << 20, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			r := formRequest(body)
+			r.Body = io.NopCloser(trickle{strings.NewReader(body), c.read})
+			u := newUpload(h, httptest.NewRecorder(), r)
+			if err := u.checkRequest(); err != nil {
+				t.Fatal(err)
+			}
+			form := u.openBody()
+			var out bytes.Buffer
+			bw := u.newFlusher()
+			bw.reset(&out)
+			stop := u.flushWhenIdle(bw)
+			mw := multipart.NewWriter(bw)
+			err := u.forward(form, mw)
+			if err == nil {
+				err = mw.Close()
+			}
+			if err == nil {
+				err = bw.Flush()
+			}
+			stop()
+			grownIn, grownOut := u.in.Size() != startSize, bw.set != nil
+			bw.release()
+			u.closeBody()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if grownIn != c.grow || grownOut != c.grow {
+				t.Errorf("read buffer grown %v, write buffer grown %v; want both %v", grownIn, grownOut, c.grow)
+			}
+			_, params, _ := mime.ParseMediaType(mw.FormDataContentType())
+			p, err := multipart.NewReader(&out, params["boundary"]).NextPart()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := io.ReadAll(p); !bytes.Equal(got, data) {
+				t.Errorf("forwarded %d bytes, not the %d sent", len(got), len(data))
+			}
+		})
+	}
+	if n := largeTaken.Load(); n != 0 {
+		t.Fatalf("%d large sets still taken", n)
+	}
+}
+
+// TestFlusherGrowsOnlyWhenFilled checks that writes flushed before they fill
+// the small buffer, as the idle flush does while a slow client pauses, keep
+// it, and that once a write fills it the next moves to the large set.
+func TestFlusherGrowsOnlyWhenFilled(t *testing.T) {
+	h := provision(t, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1")})
+	u := newUpload(h, httptest.NewRecorder(), formRequest("--B--\r\n"))
+	defer u.closeBody()
+	f := u.newFlusher()
+	defer f.release()
+	var out bytes.Buffer
+	f.reset(&out)
+	chunk := bytes.Repeat([]byte("x"), 1000)
+	for range 20 {
+		f.Write(chunk)
+		f.Flush()
+	}
+	if f.set != nil {
+		t.Fatalf("flushed small writes moved to %d-byte buffers", f.set.size)
+	}
+	for range 6 {
+		f.Write(chunk)
+	}
+	f.Flush()
+	if f.set == nil {
+		t.Fatal("writes that filled the small buffer kept it")
+	}
+	if out.Len() != 26*len(chunk) {
+		t.Fatalf("sent %d bytes, want %d", out.Len(), 26*len(chunk))
+	}
+}
