@@ -411,12 +411,14 @@ func (w *backendWriter) WriteHeader(code int) {
 	if w.client == nil {
 		return
 	}
-	if code < 300 && !w.body.ended.Load() {
+	if code < 300 {
 		// A success counts only once the backend took the whole body: the
 		// answer waits for the producer's end, and goes nowhere if the
-		// body did not all go, or if the backend said it closes the
+		// body did not all go (also when its write failed before the
+		// answer was read), or if the backend said it closes the
 		// connection, unread, the moment it answered.
-		if err := w.body.settle(); err != nil || w.body.closing.Load() {
+		ended := w.body.ended.Load()
+		if err := w.body.settle(); err != nil || (!ended && w.body.closing.Load()) {
 			w.dropped = true
 			h := w.client.Header()
 			clear(h)
