@@ -78,7 +78,7 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 	defer cancel()
 	stall := newStallTimer(time.Duration(u.h.BackendStallTimeout), cancel)
 	defer stall.stop()
-	body := newBackendBody(produce, stall)
+	body := newBackendBody(ctx, produce, stall)
 	req := u.backendRequest(ctx, body, header)
 	if uerr := u.setRoute(req); uerr != nil {
 		return uerr // before any backend is contacted
@@ -178,6 +178,11 @@ type backendBody struct {
 	produce func(w io.Writer) error
 	pipe    *handoff // the Read path's
 	stall   *stallTimer
+	ctx     context.Context // the backend request's
+
+	started   chan struct{} // closed when a transport first takes the body
+	closed    chan struct{} // closed when the transport gives it up unread
+	closeOnce sync.Once
 
 	mu    sync.Mutex
 	state int           // bodyWaiting, bodyRunning or bodyStopped; guarded by mu
@@ -199,8 +204,9 @@ const (
 	bodyStopped        // roundTrip ended before any transport read it
 )
 
-func newBackendBody(produce func(w io.Writer) error, stall *stallTimer) *backendBody {
-	return &backendBody{produce: produce, pipe: newHandoff(), stall: stall, done: make(chan struct{})}
+func newBackendBody(ctx context.Context, produce func(w io.Writer) error, stall *stallTimer) *backendBody {
+	return &backendBody{produce: produce, pipe: newHandoff(), stall: stall, ctx: ctx,
+		done: make(chan struct{}), started: make(chan struct{}), closed: make(chan struct{})}
 }
 
 // begin reports whether the caller is the one to run produce.
@@ -211,7 +217,20 @@ func (b *backendBody) begin() bool {
 		return false
 	}
 	b.state = bodyRunning
+	close(b.started)
 	return true
+}
+
+// awaitStart waits, while no transport has taken the body yet, until one
+// does, gives it up, or the request ends. An HTTP/1 transport flushes the
+// request header before it copies the body, so a backend may answer before
+// the copy begins; deciding then would stop a body about to go.
+func (b *backendBody) awaitStart() {
+	select {
+	case <-b.started:
+	case <-b.closed:
+	case <-b.ctx.Done():
+	}
 }
 
 func (b *backendBody) run(w io.Writer) error {
@@ -229,6 +248,7 @@ func (b *backendBody) settle() error {
 	if b.state == bodyWaiting {
 		b.state = bodyStopped
 		b.ended.Store(true)
+		b.pipe.CloseRead(errBackendAnswered) // a transport that reads it later is not left waiting
 	}
 	started := b.state == bodyRunning
 	b.mu.Unlock()
@@ -275,9 +295,13 @@ func (b *backendBody) Read(p []byte) (int, error) {
 func (b *backendBody) Close() error {
 	b.mu.Lock()
 	running := b.state == bodyRunning
+	waiting := b.state == bodyWaiting
 	b.mu.Unlock()
 	if running {
 		b.pipe.CloseRead(nil)
+	}
+	if waiting {
+		b.closeOnce.Do(func() { close(b.closed) })
 	}
 	return nil
 }
@@ -417,6 +441,7 @@ func (w *backendWriter) WriteHeader(code int) {
 		// body did not all go (also when its write failed before the
 		// answer was read), or if the backend said it closes the
 		// connection, unread, the moment it answered.
+		w.body.awaitStart()
 		ended := w.body.ended.Load()
 		if err := w.body.settle(); err != nil || (!ended && w.body.closing.Load()) {
 			w.dropped = true
