@@ -431,6 +431,7 @@ stream_proxy /unreachable* {
 	for inFlight(t, 1)[0].Bytes < 2<<20-64<<10 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond) // until the big file's blocks are staged
 	}
+	s.WaitPersisted(t, azContainer)
 	s.Kill()
 	close(killed)
 	a := <-done

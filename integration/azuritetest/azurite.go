@@ -5,6 +5,7 @@ package azuritetest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"net"
 	"net/http"
@@ -115,6 +116,23 @@ func (s *Server) Kill() {
 		_ = s.cmd.Process.Kill()
 		_ = s.cmd.Wait()
 		s.cmd = nil
+	}
+}
+
+// WaitPersisted waits until Azurite's metadata file, which it saves every
+// 5 s, names container: a kill before that loses the container itself.
+func (s *Server) WaitPersisted(t testing.TB, container string) {
+	t.Helper()
+	db := filepath.Join(s.dir, "__azurite_db_blob__.json")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if b, err := os.ReadFile(db); err == nil && bytes.Contains(b, []byte(`"`+container+`"`)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("azurite did not save container %s within 30 s", container)
+		}
+		time.Sleep(100 * time.Millisecond) // Azurite's own save interval is what is waited for
 	}
 }
 
