@@ -15,6 +15,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
+
+	"github.com/streamproxy/caddy-stream-proxy/store"
 )
 
 func init() {
@@ -152,19 +154,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 
 		case "max_body_size":
-			if err := parseSize(d, &h.MaxBodySize); err != nil {
+			if err := store.ParseSize(d, &h.MaxBodySize); err != nil {
 				return err
 			}
 		case "max_part_size":
-			if err := parseSize(d, &h.MaxPartSize); err != nil {
+			if err := store.ParseSize(d, &h.MaxPartSize); err != nil {
 				return err
 			}
 		case "max_field_size":
-			if err := parseSize(d, &h.MaxFieldSize); err != nil {
+			if err := store.ParseSize(d, &h.MaxFieldSize); err != nil {
 				return err
 			}
 		case "max_part_header_size":
-			if err := parseSize(d, &h.MaxPartHeaderSize); err != nil {
+			if err := store.ParseSize(d, &h.MaxPartHeaderSize); err != nil {
 				return err
 			}
 		case "backend_stall_timeout":
@@ -180,7 +182,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "max_form_header_size":
-			if err := parseSize(d, &h.MaxFormHeaderSize); err != nil {
+			if err := store.ParseSize(d, &h.MaxFormHeaderSize); err != nil {
 				return err
 			}
 		case "max_parts":
@@ -312,26 +314,6 @@ func unmarshalStore(d *caddyfile.Dispenser) (json.RawMessage, error) {
 		return nil, err
 	}
 	return caddyconfig.JSONModuleObject(unm, "module", name, nil), nil
-}
-
-// parseSize reads one size argument such as 10GiB or 512KB.
-func parseSize(d *caddyfile.Dispenser, dst *int64) error {
-	name := d.Val()
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	n, err := humanize.ParseBytes(d.Val())
-	if err != nil {
-		return d.Errf("%s: parsing size %q: %v", name, d.Val(), err)
-	}
-	if n == 0 || n > math.MaxInt64 {
-		return d.Errf("%s must be between 1 byte and 8EiB, got %q", name, d.Val())
-	}
-	*dst = int64(n)
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	return nil
 }
 
 // parseMinRate reads `min_rate <size>|off [<grace>]`: the size is per

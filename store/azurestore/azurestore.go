@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -27,7 +26,6 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
-	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
@@ -169,7 +167,7 @@ func (s *AzureStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			*text[name] = d.Val()
 		case name == "block_size":
-			if err := parseSize(d, &s.BlockSize); err != nil {
+			if err := store.ParseSize(d, &s.BlockSize); err != nil {
 				return err
 			}
 			continue
@@ -188,27 +186,6 @@ func (s *AzureStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if d.NextArg() {
 			return d.ArgErr()
 		}
-	}
-	return nil
-}
-
-// parseSize reads the size argument of the subdirective d is on, such as
-// 8MiB, into dst.
-func parseSize(d *caddyfile.Dispenser, dst *int64) error {
-	name := d.Val()
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	n, err := humanize.ParseBytes(d.Val())
-	if err != nil {
-		return d.Errf("%s: parsing size %q: %v", name, d.Val(), err)
-	}
-	if n == 0 || n > math.MaxInt64 {
-		return d.Errf("%s must be between 1 byte and 8EiB, got %q", name, d.Val())
-	}
-	*dst = int64(n)
-	if d.NextArg() {
-		return d.ArgErr()
 	}
 	return nil
 }

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -30,7 +29,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/middleware"
-	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
@@ -184,7 +182,7 @@ func (s *S3Store) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case name == "use_path_style":
 			s.UsePathStyle = true
 		case name == "part_size":
-			if err := parseSize(d, &s.PartSize); err != nil {
+			if err := store.ParseSize(d, &s.PartSize); err != nil {
 				return err
 			}
 			continue
@@ -212,27 +210,6 @@ func (s *S3Store) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if d.NextArg() {
 			return d.ArgErr()
 		}
-	}
-	return nil
-}
-
-// parseSize reads the size argument of the subdirective d is on, such as
-// 8MiB, into dst.
-func parseSize(d *caddyfile.Dispenser, dst *int64) error {
-	name := d.Val()
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	n, err := humanize.ParseBytes(d.Val())
-	if err != nil {
-		return d.Errf("%s: parsing size %q: %v", name, d.Val(), err)
-	}
-	if n == 0 || n > math.MaxInt64 {
-		return d.Errf("%s must be between 1 byte and 8EiB, got %q", name, d.Val())
-	}
-	*dst = int64(n)
-	if d.NextArg() {
-		return d.ArgErr()
 	}
 	return nil
 }
