@@ -162,8 +162,9 @@ s3-concurrent: build $(UPLOADBENCH) $(VERSITYGW)
 gobench:
 	go test -run '^$$' -bench . -benchmem ./caddymodule
 
-## fuzz: the forward path's fuzz target, for FUZZTIME
+## fuzz: the form reader's fuzz target, then the forward path's, each for FUZZTIME
 fuzz:
+	go test -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME) ./formreader
 	go test -run '^$$' -fuzz FuzzForward -fuzztime $(FUZZTIME) ./caddymodule
 
 ## adapt: the example as JSON
