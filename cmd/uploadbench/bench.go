@@ -24,7 +24,7 @@ import (
 // Close must be called, whatever happened.
 type bench struct {
 	gw     *gateway
-	s3     *s3Target // with the store-s3 path
+	stores map[string]objectStore // by mode: store-s3, store-azure
 	direct string    // the backend's URL
 	client *http.Client
 	gwc    *http.Client // to the gateway, in the protocol measured
@@ -44,10 +44,36 @@ type route struct {
 	mode       string // stream_proxy's mode; empty for direct and reverse_proxy
 }
 
+// objectStore is an object store server the gateway's store mode writes
+// into (versitygw, Azurite), with the SDK's own way of uploading the same
+// files straight into it.
+type objectStore interface {
+	caddyBlock() string // the gateway's store block
+	uploadDirect(ctx context.Context, b *body, p *progress) (uploadResult, []string, error)
+	// verifyObjects reads each file back and checks it; keyOf gives the
+	// key of the i-th file.
+	verifyObjects(ctx context.Context, want []expectedPart, keyOf func(i int, p expectedPart) string) error
+	empty(ctx context.Context) error
+	Close()
+}
+
+// directModes are the routes straight into each object store, by its mode.
+var directModes = map[string]string{modeStoreS3: modeS3Direct, modeStoreAzure: modeAzureDirect}
+
+// storeOf is the object store mode a store or direct route writes into, or "".
+func storeOf(mode string) string {
+	for store, direct := range directModes {
+		if mode == store || mode == direct {
+			return store
+		}
+	}
+	return ""
+}
+
 // startBench starts the backend and a gateway with a stream_proxy route per
 // mode. With store among them, the gateway stores files in a temporary
 // directory made under storeParent (empty: the system's temp directory).
-func startBench(ctx context.Context, caddyPath string, modes []string, storeParent string, s3opts *s3Options, proto string) (b *bench, err error) {
+func startBench(ctx context.Context, caddyPath string, modes []string, storeParent string, s3opts *s3Options, azopts *azureOptions, proto string) (b *bench, err error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -72,17 +98,28 @@ func startBench(ctx context.Context, caddyPath string, modes []string, storePare
 		}
 	}()
 
-	s3Block := ""
+	b.stores = map[string]objectStore{}
+	blocks := map[string]string{}
 	if slices.Contains(modes, modeStoreS3) {
 		if s3opts == nil {
-			return nil, fmt.Errorf("mode %s needs versitygw", modeStoreS3)
+			return b, fmt.Errorf("mode %s needs versitygw", modeStoreS3)
 		}
-		if b.s3, err = startS3Target(ctx, *s3opts); err != nil {
+		if b.stores[modeStoreS3], err = startS3Target(ctx, *s3opts); err != nil {
 			return b, err
 		}
-		s3Block = b.s3.caddyBlock()
 	}
-	b.gw, err = startGateway(ctx, caddyPath, ln.Addr().String(), modes, storeParent, s3Block, proto)
+	if slices.Contains(modes, modeStoreAzure) {
+		if azopts == nil {
+			return b, fmt.Errorf("mode %s needs azurite", modeStoreAzure)
+		}
+		if b.stores[modeStoreAzure], err = startAzureTarget(ctx, *azopts); err != nil {
+			return b, err
+		}
+	}
+	for mode, st := range b.stores {
+		blocks[mode] = st.caddyBlock()
+	}
+	b.gw, err = startGateway(ctx, caddyPath, ln.Addr().String(), modes, storeParent, blocks, proto)
 	return b, err
 }
 
@@ -92,8 +129,8 @@ func (b *bench) Close() {
 	if b.gw != nil {
 		b.gw.Stop()
 	}
-	if b.s3 != nil {
-		b.s3.Close()
+	for _, st := range b.stores {
+		st.Close()
 	}
 	b.client.CloseIdleConnections()
 	b.gwc.CloseIdleConnections()
@@ -108,8 +145,11 @@ func (b *bench) Close() {
 func (b *bench) routes(modes []string) []*route {
 	rs := []*route{b.directRoute(), b.rpRoute()}
 	for _, mode := range modes {
-		if mode == modeStoreS3 {
+		switch mode {
+		case modeStoreS3:
 			rs = append(rs, &route{Name: "S3 direct (SDK)", mode: modeS3Direct})
+		case modeStoreAzure:
+			rs = append(rs, &route{Name: "Azure direct (SDK)", mode: modeAzureDirect})
 		}
 		rs = append(rs, b.spRoute(mode))
 	}
@@ -167,13 +207,15 @@ func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, 
 			}
 		}()
 	}
-	if r.mode == modeStoreS3 || r.mode == modeS3Direct {
+	st := b.stores[storeOf(r.mode)]
+	if st != nil {
 		defer func() {
-			if rerr := b.s3.empty(context.WithoutCancel(ctx)); rerr != nil {
+			if rerr := st.empty(context.WithoutCancel(ctx)); rerr != nil {
 				err = errors.Join(err, fmt.Errorf("%s: emptying the bucket: %w", label, rerr))
 			}
 		}()
 	}
+	direct := st != nil && r.mode == directModes[storeOf(r.mode)]
 	b.takeRaws()
 	cpu0, err := b.gw.CPUSeconds()
 	if err != nil {
@@ -187,8 +229,8 @@ func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, 
 	uctx, cancel := context.WithTimeout(ctx, timeout)
 	var res uploadResult
 	var directKeys []string
-	if r.mode == modeS3Direct {
-		res, directKeys, err = b.s3.uploadDirect(uctx, body, p)
+	if direct {
+		res, directKeys, err = st.uploadDirect(uctx, body, p)
 	} else {
 		c := b.client
 		if r.viaGateway {
@@ -213,29 +255,31 @@ func (b *bench) upload(ctx context.Context, r *route, body *body, chunked bool, 
 		return measurement{}, err
 	}
 	wantCode := http.StatusOK
-	if r.mode == "store" || r.mode == modeStoreS3 {
+	if r.mode == "store" || (st != nil && !direct) {
 		wantCode = http.StatusCreated
+	} else if direct {
+		wantCode = res.Code // the SDK's own answers, checked by uploadDirect
 	}
 	if res.Code != wantCode {
 		return measurement{}, fmt.Errorf("%s: %s: %.2000s", label, res.Status, res.Answer)
 	}
-	switch r.mode {
-	case "per_part":
+	switch {
+	case r.mode == "per_part":
 		err = verifyRawUploads(b.takeRaws(), body.Parts())
-	case "store":
+	case r.mode == "store":
 		err = verifyStored(res.Answer, body.Parts(), b.gw.StoreDir)
-	case modeStoreS3:
-		var keys map[string]string
-		if keys, err = s3StoreKeys(res.Answer); err == nil {
-			err = b.s3.verifyObjects(ctx, body.Parts(), func(_ int, p expectedPart) string { return keys[p.Field] })
-		}
-	case modeS3Direct:
-		err = b.s3.verifyObjects(ctx, body.Parts(), func(i int, _ expectedPart) string {
+	case direct:
+		err = st.verifyObjects(ctx, body.Parts(), func(i int, _ expectedPart) string {
 			if i < len(directKeys) {
 				return directKeys[i]
 			}
 			return ""
 		})
+	case st != nil:
+		var keys map[string]string
+		if keys, err = storeKeys(res.Answer); err == nil {
+			err = st.verifyObjects(ctx, body.Parts(), func(_ int, p expectedPart) string { return keys[p.Field] })
+		}
 	default:
 		err = verifyAnswer(res.Answer, body.Parts())
 	}
@@ -291,8 +335,8 @@ func checkModes(modes []string) error {
 	seen := map[string]bool{}
 	for _, m := range modes {
 		switch {
-		case m != "forward" && m != "per_part" && m != "store" && m != modeStoreS3:
-			return fmt.Errorf("mode %q: want forward, per_part, store or %s", m, modeStoreS3)
+		case m != "forward" && m != "per_part" && m != "store" && m != modeStoreS3 && m != modeStoreAzure:
+			return fmt.Errorf("mode %q: want forward, per_part, store, %s or %s", m, modeStoreS3, modeStoreAzure)
 		case seen[m]:
 			return fmt.Errorf("mode %q given twice", m)
 		}

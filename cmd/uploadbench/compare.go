@@ -29,11 +29,15 @@ func runCompare(ctx context.Context, args []string) error {
 	size := sizeFlag(2 * gib)
 	fs.Var(&size, "size", "total bytes of file content per upload")
 	runs := fs.Int("runs", 5, "uploads per path (1-1000)")
-	modes := fs.String("modes", "forward", "stream_proxy modes to measure, comma-separated (forward, per_part, store, store-s3)")
+	modes := fs.String("modes", "forward", "stream_proxy modes to measure, comma-separated (forward, per_part, store, store-s3, store-azure)")
 	versitygw := fs.String("versitygw", "bin/versitygw", "store-s3: the versitygw binary, run on a free loopback port with a temporary directory")
 	s3PartSize := sizeFlag(8 * mib)
 	fs.Var(&s3PartSize, "s3-part-size", "store-s3: part_size of the gateway and of the direct SDK uploads")
 	s3Buffers := fs.Int("s3-buffers", 32, "store-s3: the gateway's max_buffers")
+	azurite := fs.String("azurite", "integration/azurite/node_modules/.bin/azurite-blob", "store-azure: Azurite's blob service, run on a free loopback port with a temporary directory")
+	azBlockSize := sizeFlag(8 * mib)
+	fs.Var(&azBlockSize, "azure-block-size", "store-azure: block_size of the gateway and of the direct SDK uploads")
+	azBuffers := fs.Int("azure-buffers", 32, "store-azure: the gateway's max_buffers")
 	storeParent := fs.String("store-dir", "", "store mode: where to make the temporary directory the gateway stores files in (default: the system's temp directory); needs room for one upload")
 	out := fs.String("out", "table", "output format: table or markdown")
 	files := fs.Int("files", 3, "file parts per upload")
@@ -79,7 +83,8 @@ func runCompare(ctx context.Context, args []string) error {
 	body.Parts()
 
 	b, err := startBench(ctx, *caddyPath, modeList, *storeParent,
-		&s3Options{versitygw: *versitygw, partSize: int64(s3PartSize), buffers: *s3Buffers}, *proto)
+		&s3Options{versitygw: *versitygw, partSize: int64(s3PartSize), buffers: *s3Buffers},
+		&azureOptions{azurite: *azurite, blockSize: int64(azBlockSize), buffers: *azBuffers}, *proto)
 	if err != nil {
 		return err
 	}
@@ -164,21 +169,32 @@ func runCompare(ctx context.Context, args []string) error {
 			"text fields' values) and each stored file's size on disk (stat); the files are removed after each upload, outside the timing",
 			filepath.Dir(b.gw.StoreDir)))
 	}
-	if b.s3 != nil {
+	// The ratio of medians of a store path to its direct SDK path.
+	storeRatio := func(store string) float64 {
 		var sp, direct float64
 		for _, p := range paths {
 			switch p.mode {
-			case modeStoreS3:
+			case store:
 				sp = median(p.rates)
-			case modeS3Direct:
+			case directModes[store]:
 				direct = median(p.rates)
 			}
 		}
+		return sp / direct
+	}
+	if b.stores[modeStoreS3] != nil {
 		notes = append(notes, fmt.Sprintf("store-s3: stream_proxy (store s3, part_size %s, max_buffers %d) into a versitygw on loopback (posix backend, in %s), "+
 			"beside \"S3 direct (SDK)\": the same file bytes uploaded straight to it by the AWS SDK, one multipart upload per file, "+
 			"%s parts, %d in flight per file, as the gateway; ratio of medians stream_proxy store-s3 / S3 direct = %.2f; "+
 			"every object read back and checked (size, sha256) after the timing, then deleted",
-			formatBytes(int64(s3PartSize)), *s3Buffers, os.TempDir(), formatBytes(int64(s3PartSize)), s3PartsInFlight, sp/direct))
+			formatBytes(int64(s3PartSize)), *s3Buffers, os.TempDir(), formatBytes(int64(s3PartSize)), s3PartsInFlight, storeRatio(modeStoreS3)))
+	}
+	if b.stores[modeStoreAzure] != nil {
+		notes = append(notes, fmt.Sprintf("store-azure: stream_proxy (store azure, block_size %s, max_buffers %d) into Azurite on loopback (its data in %s), "+
+			"beside \"Azure direct (SDK)\": the same file bytes staged straight into it by azblob, one block blob per file, "+
+			"%s blocks, %d in flight per file, then Put Block List, as the gateway; ratio of medians stream_proxy store-azure / Azure direct = %.2f; "+
+			"every blob read back and checked (size, sha256) after the timing, then deleted",
+			formatBytes(int64(azBlockSize)), *azBuffers, os.TempDir(), formatBytes(int64(azBlockSize)), azureBlocksInFlight, storeRatio(modeStoreAzure)))
 	}
 	notes = append(notes, machineLine(*caddyPath), commandLine())
 	printTable(os.Stdout, *out, paths, notes)

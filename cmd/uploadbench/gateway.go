@@ -53,7 +53,7 @@ func spPath(mode string) string {
 // /sp-<mode>/* for other modes) through stream_proxy, all to backendAddr but
 // store, which has no backend: it writes the files flat into storeDir, hashing
 // them, and answers 201 with JSON listing them.
-func gatewayCaddyfile(port int, backendAddr string, modes []string, storeDir, s3Block, proto string) string {
+func gatewayCaddyfile(port int, backendAddr string, modes []string, storeDir string, storeBlocks map[string]string, proto string) string {
 	var sb strings.Builder
 	site := fmt.Sprintf("http://127.0.0.1:%d {", port)
 	autoHTTPS := "off"
@@ -85,8 +85,8 @@ func gatewayCaddyfile(port int, backendAddr string, modes []string, storeDir, s3
 		case "store":
 			fmt.Fprintf(&sb, "\n\tstream_proxy %s* {\n\t\tmode store\n\t\tstore \"%s\" {\n\t\t\tlayout flat\n\t\t}\n\t\thash sha256\n\t}\n",
 				spPath(mode), storeDir)
-		case modeStoreS3:
-			fmt.Fprintf(&sb, "\n\tstream_proxy %s* {\n\t\tmode store\n\t\t%s\n\t}\n", spPath(mode), s3Block)
+		case modeStoreS3, modeStoreAzure:
+			fmt.Fprintf(&sb, "\n\tstream_proxy %s* {\n\t\tmode store\n\t\t%s\n\t}\n", spPath(mode), storeBlocks[mode])
 		default:
 			fmt.Fprintf(&sb, "\n\tstream_proxy %s* http://%s {\n\t\tmode %s\n\t}\n", spPath(mode), backendAddr, mode)
 		}
@@ -98,7 +98,7 @@ func gatewayCaddyfile(port int, backendAddr string, modes []string, storeDir, s3
 // startGateway runs `caddyPath run --config FILE --adapter caddyfile` and
 // waits until it answers. With store among modes, it first makes the store
 // directory, temporary, under storeParent (empty: the system's temp directory).
-func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []string, storeParent, s3Block, proto string) (g *gateway, err error) {
+func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []string, storeParent string, storeBlocks map[string]string, proto string) (g *gateway, err error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -130,7 +130,7 @@ func startGateway(ctx context.Context, caddyPath, backendAddr string, modes []st
 			return g, err
 		}
 	}
-	if err := os.WriteFile(g.File, []byte(gatewayCaddyfile(port, backendAddr, modes, g.StoreDir, s3Block, proto)), 0o600); err != nil {
+	if err := os.WriteFile(g.File, []byte(gatewayCaddyfile(port, backendAddr, modes, g.StoreDir, storeBlocks, proto)), 0o600); err != nil {
 		return g, err
 	}
 	logFile, err := os.Create(g.log)

@@ -41,7 +41,7 @@ func runRSS(ctx context.Context, args []string) error {
 		return err
 	}
 
-	b, err := startBench(ctx, *caddyPath, []string{*mode}, *storeParent, nil, protoHTTP)
+	b, err := startBench(ctx, *caddyPath, []string{*mode}, *storeParent, nil, nil, protoHTTP)
 	if err != nil {
 		return err
 	}

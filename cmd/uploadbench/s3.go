@@ -191,9 +191,9 @@ func sortParts(parts []types.CompletedPart) {
 	}
 }
 
-// s3StoreKeys reads the keys of the files in stream_proxy's store s3 answer,
-// by field.
-func s3StoreKeys(answer []byte) (map[string]string, error) {
+// storeKeys reads the keys of the files in stream_proxy's store s3 or azure
+// answer, by field.
+func storeKeys(answer []byte) (map[string]string, error) {
 	var got struct {
 		Parts []struct {
 			Field string `json:"field"`

@@ -121,7 +121,7 @@ type slowResult struct {
 
 // slowRun starts a fresh gateway and holds n uploads open through route.
 func slowRun(ctx context.Context, caddyPath, backendAddr, route string, n int, size, rate int64, interval, ramp time.Duration, keepLog string) (res slowResult, err error) {
-	gw, err := startGateway(ctx, caddyPath, backendAddr, []string{"forward"}, "", "", protoHTTP)
+	gw, err := startGateway(ctx, caddyPath, backendAddr, []string{"forward"}, "", nil, protoHTTP)
 	if err != nil {
 		return res, err
 	}

@@ -121,7 +121,7 @@ func TestStoreRoute(t *testing.T) {
 	if !filepath.IsAbs(dir) {
 		t.Errorf("store dir %q is not absolute", dir)
 	}
-	cf := gatewayCaddyfile(8080, "127.0.0.1:9001", []string{"forward", "store"}, dir, "", protoHTTP)
+	cf := gatewayCaddyfile(8080, "127.0.0.1:9001", []string{"forward", "store"}, dir, nil, protoHTTP)
 	block := "stream_proxy /sp-store/* {\n\t\tmode store\n\t\tstore \"" + dir + "\" {\n\t\t\tlayout flat\n\t\t}\n\t\thash sha256\n\t}"
 	if !strings.Contains(cf, block) || !strings.Contains(cf, "stream_proxy /sp/* http://127.0.0.1:9001\n") {
 		t.Errorf("Caddyfile:\n%s", cf)

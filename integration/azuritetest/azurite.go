@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"os"
@@ -60,31 +61,39 @@ func Path(t testing.TB) string {
 // Start runs Azurite's Blob service until the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin := Path(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	s, err := Launch(Path(t), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	l.Close()
-	s := &Server{Endpoint: "http://127.0.0.1:" + port + "/" + Account, Port: port, dir: t.TempDir(), bin: bin}
-	s.start(t)
 	t.Cleanup(s.Kill)
 	return s
 }
 
+// Launch runs the azurite-blob at bin on a free loopback port, keeping its
+// data in dir, and waits until it listens; for callers that are not tests
+// (uploadbench). Kill must be called.
+func Launch(bin, dir string) (*Server, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	l.Close()
+	s := &Server{Endpoint: "http://127.0.0.1:" + port + "/" + Account, Port: port, dir: dir, bin: bin}
+	return s, s.start()
+}
+
 // start runs Azurite and waits for it to say that it listens.
-func (s *Server) start(t testing.TB) {
-	t.Helper()
+func (s *Server) start() error {
 	s.cmd = exec.Command(s.bin, "--blobHost", "127.0.0.1", "--blobPort", s.Port, "--location", s.dir,
 		"--skipApiVersionCheck", "--loose", "--disableProductStyleUrl", "--silent", "--disableTelemetry")
 	out, err := s.cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	s.cmd.Stderr = os.Stderr
 	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	ready := make(chan bool, 1)
 	// Read until Azurite says it listens, then no more: with --silent it
@@ -102,11 +111,13 @@ func (s *Server) start(t testing.TB) {
 	select {
 	case ok := <-ready:
 		if !ok {
-			t.Fatal("azurite exited before it listened")
+			s.Kill()
+			return errors.New("azurite exited before it listened")
 		}
+		return nil
 	case <-time.After(60 * time.Second): // node starting on a busy machine
 		s.Kill()
-		t.Fatal("azurite did not start within a minute")
+		return errors.New("azurite did not start within a minute")
 	}
 }
 
@@ -140,25 +151,33 @@ func (s *Server) WaitPersisted(t testing.TB, container string) {
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.Kill()
-	s.start(t)
+	if err := s.start(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Client is a client of the container name, with the development account's
 // key, on a transport that ends with the test.
 func (s *Server) Client(t testing.TB, name string) *container.Client {
 	t.Helper()
-	cred, err := container.NewSharedKeyCredential(Account, Key)
-	if err != nil {
-		t.Fatal(err)
-	}
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
-	c, err := container.NewClientWithSharedKeyCredential(s.Endpoint+"/"+name, cred,
-		&container.ClientOptions{ClientOptions: policy.ClientOptions{Transport: &http.Client{Transport: tr}}})
+	c, err := s.NewClient(name, tr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// NewClient is a client of the container name, with the development
+// account's key, on the transport tr.
+func (s *Server) NewClient(name string, tr http.RoundTripper) (*container.Client, error) {
+	cred, err := container.NewSharedKeyCredential(Account, Key)
+	if err != nil {
+		return nil, err
+	}
+	return container.NewClientWithSharedKeyCredential(s.Endpoint+"/"+name, cred,
+		&container.ClientOptions{ClientOptions: policy.ClientOptions{Transport: &http.Client{Transport: tr}}})
 }
 
 // CreateContainer makes the container name and returns its client.

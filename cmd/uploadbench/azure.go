@@ -1,0 +1,218 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
+
+	"github.com/streamproxy/caddy-stream-proxy/integration/azuritetest"
+)
+
+// The store-azure path: stream_proxy in store mode into Azurite, beside the
+// same file bytes staged straight into that Azurite with the SDK, block by
+// block at the same block size and with as many blocks in flight per file
+// (4) as the gateway, then committed.
+const (
+	azureContainer      = "uploadbench"
+	azureBlocksInFlight = 4 // the gateway's blocksInFlight
+	modeStoreAzure      = "store-azure"
+	modeAzureDirect     = "azure-direct" // a route, not a stream_proxy mode
+)
+
+// azureOptions say where Azurite is and how the gateway's store azure is set up.
+type azureOptions struct {
+	azurite   string
+	blockSize int64
+	buffers   int
+}
+
+// azureTarget is an Azurite on a free loopback port with an empty container.
+// Close must be called: it kills the process and removes its directory.
+type azureTarget struct {
+	srv    *azuritetest.Server
+	dir    string
+	client *container.Client
+	tr     *http.Transport
+	opts   azureOptions
+}
+
+func startAzureTarget(ctx context.Context, opts azureOptions) (t *azureTarget, err error) {
+	if _, err := exec.LookPath(opts.azurite); err != nil {
+		return nil, fmt.Errorf("-azurite: %w (make -f xcaddy.mk azurite)", err)
+	}
+	dir, err := os.MkdirTemp("", "uploadbench-azure-")
+	if err != nil {
+		return nil, err
+	}
+	t = &azureTarget{dir: dir, opts: opts}
+	defer func() {
+		if err != nil {
+			t.Close()
+		}
+	}()
+	if t.srv, err = azuritetest.Launch(opts.azurite, dir); err != nil {
+		return t, err
+	}
+	t.tr = &http.Transport{MaxIdleConnsPerHost: 2 * azureBlocksInFlight}
+	if t.client, err = t.srv.NewClient(azureContainer, t.tr); err != nil {
+		return t, err
+	}
+	if _, err := t.client.Create(ctx, nil); err != nil {
+		return t, fmt.Errorf("creating the container: %w", err)
+	}
+	return t, nil
+}
+
+func (t *azureTarget) Close() {
+	if t.srv != nil {
+		t.srv.Kill()
+	}
+	if t.tr != nil {
+		t.tr.CloseIdleConnections()
+	}
+	_ = os.RemoveAll(t.dir)
+}
+
+// caddyBlock is the gateway's store azure block.
+func (t *azureTarget) caddyBlock() string {
+	return fmt.Sprintf("store azure {\n\t\t\tcontainer %s\n\t\t\tendpoint %s\n\t\t\taccount_name %s\n\t\t\taccount_key %s\n\t\t\tblock_size %d\n\t\t\tmax_buffers %d\n\t\t}",
+		azureContainer, t.srv.Endpoint, azuritetest.Account, azuritetest.Key, t.opts.blockSize, t.opts.buffers)
+}
+
+// uploadDirect uploads each file of b as its own block blob, one file after
+// the other, up to azureBlocksInFlight blocks at once, as the gateway does.
+func (t *azureTarget) uploadDirect(ctx context.Context, b *body, p *progress) (uploadResult, []string, error) {
+	start := time.Now()
+	var keys []string
+	var sent int64
+	bufs := make(chan []byte, azureBlocksInFlight+1)
+	for range cap(bufs) {
+		bufs <- make([]byte, t.opts.blockSize)
+	}
+	for i, s := range b.segments {
+		if s.static != nil {
+			continue
+		}
+		key := fmt.Sprintf("direct/%d-%d", time.Now().UnixNano(), i)
+		n, err := t.putBlocks(ctx, key, p.counting(io.LimitReader(newRandReader(s.seed), s.size)), bufs)
+		sent += n
+		if err != nil {
+			return uploadResult{}, keys, err
+		}
+		keys = append(keys, key)
+	}
+	return uploadResult{Status: "201 Created", Code: http.StatusCreated, Sent: sent, Elapsed: time.Since(start)}, keys, nil
+}
+
+func (t *azureTarget) putBlocks(ctx context.Context, key string, r io.Reader, bufs chan []byte) (int64, error) {
+	bb := t.client.NewBlockBlobClient(key)
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		ids   []string
+		first error
+		total int64
+	)
+	slots := make(chan struct{}, azureBlocksInFlight)
+	for num := 0; ; num++ {
+		buf := <-bufs
+		n, rerr := io.ReadFull(r, buf)
+		total += int64(n)
+		if n == 0 {
+			bufs <- buf
+			break
+		}
+		id := base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "%016d", num))
+		ids = append(ids, id)
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { bufs <- buf; <-slots }()
+			_, err := bb.StageBlock(ctx, id, streaming.NopCloser(bytes.NewReader(buf[:n])), nil)
+			if err != nil {
+				mu.Lock()
+				first = errors.Join(first, err)
+				mu.Unlock()
+			}
+		}()
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			mu.Lock()
+			first = errors.Join(first, rerr)
+			mu.Unlock()
+			break
+		}
+	}
+	wg.Wait()
+	if first != nil {
+		return total, first
+	}
+	ct := "application/octet-stream"
+	_, err := bb.CommitBlockList(ctx, ids, &blockblob.CommitBlockListOptions{HTTPHeaders: &blob.HTTPHeaders{BlobContentType: &ct}})
+	return total, err
+}
+
+// verifyObjects reads each file's blob back (outside the timing) and
+// compares its size and sha256 with what was sent; keys are by file order.
+func (t *azureTarget) verifyObjects(ctx context.Context, want []expectedPart, keyOf func(i int, p expectedPart) string) error {
+	i := 0
+	for _, w := range want {
+		if w.Filename == "" {
+			continue
+		}
+		key := keyOf(i, w)
+		i++
+		if key == "" {
+			return fmt.Errorf("part %d (%q): no blob", w.Index, w.Field)
+		}
+		out, err := t.client.NewBlobClient(key).DownloadStream(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("part %d: %w", w.Index, err)
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, out.Body)
+		out.Body.Close()
+		if err != nil {
+			return err
+		}
+		if sum := hex.EncodeToString(h.Sum(nil)); n != w.Size || sum != w.SHA256 {
+			return fmt.Errorf("part %d (%q): blob of %d bytes, sha256 %s; sent %d, %s", w.Index, w.Field, n, sum, w.Size, w.SHA256)
+		}
+	}
+	return nil
+}
+
+// empty deletes every blob of the container.
+func (t *azureTarget) empty(ctx context.Context) error {
+	pager := t.client.NewListBlobsFlatPager(nil)
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return err
+		}
+		for _, item := range page.Segment.BlobItems {
+			if _, err := t.client.NewBlobClient(*item.Name).Delete(ctx, nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
