@@ -33,6 +33,10 @@ func BenchmarkFormHeaders(b *testing.B) {
 	hostilePart := "--" + boundary + "\r\nContent-Disposition: form-data; name=\"f\"\r\nX-Pad: " +
 		strings.Repeat("p", 15<<10) + "\r\n\r\nx\r\n"
 	hostile := formStream{unit: hostilePart, n: parts, tail: "--" + boundary + "--\r\n"}
+	// The same padding as a parameter of the Content-Disposition, which is
+	// parsed (mime.ParseMediaType) rather than passed through.
+	inDisposition := formStream{unit: "--" + boundary + "\r\nContent-Disposition: form-data; name=\"f\"; pad=\"" +
+		strings.Repeat("p", 15<<10) + "\"\r\n\r\nx\r\n", n: parts, tail: hostile.tail}
 	plainHead := "--" + boundary + "\r\nContent-Disposition: form-data; name=\"audio\"; filename=\"talk.wav\"\r\n" +
 		"Content-Type: audio/wav\r\n\r\n"
 	plainTail := "\r\n--" + boundary + "--\r\n"
@@ -48,6 +52,7 @@ func BenchmarkFormHeaders(b *testing.B) {
 	}{
 		{"plain", plain, 0},
 		{"hostile", hostile, 0},
+		{"hostile-disposition", inDisposition, 0},
 		{"hostile-256KiB", hostile, 256 << 10},
 		{"hostile-1MiB", hostile, 1 << 20},
 		{"hostile-unbounded", hostile, 1 << 40},
