@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"mime/multipart"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -40,10 +39,10 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 // exchangeForm sends the backend one multipart/form-data request under a fresh
 // boundary, whose parts write adds while the client's body is read, and
 // hands the answer to w.
-func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer) error) *uploadError {
+func (u *upload) exchangeForm(w *backendWriter, write func(mw *formWriter) error) *uploadError {
 	bw := u.newFlusher()
 	defer bw.release()
-	mw := multipart.NewWriter(bw)
+	mw := newFormWriter(bw)
 	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
 	return u.roundTrip(w, header, func(body io.Writer) error {
 		bw.reset(body)

@@ -26,7 +26,7 @@ func forwardTo(u *upload, w io.Writer) error {
 	defer bw.release()
 	bw.reset(w)
 	defer u.flushWhenIdle(bw)()
-	mw := multipart.NewWriter(bw)
+	mw := newFormWriter(bw)
 	if err := u.forward(form, mw); err != nil {
 		return err
 	}

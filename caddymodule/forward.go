@@ -2,7 +2,6 @@ package streamproxy
 
 import (
 	"io"
-	"mime/multipart"
 
 	"github.com/streamproxy/caddy-stream-proxy/formreader"
 )
@@ -14,14 +13,14 @@ func (h *Handler) serveForward(u *upload) result {
 	form := u.openBody()
 	defer u.closeBody()
 	answer := u.relayTo(u.w)
-	if uerr := u.exchangeForm(answer, func(mw *multipart.Writer) error { return u.forward(form, mw) }); uerr != nil {
+	if uerr := u.exchangeForm(answer, func(mw *formWriter) error { return u.forward(form, mw) }); uerr != nil {
 		return failed(uerr, nil)
 	}
 	return result{status: answer.status}
 }
 
 // forward copies every part of form into mw, in order.
-func (u *upload) forward(form *formreader.Reader, mw *multipart.Writer) error {
+func (u *upload) forward(form *formreader.Reader, mw *formWriter) error {
 	reserved := newReservedNames(u.h.digestSuffixes())
 	for {
 		p, err := form.Next()
@@ -37,7 +36,7 @@ func (u *upload) forward(form *formreader.Reader, mw *multipart.Writer) error {
 		if err := reserved.check(p); err != nil {
 			return err
 		}
-		dst, err := mw.CreatePart(p.FormHeader())
+		dst, err := mw.WritePart(p)
 		if err != nil {
 			return err
 		}

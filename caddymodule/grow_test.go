@@ -44,7 +44,7 @@ func TestBuffersGrowOnlyForFastClients(t *testing.T) {
 			bw := u.newFlusher()
 			bw.reset(&out)
 			stop := u.flushWhenIdle(bw)
-			mw := multipart.NewWriter(bw)
+			mw := newFormWriter(bw)
 			err := u.forward(form, mw)
 			if err == nil {
 				err = mw.Close()

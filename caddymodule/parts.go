@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
-	"mime/multipart"
 
 	"github.com/streamproxy/caddy-stream-proxy/formreader"
 )
@@ -41,7 +40,7 @@ func (u *upload) copyPart(dst io.Writer, p *formreader.Part) error {
 
 // writeDigestFields follows a file part with a text field per configured
 // digest: `<field>.sha256` and so on.
-func writeDigestFields(mw *multipart.Writer, p *formreader.Part) error {
+func writeDigestFields(mw *formWriter, p *formreader.Part) error {
 	if !p.IsFile || len(p.DigestNames()) == 0 {
 		return nil
 	}
@@ -56,7 +55,7 @@ func writeDigestFields(mw *multipart.Writer, p *formreader.Part) error {
 
 // writeDetectedField follows a file part, with verify_types, with a text
 // field `<field>.detected_type`: its type as its first bytes show it.
-func writeDetectedField(mw *multipart.Writer, p *formreader.Part) error {
+func writeDetectedField(mw *formWriter, p *formreader.Part) error {
 	if !p.IsFile || p.DetectedType == "" {
 		return nil
 	}

@@ -173,6 +173,18 @@ func (f *idleFlusher) Write(p []byte) (int, error) {
 	return f.dst.Write(p)
 }
 
+// writeHeader is Write for a part header (formWriter): it never makes f
+// grow. A header's size is the client's to choose; the large buffers are
+// for a fast client's data.
+func (f *idleFlusher) writeHeader(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return 0, f.err
+	}
+	return f.out.Write(p)
+}
+
 // swap moves f from its small writer, empty, to one of the set grow returns.
 func (f *idleFlusher) swap() {
 	f.set = f.grow()

@@ -2,7 +2,6 @@ package streamproxy
 
 import (
 	"io"
-	"mime/multipart"
 	"net/http"
 	"strconv"
 
@@ -31,7 +30,7 @@ type storedPart struct {
 // receive reads the whole form: file parts go to the store; text fields go to mw
 // when there is a backend (with each file's metadata after it), or are kept
 // for the JSON answer when there is none.
-func (st *storing) receive(form *formreader.Reader, mw *multipart.Writer) error {
+func (st *storing) receive(form *formreader.Reader, mw *formWriter) error {
 	u := st.u
 	var reserved *reservedNames
 	if mw != nil {
@@ -55,7 +54,7 @@ func (st *storing) receive(form *formreader.Reader, mw *multipart.Writer) error 
 		}
 		if !p.IsFile {
 			if mw != nil {
-				dst, err := mw.CreatePart(p.FormHeader())
+				dst, err := mw.WritePart(p)
 				if err != nil {
 					return err
 				}
@@ -132,7 +131,7 @@ func (st *storing) keepField(p *formreader.Part) error {
 // does: <field>.name, .content_type, where it is (.path, absolute, on disk;
 // .bucket and .key in an object store), .size and a field per configured
 // digest.
-func (st *storing) writeMetadata(mw *multipart.Writer, r partResult, loc store.Location) error {
+func (st *storing) writeMetadata(mw *formWriter, r partResult, loc store.Location) error {
 	fields := [][2]string{
 		{".name", *r.Filename},
 		{".content_type", r.ContentType},
@@ -196,7 +195,7 @@ func (h *Handler) serveStore(u *upload) result {
 	}
 
 	answer := u.relayTo(u.w)
-	uerr := u.exchangeForm(answer, func(mw *multipart.Writer) error {
+	uerr := u.exchangeForm(answer, func(mw *formWriter) error {
 		if err := st.receive(form, mw); err != nil {
 			return err
 		}

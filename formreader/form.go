@@ -24,7 +24,8 @@ import (
 type Reader struct {
 	in  *bufio.Reader // the client's body, buffered; part data is handed out from it
 	src *Source       // under in: caps what header reads take from the client
-	tp  *textproto.Reader
+
+	scratch []byte // the part header being read (header.go), reused
 
 	dashBoundary   []byte  // "--boundary"
 	nlDashBoundary []byte  // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
@@ -135,7 +136,6 @@ func New(in *bufio.Reader, src *Source, boundary string, lim Limits, obs Observe
 	f := &Reader{
 		in:             in,
 		src:            src,
-		tp:             textproto.NewReader(in),
 		nl:             b[:2],
 		nlDashBoundary: b[:len(b)-2],
 		dashBoundary:   b[2 : len(b)-2],
@@ -298,11 +298,13 @@ func (p *Part) parseHeader() *Error {
 	if disposition != "form-data" {
 		return bad("part %d Content-Disposition is %q, want form-data", p.Index, disposition)
 	}
-	p.Field = params["name"]
+	// Copies: the parsed values may be cut from the whole header block
+	// (header.go), which a part's result would otherwise keep.
+	p.Field = strings.Clone(params["name"])
 	if p.Field == "" {
 		return bad("part %d has no name", p.Index)
 	}
-	p.Filename = params["filename"]
+	p.Filename = strings.Clone(params["filename"])
 	p.params = dispositionParams(cds[0])
 	// A file input left empty comes as filename="" with no data: like Go's
 	// ReadForm, busboy and multer, the gateway takes it for a field, not a file.
@@ -324,7 +326,7 @@ func (p *Part) parseHeader() *Error {
 		if _, _, err := mime.ParseMediaType(cts[0]); err != nil {
 			return bad("part %d Content-Type: %v", p.Index, err)
 		}
-		p.ContentType = cts[0]
+		p.ContentType = strings.Clone(cts[0])
 	}
 	return nil
 }
@@ -387,15 +389,33 @@ func (p *Part) Ref() *PartRef {
 	return &PartRef{Index: p.Index, Field: p.Field, Filename: p.Filename}
 }
 
-// formHeader is the part's header as the backend gets it: the disposition of
-// Disposition(), and the other fields as they came.
-func (p *Part) FormHeader() textproto.MIMEHeader {
-	h := make(textproto.MIMEHeader, len(p.Header))
-	for k, v := range p.Header {
-		h[k] = v
+// AppendHeader appends the part's header as the backend gets it to b, a
+// "Key: value\r\n" line a value, keys in the order mime/multipart's
+// CreatePart writes them: the Content-Disposition of Disposition, the
+// other fields as they came. It copies into b only, so that a caller can
+// write every part header from one buffer.
+func (p *Part) AppendHeader(b []byte) []byte {
+	var stack [8]string
+	keys := stack[:0]
+	for k := range p.Header {
+		keys = append(keys, k)
 	}
-	h.Set("Content-Disposition", p.Disposition())
-	return h
+	slices.Sort(keys)
+	for _, k := range keys {
+		if k == "Content-Disposition" {
+			b = append(b, "Content-Disposition: "...)
+			b = p.appendDisposition(b)
+			b = append(b, "\r\n"...)
+			continue
+		}
+		for _, v := range p.Header[k] {
+			b = append(b, k...)
+			b = append(b, ": "...)
+			b = append(b, v...)
+			b = append(b, "\r\n"...)
+		}
+	}
+	return b
 }
 
 // disposition is the part's Content-Disposition as backends get it. The name
@@ -403,17 +423,19 @@ func (p *Part) FormHeader() textproto.MIMEHeader {
 // another name than the one allow_fields checked. The other parameters go as
 // the client sent them (filename and filename* both, when both came), so that
 // every parser reads the filename it would read without the gateway; they
-// came through net/textproto, so they hold no CR, LF or other control byte.
-func (p *Part) Disposition() string {
-	var sb strings.Builder
-	sb.WriteString(`form-data; name="`)
-	sb.WriteString(quoteParam(p.Field))
-	sb.WriteByte('"')
+// came through the header parser (header.go), so they hold no CR, LF or
+// other control byte.
+func (p *Part) Disposition() string { return string(p.appendDisposition(nil)) }
+
+func (p *Part) appendDisposition(b []byte) []byte {
+	b = append(b, `form-data; name="`...)
+	b = append(b, quoteParam(p.Field)...)
+	b = append(b, '"')
 	for _, kv := range p.params {
-		sb.WriteString("; ")
-		sb.WriteString(kv)
+		b = append(b, "; "...)
+		b = append(b, kv...)
 	}
-	return sb.String()
+	return b
 }
 
 // quoteParam escapes a parameter value for a quoted string as mime/multipart

@@ -64,8 +64,12 @@ func TestParseHeaderRealClients(t *testing.T) {
 			if got := p.Disposition(); got != tc.disposition {
 				t.Errorf("forwarded as\n%s\nwant\n%s", got, tc.disposition)
 			}
-			if got := p.FormHeader().Get("Content-Transfer-Encoding"); got != tc.cte {
-				t.Errorf("forwarded Content-Transfer-Encoding %q, want %q", got, tc.cte)
+			want := "Content-Disposition: " + tc.disposition + "\r\n"
+			if tc.cte != "" {
+				want += "Content-Transfer-Encoding: " + tc.cte + "\r\n"
+			}
+			if got := string(p.AppendHeader(nil)); got != want {
+				t.Errorf("forwarded header\n%q\nwant\n%q", got, want)
 			}
 		})
 	}

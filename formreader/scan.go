@@ -21,8 +21,8 @@ import (
 // (README, Performance). Here part data is scanned
 // in the upload's own buffer, as much as one read from the client brought,
 // and handed out as slices of it, which forward, per_part and store write on
-// without copying. Part headers are read by net/textproto, as mime/multipart
-// does.
+// without copying. Part headers are read as net/textproto reads them for
+// mime/multipart, with fewer copies (header.go).
 
 // maxLineSize is the longest line read between parts (a preamble line, a
 // delimiter line with its padding): mime/multipart's 4 KiB buffer allows no
@@ -48,7 +48,7 @@ func (f *Reader) nextHeader() (textproto.MIMEHeader, error) {
 			return nil, err
 		}
 		if f.isDelimiterLine(line) {
-			header, err := f.tp.ReadMIMEHeader()
+			header, err := f.readHeader()
 			if err == io.EOF {
 				return nil, errors.New("multipart: the body ends inside a part header")
 			}
@@ -116,7 +116,6 @@ func (f *Reader) data() ([]byte, error) {
 		// reads first the few bytes left in it (grow.go).
 		left, _ := f.in.Peek(f.in.Buffered())
 		f.in = f.grow(left)
-		f.tp.R = f.in
 		f.grow = nil
 		f.find = new(finder) // 8 KiB, worth it only for the reads of a fast client
 		f.find.init(f.nlDashBoundary)

@@ -71,6 +71,7 @@ func TestRouteValuesStayUnderThePrefix(t *testing.T) {
 		{model: "%2e%2e", want: "/v1/%252e%252e"},
 		{model: "%2e%2e%2fadmin", want: "/v1/%252e%252e%252fadmin"},
 		{model: "..%2Fadmin", want: "/v1/..%252Fadmin"},
+		{model: "%2e%2e/admin", want: "/v1/%252e%252e/admin"},
 		{model: "%252e%252e%252fadmin", want: "/v1/%25252e%25252e%25252fadmin"},
 		{model: "x?debug=1", want: "/v1/x%3Fdebug=1"},
 		{model: "x#frag", want: "/v1/x%23frag"},
