@@ -164,7 +164,7 @@ gobench:
 
 ## fuzz: the form reader's fuzz target, then the forward path's, each for FUZZTIME
 fuzz:
-	go test -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME) ./formreader
+	go test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./formreader
 	go test -run '^$$' -fuzz FuzzForward -fuzztime $(FUZZTIME) ./caddymodule
 
 ## adapt: the example as JSON
