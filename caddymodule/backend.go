@@ -39,13 +39,13 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 
 // exchangeForm sends the backend one multipart/form-data request under a fresh
 // boundary, whose parts write adds while the client's body is read, and
-// hands the answer to w.
-func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer) error) *uploadError {
+// relays the answer to client.
+func (u *upload) exchangeForm(client http.ResponseWriter, write func(mw *multipart.Writer) error) (backendAnswer, *uploadError) {
 	bw := u.newFlusher()
 	defer bw.release()
 	mw := multipart.NewWriter(bw)
 	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
-	return u.roundTrip(w, header, func(body io.Writer) error {
+	return u.roundTrip(client, header, func(body io.Writer) error {
 		bw.reset(body)
 		defer u.flushWhenIdle(bw)()
 		if err := write(mw); err != nil {
@@ -58,9 +58,21 @@ func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer)
 	})
 }
 
+// backendAnswer is how the backend answered one request.
+type backendAnswer struct {
+	status int // 0: no answer
+	// early: the answer came before the backend had taken the whole body.
+	early bool
+	// Per_part's (client nil): up to 64 KiB of the answer's body, and
+	// whether it was longer.
+	body      []byte
+	truncated bool
+}
+
 // roundTrip sends the backend one request through the proxy, with the fields
 // of header set on it, whose body produce writes while the transport sends
-// it (see backendBody). The backend's answer goes to w. produce has always
+// it (see backendBody). The backend's answer is relayed to client, or, with
+// client nil, kept (its first 64 KiB) and returned. produce has always
 // ended when roundTrip returns. It starts when the transport first reads the
 // body, once an upstream is connected and has the request header: an
 // upstream that cannot be reached costs the client no body byte and no 100
@@ -70,7 +82,7 @@ func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer)
 // returned, and the backend request is aborted with it, so that it never
 // ends cleanly; unless the backend answered first (401, 413), in which case
 // its answer is what the client gets, whole.
-func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w io.Writer) error) *uploadError {
+func (u *upload) roundTrip(client http.ResponseWriter, header http.Header, produce func(w io.Writer) error) (backendAnswer, *uploadError) {
 	// The backend request's own context: cancelled when the backend takes
 	// no byte of the body for backend_stall_timeout, which frees its
 	// connection and ends the producer's write.
@@ -81,12 +93,13 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 	body := newBackendBody(ctx, produce, stall)
 	req := u.backendRequest(ctx, body, header)
 	if uerr := u.setRoute(req); uerr != nil {
-		return uerr // before any backend is contacted
+		return backendAnswer{}, uerr // before any backend is contacted
 	}
-	w.body = body
-	w.sent = time.Now()
-	if w.client != nil {
-		w.own = w.client.Header().Clone()
+	w := &backendWriter{u: u, client: client, body: body, sent: time.Now()}
+	if client != nil {
+		w.own = client.Header().Clone()
+	} else {
+		w.header = make(http.Header)
 	}
 	stop := make(chan struct{})
 	u.body.stop = stop
@@ -119,33 +132,33 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 		u.linger()
 	}
 
-	w.early = perr != nil
+	answer := backendAnswer{status: w.status, early: perr != nil, body: w.kept, truncated: w.truncated}
 	ue := classified(perr) // a refusal of the form, the client's body or the store
 	switch {
 	case w.dropped:
-		return &uploadError{Status: http.StatusBadGateway, Code: CodeBackendAnsweredEarly,
+		return answer, &uploadError{Status: http.StatusBadGateway, Code: CodeBackendAnsweredEarly,
 			Message: fmt.Sprintf("backend answered %d before it took the whole upload", w.status), err: perr}
 	case w.status != 0:
-		if w.early {
+		if answer.early {
 			if ce := u.logger.Check(zap.DebugLevel, "backend answered before the upload ended"); ce != nil {
 				ce.Write(zap.Int("status", w.status), zap.Int64("bytes", u.body.n.Load()), zap.NamedError("upload", perr))
 			}
 		}
-		return nil
+		return answer, nil
 	case body.refused.Load() != nil:
-		return body.refused.Load()
+		return answer, body.refused.Load()
 	case stall.fired.Load():
-		return &uploadError{Status: http.StatusGatewayTimeout, Code: CodeBackendTimeout,
+		return answer, &uploadError{Status: http.StatusGatewayTimeout, Code: CodeBackendTimeout,
 			Message: fmt.Sprintf("backend took no byte of the upload for %s", stall.d), err: perr}
 	case ue != nil:
-		return ue
+		return answer, ue
 	case proxyErr != nil:
-		return backendError(proxyErr, u.r.Context().Err() != nil)
+		return answer, backendError(proxyErr, u.r.Context().Err() != nil)
 	case perr != nil && perr != errBackendAnswered:
-		return backendError(perr, u.r.Context().Err() != nil)
+		return answer, backendError(perr, u.r.Context().Err() != nil)
 	default:
 		// reverse_proxy gave up on the request: the client went away.
-		return backendError(context.Canceled, true)
+		return answer, backendError(context.Canceled, true)
 	}
 }
 
@@ -389,26 +402,18 @@ type backendWriter struct {
 	u      *upload
 	client http.ResponseWriter // nil: keep the answer
 
-	// Written on the proxy's goroutine, read once roundTrip has returned.
+	// Written on the proxy's goroutine, read by roundTrip once the proxy
+	// has returned.
 	status    int         // the backend's, once its header is written; 0: no answer
 	header    http.Header // the kept answer's
 	kept      []byte
 	truncated bool
-	early     bool // the answer came before the backend had taken the whole body
 	linger    bool // the answer went to a client still sending
 	dropped   bool // a 2xx that came before the backend took the whole body: never relayed
 
 	body *backendBody
 	own  http.Header // the client's header before the proxy added the backend's
 	sent time.Time
-}
-
-func (u *upload) relayTo(client http.ResponseWriter) *backendWriter {
-	return &backendWriter{u: u, client: client}
-}
-
-func (u *upload) keepAnswer() *backendWriter {
-	return &backendWriter{u: u, header: make(http.Header)}
 }
 
 func (w *backendWriter) Header() http.Header {

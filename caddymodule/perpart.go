@@ -49,8 +49,7 @@ func (h *Handler) servePerPart(u *upload) result {
 			results = append(results, newPartResult(p))
 			return failed(herr, results)
 		}
-		answer := u.keepAnswer()
-		uerr := u.roundTrip(answer, header, func(w io.Writer) error {
+		answer, uerr := u.roundTrip(nil, header, func(w io.Writer) error {
 			bw := u.newFlusher()
 			defer bw.release()
 			bw.reset(w)
@@ -66,7 +65,7 @@ func (h *Handler) servePerPart(u *upload) result {
 		}
 		r := newPartResult(p)
 		r.Status = answer.status
-		r.Response, r.Truncated = answerJSON(answer.kept), answer.truncated
+		r.Response, r.Truncated = answerJSON(answer.body), answer.truncated
 		results = append(results, r)
 		switch {
 		case answer.status >= 400:

@@ -195,8 +195,7 @@ func (h *Handler) serveStore(u *upload) result {
 		return u.reply(http.StatusCreated, map[string]any{"parts": st.answer(), "fields": st.fields})
 	}
 
-	answer := u.relayTo(u.w)
-	uerr := u.exchangeForm(answer, func(mw *multipart.Writer) error {
+	answer, uerr := u.exchangeForm(u.w, func(mw *multipart.Writer) error {
 		if err := st.receive(form, mw); err != nil {
 			return err
 		}
