@@ -41,20 +41,15 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 // boundary, whose parts write adds while the client's body is read, and
 // relays the answer to client.
 func (u *upload) exchangeForm(client http.ResponseWriter, write func(mw *multipart.Writer) error) (backendAnswer, *uploadError) {
-	bw := u.newFlusher()
-	defer bw.release()
-	mw := multipart.NewWriter(bw)
+	out := u.newFlusher()
+	defer out.release()
+	mw := multipart.NewWriter(out)
 	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
-	return u.roundTrip(client, header, func(body io.Writer) error {
-		bw.reset(body)
-		defer u.flushWhenIdle(bw)()
+	return u.roundTrip(client, header, out, func() error {
 		if err := write(mw); err != nil {
 			return err
 		}
-		if err := mw.Close(); err != nil {
-			return err
-		}
-		return bw.Flush()
+		return mw.Close()
 	})
 }
 
@@ -70,8 +65,8 @@ type backendAnswer struct {
 }
 
 // roundTrip sends the backend one request through the proxy, with the fields
-// of header set on it, whose body produce writes while the transport sends
-// it (see backendBody). The backend's answer is relayed to client, or, with
+// of header set on it, whose body produce writes into out while the
+// transport sends it (see backendBody and feed). The backend's answer is relayed to client, or, with
 // client nil, kept (its first 64 KiB) and returned. produce has always
 // ended when roundTrip returns. It starts when the transport first reads the
 // body, once an upstream is connected and has the request header: an
@@ -82,7 +77,7 @@ type backendAnswer struct {
 // returned, and the backend request is aborted with it, so that it never
 // ends cleanly; unless the backend answered first (401, 413), in which case
 // its answer is what the client gets, whole.
-func (u *upload) roundTrip(client http.ResponseWriter, header http.Header, produce func(w io.Writer) error) (backendAnswer, *uploadError) {
+func (u *upload) roundTrip(client http.ResponseWriter, header http.Header, out *idleFlusher, produce func() error) (backendAnswer, *uploadError) {
 	// The backend request's own context: cancelled when the backend takes
 	// no byte of the body for backend_stall_timeout, which frees its
 	// connection and ends the producer's write.
@@ -90,7 +85,11 @@ func (u *upload) roundTrip(client http.ResponseWriter, header http.Header, produ
 	defer cancel()
 	stall := newStallTimer(time.Duration(u.h.BackendStallTimeout), cancel)
 	defer stall.stop()
-	body := newBackendBody(ctx, produce, stall)
+	// stop, once closed, fails the producer's reads of the client: the
+	// request has ended (answered early or failed), so nothing read would go
+	// anywhere.
+	stop := make(chan struct{})
+	body := newBackendBody(ctx, func(w io.Writer) error { return u.feed(w, out, stop, produce) }, stall)
 	req := u.backendRequest(ctx, body, header)
 	if uerr := u.setRoute(req); uerr != nil {
 		return backendAnswer{}, uerr // before any backend is contacted
@@ -101,8 +100,6 @@ func (u *upload) roundTrip(client http.ResponseWriter, header http.Header, produ
 	} else {
 		w.header = make(http.Header)
 	}
-	stop := make(chan struct{})
-	u.body.stop = stop
 
 	var panicked any
 	proxyErr := func() error {
@@ -124,7 +121,6 @@ func (u *upload) roundTrip(client http.ResponseWriter, header http.Header, produ
 	}
 	close(stop)
 	perr := body.finish()
-	u.body.stop = nil // the next part's header is read on this goroutine
 	if panicked != nil {
 		panic(panicked)
 	}
@@ -160,6 +156,24 @@ func (u *upload) roundTrip(client http.ResponseWriter, header http.Header, produ
 		// reverse_proxy gave up on the request: the client went away.
 		return answer, backendError(context.Canceled, true)
 	}
+}
+
+// feed runs produce, whose writes go into out and on to w, as the producer
+// of a backend body: while it runs, each read of the client's body first
+// fails once stop is closed, and tells out, which sends what it holds once
+// the client pauses (see idleFlusher). It returns once out's timer can no
+// longer write to w.
+func (u *upload) feed(w io.Writer, out *idleFlusher, stop <-chan struct{}, produce func() error) error {
+	out.reset(w)
+	u.body.to = bodyLeg{stop: stop, out: out}
+	defer func() {
+		u.body.to = bodyLeg{} // the next part's header is read on the handler's goroutine
+		out.end()
+	}()
+	if err := produce(); err != nil {
+		return err
+	}
+	return out.Flush()
 }
 
 // backendRequest is the request handed to the proxy: the client's, with its

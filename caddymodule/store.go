@@ -5,6 +5,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/streamproxy/caddy-stream-proxy/formreader"
 	"github.com/streamproxy/caddy-stream-proxy/store"
@@ -17,6 +18,10 @@ type storing struct {
 	parts  []partResult
 	stored []storedPart      // the file parts, for the answer
 	fields map[string]string // kept text fields, without a backend
+
+	// idle is the store's bound on each read from the client while one of
+	// its files arrives (store.IdleBounder); 0: none.
+	idle time.Duration
 }
 
 // storedPart is a stored file part in the JSON answer: the part and where it
@@ -77,9 +82,9 @@ func (st *storing) receive(form *formreader.Reader, mw *multipart.Writer) error 
 			}
 			return err
 		}
-		stop := st.boundIdle()
+		unbound := u.body.boundIdle(st.idle)
 		err = u.copyPart(sf, p) // the store buffers as its medium needs
-		stop()
+		unbound()
 		if err != nil {
 			return asStoreError(err)
 		}
@@ -100,26 +105,12 @@ func (st *storing) receive(form *formreader.Reader, mw *multipart.Writer) error 
 	}
 }
 
-// boundIdle, for a store that holds a scarce buffer while a file arrives,
-// gives each read from the client the store's idle bound, so that a client
-// that stalls mid-file lets the buffer go (408, client_timeout), as does one
-// below min_rate (408, client_too_slow). It returns
-// the function that ends this.
-func (st *storing) boundIdle() (stop func()) {
-	ib, ok := st.u.h.store.(store.IdleBounder)
-	if !ok {
-		return func() {}
-	}
-	pace := st.u.body.pace
-	pace.idle = ib.IdleBound()
-	return func() { pace.idle = 0 }
-}
-
 func (st *storing) keepField(p *formreader.Part) error {
-	if err := st.u.readField(p); err != nil {
+	v, kept, err := st.u.readField(p)
+	if err != nil {
 		return err
 	}
-	if v, ok := st.u.repl.GetString(placeholderPrefix + "form." + p.Field); ok {
+	if kept {
 		if st.fields == nil {
 			st.fields = make(map[string]string)
 		}
@@ -182,6 +173,9 @@ func (h *Handler) serveStore(u *upload) result {
 	form := u.openBody()
 	defer u.closeBody()
 	st := &storing{u: u, batch: h.store.Begin(u.r.Context(), u.logger)}
+	if ib, ok := h.store.(store.IdleBounder); ok {
+		st.idle = ib.IdleBound()
+	}
 
 	if h.proxy == nil {
 		if err := st.receive(form, nil); err != nil {
