@@ -58,17 +58,17 @@ type backendAnswer struct {
 	status int // 0: no answer
 	// early: the answer came before the backend had taken the whole body.
 	early bool
-	// Per_part's (client nil): up to 64 KiB of the answer's body, and
-	// whether it was longer.
+	// With no client to relay it to (per_part): up to 64 KiB of the
+	// answer's body, and whether it was longer.
 	body      []byte
 	truncated bool
 }
 
 // roundTrip sends the backend one request through the proxy, with the fields
 // of header set on it, whose body produce writes into out while the
-// transport sends it (see backendBody and feed). The backend's answer is relayed to client, or, with
-// client nil, kept (its first 64 KiB) and returned. produce has always
-// ended when roundTrip returns. It starts when the transport first reads the
+// transport sends it (see backendBody and feed). The backend's answer is
+// relayed to client, or, with client nil, kept (its first 64 KiB) and
+// returned. produce has always ended when roundTrip returns. It starts when the transport first reads the
 // body, once an upstream is connected and has the request header: an
 // upstream that cannot be reached costs the client no body byte and no 100
 // Continue, and reverse_proxy may try another.
