@@ -38,29 +38,36 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 
 // exchangeForm sends the backend one multipart/form-data request under a fresh
 // boundary, whose parts write adds while the client's body is read, and
-// hands the answer to w.
-func (u *upload) exchangeForm(w *backendWriter, write func(mw *formWriter) error) *uploadError {
-	bw := u.newFlusher()
-	defer bw.release()
-	mw := newFormWriter(bw)
+// relays the answer to client.
+func (u *upload) exchangeForm(client http.ResponseWriter, write func(mw *formWriter) error) (backendAnswer, *uploadError) {
+	out := u.newFlusher()
+	defer out.release()
+	mw := newFormWriter(out)
 	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
-	return u.roundTrip(w, header, func(body io.Writer) error {
-		bw.reset(body)
-		defer u.flushWhenIdle(bw)()
+	return u.roundTrip(client, header, out, func() error {
 		if err := write(mw); err != nil {
 			return err
 		}
-		if err := mw.Close(); err != nil {
-			return err
-		}
-		return bw.Flush()
+		return mw.Close()
 	})
 }
 
+// backendAnswer is how the backend answered one request.
+type backendAnswer struct {
+	status int // 0: no answer
+	// early: the answer came before the backend had taken the whole body.
+	early bool
+	// With no client to relay it to (per_part): up to 64 KiB of the
+	// answer's body, and whether it was longer.
+	body      []byte
+	truncated bool
+}
+
 // roundTrip sends the backend one request through the proxy, with the fields
-// of header set on it, whose body produce writes while the transport sends
-// it (see backendBody). The backend's answer goes to w. produce has always
-// ended when roundTrip returns. It starts when the transport first reads the
+// of header set on it, whose body produce writes into out while the
+// transport sends it (see backendBody and feed). The backend's answer is
+// relayed to client, or, with client nil, kept (its first 64 KiB) and
+// returned. produce has always ended when roundTrip returns. It starts when the transport first reads the
 // body, once an upstream is connected and has the request header: an
 // upstream that cannot be reached costs the client no body byte and no 100
 // Continue, and reverse_proxy may try another.
@@ -69,7 +76,7 @@ func (u *upload) exchangeForm(w *backendWriter, write func(mw *formWriter) error
 // returned, and the backend request is aborted with it, so that it never
 // ends cleanly; unless the backend answered first (401, 413), in which case
 // its answer is what the client gets, whole.
-func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w io.Writer) error) *uploadError {
+func (u *upload) roundTrip(client http.ResponseWriter, header http.Header, out *idleFlusher, produce func() error) (backendAnswer, *uploadError) {
 	// The backend request's own context: cancelled when the backend takes
 	// no byte of the body for backend_stall_timeout, which frees its
 	// connection and ends the producer's write.
@@ -77,18 +84,21 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 	defer cancel()
 	stall := newStallTimer(time.Duration(u.h.BackendStallTimeout), cancel)
 	defer stall.stop()
-	body := newBackendBody(ctx, produce, stall)
+	// stop, once closed, fails the producer's reads of the client: the
+	// request has ended (answered early or failed), so nothing read would go
+	// anywhere.
+	stop := make(chan struct{})
+	body := newBackendBody(ctx, func(w io.Writer) error { return u.feed(w, out, stop, produce) }, stall)
 	req := u.backendRequest(ctx, body, header)
 	if uerr := u.setRoute(req); uerr != nil {
-		return uerr // before any backend is contacted
+		return backendAnswer{}, uerr // before any backend is contacted
 	}
-	w.body = body
-	w.sent = time.Now()
-	if w.client != nil {
-		w.own = w.client.Header().Clone()
+	w := &backendWriter{u: u, client: client, body: body, sent: time.Now()}
+	if client != nil {
+		w.own = client.Header().Clone()
+	} else {
+		w.header = make(http.Header)
 	}
-	stop := make(chan struct{})
-	u.body.stop = stop
 
 	var panicked any
 	proxyErr := func() error {
@@ -110,7 +120,6 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 	}
 	close(stop)
 	perr := body.finish()
-	u.body.stop = nil // the next part's header is read on this goroutine
 	if panicked != nil {
 		panic(panicked)
 	}
@@ -118,34 +127,52 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 		u.linger()
 	}
 
-	w.early = perr != nil
+	answer := backendAnswer{status: w.status, early: perr != nil, body: w.kept, truncated: w.truncated}
 	ue := classified(perr) // a refusal of the form, the client's body or the store
 	switch {
 	case w.dropped:
-		return &uploadError{Status: http.StatusBadGateway, Code: CodeBackendAnsweredEarly,
+		return answer, &uploadError{Status: http.StatusBadGateway, Code: CodeBackendAnsweredEarly,
 			Message: fmt.Sprintf("backend answered %d before it took the whole upload", w.status), err: perr}
 	case w.status != 0:
-		if w.early {
+		if answer.early {
 			if ce := u.logger.Check(zap.DebugLevel, "backend answered before the upload ended"); ce != nil {
 				ce.Write(zap.Int("status", w.status), zap.Int64("bytes", u.body.n.Load()), zap.NamedError("upload", perr))
 			}
 		}
-		return nil
+		return answer, nil
 	case body.refused.Load() != nil:
-		return body.refused.Load()
+		return answer, body.refused.Load()
 	case stall.fired.Load():
-		return &uploadError{Status: http.StatusGatewayTimeout, Code: CodeBackendTimeout,
+		return answer, &uploadError{Status: http.StatusGatewayTimeout, Code: CodeBackendTimeout,
 			Message: fmt.Sprintf("backend took no byte of the upload for %s", stall.d), err: perr}
 	case ue != nil:
-		return ue
+		return answer, ue
 	case proxyErr != nil:
-		return backendError(proxyErr, u.r.Context().Err() != nil)
+		return answer, backendError(proxyErr, u.r.Context().Err() != nil)
 	case perr != nil && perr != errBackendAnswered:
-		return backendError(perr, u.r.Context().Err() != nil)
+		return answer, backendError(perr, u.r.Context().Err() != nil)
 	default:
 		// reverse_proxy gave up on the request: the client went away.
-		return backendError(context.Canceled, true)
+		return answer, backendError(context.Canceled, true)
 	}
+}
+
+// feed runs produce, whose writes go into out and on to w, as the producer
+// of a backend body: while it runs, each read of the client's body first
+// fails once stop is closed, and tells out, which sends what it holds once
+// the client pauses (see idleFlusher). It returns once out's timer can no
+// longer write to w.
+func (u *upload) feed(w io.Writer, out *idleFlusher, stop <-chan struct{}, produce func() error) error {
+	out.reset(w)
+	u.body.to = bodyLeg{stop: stop, out: out}
+	defer func() {
+		u.body.to = bodyLeg{} // the next part's header is read on the handler's goroutine
+		out.end()
+	}()
+	if err := produce(); err != nil {
+		return err
+	}
+	return out.Flush()
 }
 
 // backendRequest is the request handed to the proxy: the client's, with its
@@ -388,26 +415,18 @@ type backendWriter struct {
 	u      *upload
 	client http.ResponseWriter // nil: keep the answer
 
-	// Written on the proxy's goroutine, read once roundTrip has returned.
+	// Written on the proxy's goroutine, read by roundTrip once the proxy
+	// has returned.
 	status    int         // the backend's, once its header is written; 0: no answer
 	header    http.Header // the kept answer's
 	kept      []byte
 	truncated bool
-	early     bool // the answer came before the backend had taken the whole body
 	linger    bool // the answer went to a client still sending
 	dropped   bool // a 2xx that came before the backend took the whole body: never relayed
 
 	body *backendBody
 	own  http.Header // the client's header before the proxy added the backend's
 	sent time.Time
-}
-
-func (u *upload) relayTo(client http.ResponseWriter) *backendWriter {
-	return &backendWriter{u: u, client: client}
-}
-
-func (u *upload) keepAnswer() *backendWriter {
-	return &backendWriter{u: u, header: make(http.Header)}
 }
 
 func (w *backendWriter) Header() http.Header {

@@ -24,16 +24,13 @@ func forwardTo(u *upload, w io.Writer) error {
 	defer u.closeBody()
 	bw := u.newFlusher()
 	defer bw.release()
-	bw.reset(w)
-	defer u.flushWhenIdle(bw)()
 	mw := newFormWriter(bw)
-	if err := u.forward(form, mw); err != nil {
-		return err
-	}
-	if err := mw.Close(); err != nil {
-		return err
-	}
-	return bw.Flush()
+	return u.feed(w, bw, nil, func() error {
+		if err := u.forward(form, mw); err != nil {
+			return err
+		}
+		return mw.Close()
+	})
 }
 
 // BenchmarkForwardPath measures the forward data path without a network: the

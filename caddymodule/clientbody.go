@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/streamproxy/caddy-stream-proxy/formreader"
 )
@@ -72,26 +73,39 @@ type clientBody struct {
 	r    io.Reader
 	n    atomic.Int64 // read by the admin API while the upload runs
 	max  int64
-	eof  atomic.Bool  // the body was read to its end
-	idle *idleFlusher // if set, told of each read (see flushWhenIdle)
-	// pace bounds each read: min_rate, and the store's idle bound (see
-	// storing.boundIdle).
-	pace *pacer
-	// stop, once closed, fails reads: the backend request the body goes to
-	// has ended (answered early or failed), so nothing read would go anywhere.
-	stop <-chan struct{}
+	eof  atomic.Bool // the body was read to its end
+	pace *pacer      // bounds each read: min_rate, and a store's idle bound (see boundIdle)
+	// to is the backend request the reads feed, while one does; set by
+	// upload.feed only.
+	to bodyLeg
+}
+
+// bodyLeg is what the reads of the client's body are written on to: a
+// backend request's body (see upload.feed).
+type bodyLeg struct {
+	stop <-chan struct{} // closed once the request has ended: reads fail
+	out  *idleFlusher    // if set, told of each read
+}
+
+// boundIdle bounds each read by d too, as a store that holds a scarce buffer
+// while a file arrives asks (store.IdleBounder), so that a client that
+// stalls mid-file lets the buffer go (408, client_timeout), as does one below
+// min_rate (408, client_too_slow); until unbound is called. d 0: no bound.
+func (c *clientBody) boundIdle(d time.Duration) (unbound func()) {
+	c.pace.idle = d
+	return func() { c.pace.idle = 0 }
 }
 
 func (c *clientBody) Read(p []byte) (int, error) {
 	select {
-	case <-c.stop:
+	case <-c.to.stop:
 		return 0, writeError{errBackendAnswered}
 	default:
 	}
 	c.pace.before()
-	if c.idle != nil {
-		c.idle.beforeRead()
-		defer c.idle.afterRead()
+	if c.to.out != nil {
+		c.to.out.beforeRead()
+		defer c.to.out.afterRead()
 	}
 	if c.n.Load() >= c.max {
 		// Allow one more byte through to tell "exactly max" from "over".

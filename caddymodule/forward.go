@@ -12,8 +12,8 @@ import (
 func (h *Handler) serveForward(u *upload) result {
 	form := u.openBody()
 	defer u.closeBody()
-	answer := u.relayTo(u.w)
-	if uerr := u.exchangeForm(answer, func(mw *formWriter) error { return u.forward(form, mw) }); uerr != nil {
+	answer, uerr := u.exchangeForm(u.w, func(mw *formWriter) error { return u.forward(form, mw) })
+	if uerr != nil {
 		return failed(uerr, nil)
 	}
 	return result{status: answer.status}

@@ -26,7 +26,8 @@ var startBufs = newBufSet(startSize)
 // the large one while fewer than largeUploads uploads hold it.
 func (u *upload) largeSet() *bufSet {
 	if u.bufs == nil {
-		_, pooled := u.h.store.(store.IdleBounder) // see store.IdleBounder
+		ps, ok := u.h.store.(store.Pooled) // see store.Pooled
+		pooled := ok && ps.Pooled()
 		u.bufs = takeBufs(pooled || (u.r.ContentLength >= 0 && u.r.ContentLength < smallBody))
 	}
 	return u.bufs

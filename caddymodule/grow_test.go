@@ -42,17 +42,13 @@ func TestBuffersGrowOnlyForFastClients(t *testing.T) {
 			form := u.openBody()
 			var out bytes.Buffer
 			bw := u.newFlusher()
-			bw.reset(&out)
-			stop := u.flushWhenIdle(bw)
 			mw := newFormWriter(bw)
-			err := u.forward(form, mw)
-			if err == nil {
-				err = mw.Close()
-			}
-			if err == nil {
-				err = bw.Flush()
-			}
-			stop()
+			err := u.feed(&out, bw, nil, func() error {
+				if err := u.forward(form, mw); err != nil {
+					return err
+				}
+				return mw.Close()
+			})
 			grownIn, grownOut := u.in.Size() != startSize, bw.set != nil
 			bw.release()
 			u.closeBody()

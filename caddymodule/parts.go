@@ -63,9 +63,9 @@ func writeDetectedField(mw *formWriter, p *formreader.Part) error {
 }
 
 // readField reads a text field. A value of up to 8 KiB (64 KiB for all fields
-// together) becomes the placeholder {http.stream_proxy.form.<name>}; a longer
-// one is read through and counted, but not kept.
-func (u *upload) readField(p *formreader.Part) error {
+// together) becomes the placeholder {http.stream_proxy.form.<name>} and is
+// returned, kept; a longer one is read through and counted, but not kept.
+func (u *upload) readField(p *formreader.Part) (value string, kept bool, err error) {
 	var buf bytes.Buffer
 	keep := u.fieldBytes+len(p.Field) <= maxFieldValues
 	for {
@@ -83,12 +83,13 @@ func (u *upload) readField(p *formreader.Part) error {
 			break
 		}
 		if err != nil {
-			return err
+			return "", false, err
 		}
 	}
 	if keep {
-		u.fieldBytes += buf.Len()
-		u.repl.Set(placeholderPrefix+"form."+p.Field, buf.String())
+		value = buf.String()
+		u.fieldBytes += len(value)
+		u.repl.Set(placeholderPrefix+"form."+p.Field, value)
 		delete(u.droppedFields, p.Field)
 	} else {
 		// An earlier value of the field must not route in its place.
@@ -98,7 +99,7 @@ func (u *upload) readField(p *formreader.Part) error {
 		}
 		u.droppedFields[p.Field] = true
 	}
-	return nil
+	return value, keep, nil
 }
 
 // partResult is one part in per_part and store mode's JSON.

@@ -37,7 +37,7 @@ func (h *Handler) servePerPart(u *upload) result {
 			return failed(asUploadError(err), results)
 		}
 		if !p.IsFile {
-			if err := u.readField(p); err != nil {
+			if _, _, err := u.readField(p); err != nil {
 				return failed(asUploadError(err), results)
 			}
 			results = append(results, newPartResult(p))
@@ -49,24 +49,16 @@ func (h *Handler) servePerPart(u *upload) result {
 			results = append(results, newPartResult(p))
 			return failed(herr, results)
 		}
-		answer := u.keepAnswer()
-		uerr := u.roundTrip(answer, header, func(w io.Writer) error {
-			bw := u.newFlusher()
-			defer bw.release()
-			bw.reset(w)
-			defer u.flushWhenIdle(bw)()
-			if err := u.copyPart(bw, p); err != nil {
-				return err
-			}
-			return bw.Flush()
-		})
+		out := u.newFlusher()
+		answer, uerr := u.roundTrip(nil, header, out, func() error { return u.copyPart(out, p) })
+		out.release()
 		if uerr != nil {
 			results = append(results, newPartResult(p))
 			return failed(uerr, results)
 		}
 		r := newPartResult(p)
 		r.Status = answer.status
-		r.Response, r.Truncated = answerJSON(answer.kept), answer.truncated
+		r.Response, r.Truncated = answerJSON(answer.body), answer.truncated
 		results = append(results, r)
 		switch {
 		case answer.status >= 400:

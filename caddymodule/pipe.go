@@ -263,14 +263,3 @@ func (f *idleFlusher) end() {
 	f.afterRead()
 	f.runs.Wait()
 }
-
-// flushWhenIdle hands f the client's reads, so that it sends what it holds
-// for the backend once the client pauses. It returns the function that ends
-// this, which returns once f's timer can no longer flush.
-func (u *upload) flushWhenIdle(f *idleFlusher) (stop func()) {
-	u.body.idle = f
-	return func() {
-		u.body.idle = nil
-		f.end()
-	}
-}

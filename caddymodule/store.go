@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/streamproxy/caddy-stream-proxy/formreader"
 	"github.com/streamproxy/caddy-stream-proxy/store"
@@ -16,6 +17,10 @@ type storing struct {
 	parts  []partResult
 	stored []storedPart      // the file parts, for the answer
 	fields map[string]string // kept text fields, without a backend
+
+	// idle is the store's bound on each read from the client while one of
+	// its files arrives (store.IdleBounder); 0: none.
+	idle time.Duration
 }
 
 // storedPart is a stored file part in the JSON answer: the part and where it
@@ -76,9 +81,9 @@ func (st *storing) receive(form *formreader.Reader, mw *formWriter) error {
 			}
 			return err
 		}
-		stop := st.boundIdle()
+		unbound := u.body.boundIdle(st.idle)
 		err = u.copyPart(sf, p) // the store buffers as its medium needs
-		stop()
+		unbound()
 		if err != nil {
 			return asStoreError(err)
 		}
@@ -99,26 +104,12 @@ func (st *storing) receive(form *formreader.Reader, mw *formWriter) error {
 	}
 }
 
-// boundIdle, for a store that holds a scarce buffer while a file arrives,
-// gives each read from the client the store's idle bound, so that a client
-// that stalls mid-file lets the buffer go (408, client_timeout), as does one
-// below min_rate (408, client_too_slow). It returns
-// the function that ends this.
-func (st *storing) boundIdle() (stop func()) {
-	ib, ok := st.u.h.store.(store.IdleBounder)
-	if !ok {
-		return func() {}
-	}
-	pace := st.u.body.pace
-	pace.idle = ib.IdleBound()
-	return func() { pace.idle = 0 }
-}
-
 func (st *storing) keepField(p *formreader.Part) error {
-	if err := st.u.readField(p); err != nil {
+	v, kept, err := st.u.readField(p)
+	if err != nil {
 		return err
 	}
-	if v, ok := st.u.repl.GetString(placeholderPrefix + "form." + p.Field); ok {
+	if kept {
 		if st.fields == nil {
 			st.fields = make(map[string]string)
 		}
@@ -181,6 +172,9 @@ func (h *Handler) serveStore(u *upload) result {
 	form := u.openBody()
 	defer u.closeBody()
 	st := &storing{u: u, batch: h.store.Begin(u.r.Context(), u.logger)}
+	if ib, ok := h.store.(store.IdleBounder); ok {
+		st.idle = ib.IdleBound()
+	}
 
 	if h.proxy == nil {
 		if err := st.receive(form, nil); err != nil {
@@ -194,8 +188,7 @@ func (h *Handler) serveStore(u *upload) result {
 		return u.reply(http.StatusCreated, map[string]any{"parts": st.answer(), "fields": st.fields})
 	}
 
-	answer := u.relayTo(u.w)
-	uerr := u.exchangeForm(answer, func(mw *formWriter) error {
+	answer, uerr := u.exchangeForm(u.w, func(mw *formWriter) error {
 		if err := st.receive(form, mw); err != nil {
 			return err
 		}

@@ -104,11 +104,19 @@ type MaxFileSizer interface {
 }
 
 // IdleBounder is implemented by stores that hold a scarce buffer while a file
-// arrives (a part buffer from a bufpool.Pool): each read from the client then
-// gets IdleBound to return, so that a stalled client lets the buffer go (408
-// client_timeout), and the upload reads the client through small read
-// buffers, the memory for its part data being the store's pool.
+// arrives (a part buffer from a bufpool.Pool): each read from the client
+// while one of its files arrives then gets IdleBound to return, so that a
+// stalled client lets the buffer go (408 client_timeout).
 type IdleBounder interface {
 	// IdleBound is how long a client that holds a buffer may send nothing.
 	IdleBound() time.Duration
+}
+
+// Pooled is implemented by stores that copy each file's data into buffers of
+// their own, from a pool bounded gateway-wide (a bufpool.Pool): the memory
+// for an upload's part data is then the pool's, and the handler reads the
+// client through small read buffers, not its large ones.
+type Pooled interface {
+	// Pooled reports whether the store buffers files in such a pool.
+	Pooled() bool
 }

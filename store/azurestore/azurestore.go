@@ -311,6 +311,8 @@ func (s *AzureStore) MaxFileSize() int64 { return s.BlockSize * maxAzureBlocks }
 
 func (s *AzureStore) IdleBound() time.Duration { return azureClientIdle }
 
+func (s *AzureStore) Pooled() bool { return true }
+
 // Begin starts one request's files.
 func (s *AzureStore) Begin(ctx context.Context, logger *zap.Logger) store.Batch {
 	bctx, cancel := context.WithCancel(ctx)
@@ -578,6 +580,7 @@ var (
 	_ store.Store           = (*AzureStore)(nil)
 	_ store.MaxFileSizer    = (*AzureStore)(nil)
 	_ store.IdleBounder     = (*AzureStore)(nil)
+	_ store.Pooled          = (*AzureStore)(nil)
 	_ caddy.Provisioner     = (*AzureStore)(nil)
 	_ caddy.Validator       = (*AzureStore)(nil)
 	_ caddy.CleanerUpper    = (*AzureStore)(nil)

@@ -320,6 +320,8 @@ func (s *S3Store) MaxFileSize() int64 { return s.PartSize * maxS3Parts }
 
 func (s *S3Store) IdleBound() time.Duration { return s3ClientIdle }
 
+func (s *S3Store) Pooled() bool { return true }
+
 // Begin starts one request's files.
 func (s *S3Store) Begin(ctx context.Context, logger *zap.Logger) store.Batch {
 	bctx, cancel := context.WithCancel(ctx)
@@ -744,6 +746,7 @@ var (
 	_ store.Store           = (*S3Store)(nil)
 	_ store.MaxFileSizer    = (*S3Store)(nil)
 	_ store.IdleBounder     = (*S3Store)(nil)
+	_ store.Pooled          = (*S3Store)(nil)
 	_ caddy.Provisioner     = (*S3Store)(nil)
 	_ caddy.Validator       = (*S3Store)(nil)
 	_ caddy.CleanerUpper    = (*S3Store)(nil)
