@@ -111,7 +111,12 @@ func TestEdgeConcurrentUploads(t *testing.T) {
 		}
 		return false
 	}
-	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s`, be.URL))
+	// The clients wait at the gate, sending nothing, until every upload has
+	// reached the backend, which takes longer than min_rate's grace on a
+	// loaded machine under the race detector: the rate is not this test's.
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* %s {
+		min_rate off
+	}`, be.URL))
 	tr := &http.Transport{MaxIdleConnsPerHost: uploads, DisableCompression: true}
 	t.Cleanup(tr.CloseIdleConnections)
 	c := &http.Client{Transport: tr, Timeout: 2 * time.Minute}
