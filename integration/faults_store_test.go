@@ -57,9 +57,20 @@ type gatewayProcess struct {
 	bin, config, home string
 	port              int
 	cmd               *exec.Cmd
+	// started, if not nil, is called with the process once it runs, before
+	// its port answers (to set its limits).
+	started func(t *testing.T, p *os.Process)
 }
 
 func newGatewayProcess(t *testing.T, bin, site string) *gatewayProcess {
+	t.Helper()
+	g := gatewayProcessFor(t, bin, site)
+	g.start(t)
+	return g
+}
+
+// gatewayProcessFor is newGatewayProcess not started yet.
+func gatewayProcessFor(t *testing.T, bin, site string) *gatewayProcess {
 	t.Helper()
 	g := &gatewayProcess{bin: bin, port: freePort(t), home: t.TempDir()}
 	g.config = filepath.Join(g.home, "Caddyfile")
@@ -67,7 +78,6 @@ func newGatewayProcess(t *testing.T, bin, site string) *gatewayProcess {
 	if err := os.WriteFile(g.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g.start(t)
 	t.Cleanup(g.kill)
 	return g
 }
@@ -81,6 +91,9 @@ func (g *gatewayProcess) start(t *testing.T) {
 	g.cmd.Stderr = &testLog{t: t, prefix: fmt.Sprintf("caddy :%d: ", g.port)}
 	if err := g.cmd.Start(); err != nil {
 		t.Fatal(err)
+	}
+	if g.started != nil {
+		g.started(t, g.cmd.Process)
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
