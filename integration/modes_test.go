@@ -261,4 +261,3 @@ func TestStoreWithBackend(t *testing.T) {
 		t.Fatalf("files after a refused upload: %d, before %d", after, before)
 	}
 }
-
