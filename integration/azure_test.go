@@ -170,21 +170,10 @@ func TestAzureStoreForm(t *testing.T) {
 		res.Body.Close()
 		done <- result{res, b, err}
 	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if up := inFlight(t, 1); up[0].Bytes >= half-64<<10 {
-			break // the gateway read all it was given
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the gateway did not read the first half")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFor(t, "the gateway reading all it was given", func() bool { return inFlight(t, 1)[0].Bytes >= half-64<<10 })
 	// The three files with data have blocks staged (uncommitted blobs, as
 	// Azure lists them), none is committed.
-	for len(s.list(t, true)) < 3 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond) // until the last file's blocks are up
-	}
+	waitFor(t, "the last file's blocks", func() bool { return len(s.list(t, true)) >= 3 })
 	if names := s.list(t, true); len(names) != 3 {
 		t.Errorf("uncommitted blobs while the form is in flight: %v, want 3", names)
 	}
@@ -267,10 +256,7 @@ stream_proxy /backend* %s {
 		}
 		fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: localhost:%d\r\nContent-Type: multipart/form-data; boundary=abc\r\nContent-Length: 100000000\r\n\r\n", httpPort)
 		fmt.Fprintf(conn, "--abc\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n%s", strings.Repeat("x", 900<<10))
-		deadline := time.Now().Add(30 * time.Second)
-		for inFlight(t, 1)[0].Bytes < 900<<10 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond) // until blocks were staged
-		}
+		waitFor(t, "the gateway reading the data sent", func() bool { return inFlight(t, 1)[0].Bytes >= 900<<10 })
 		conn.(*net.TCPConn).SetLinger(0)
 		conn.Close()
 		inFlight(t, 0) // its handler has returned
@@ -427,10 +413,7 @@ stream_proxy /unreachable* {
 		res.Body.Close()
 		done <- answer{res, b}
 	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for inFlight(t, 1)[0].Bytes < 2<<20-64<<10 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond) // until the big file's blocks are staged
-	}
+	waitFor(t, "the big file's blocks", func() bool { return inFlight(t, 1)[0].Bytes >= 2<<20-64<<10 })
 	s.WaitPersisted(t, azContainer)
 	s.Kill()
 	close(killed)
@@ -478,10 +461,9 @@ func TestAzureStoreBackpressure(t *testing.T) {
 			}
 		}()
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for metricValue(t, "caddy_stream_proxy_store_buffer_waits_total") < waits+uploads && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond) // until the uploads without a buffer wait for one
-	}
+	waitFor(t, "every upload waiting for a buffer", func() bool {
+		return metricValue(t, "caddy_stream_proxy_store_buffer_waits_total") >= waits+uploads
+	})
 	list := inFlight(t, uploads)
 	var read int64
 	for _, u := range list {

@@ -132,16 +132,9 @@ func adminUploads(t *testing.T) []json.RawMessage {
 // bound only keeps a broken gateway from hanging the test.
 func waitNoUploads(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		list := adminUploads(t)
-		if len(list) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still in flight: %s", list)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var list []json.RawMessage
+	if !waitUntil(func() bool { list = adminUploads(t); return len(list) == 0 }) {
+		t.Fatalf("still in flight: %s", list)
 	}
 }
 

@@ -243,13 +243,22 @@ const waitLimit = 30 * time.Second
 // that have no channel to wait on: a file, a listing, a metric.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
+	if !waitUntil(cond) {
+		t.Fatalf("waited %v for %s", waitLimit, what)
+	}
+}
+
+// waitUntil is waitFor that reports whether cond came to hold, for a caller
+// that says itself what it found instead.
+func waitUntil(cond func() bool) bool {
 	deadline := time.Now().Add(waitLimit)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", waitLimit, what)
+			return false
 		}
 		time.Sleep(5 * time.Millisecond) // the polling interval
 	}
+	return true
 }
 
 // leakSnapshots holds, per test, the goroutines alive after its last config

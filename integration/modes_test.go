@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 type perPartAnswer struct {
@@ -185,18 +184,10 @@ func TestStoreClientAbortLeavesNothing(t *testing.T) {
 	}
 	fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: localhost:%d\r\nContent-Type: multipart/form-data; boundary=abc\r\nContent-Length: 100000000\r\n\r\n", httpPort)
 	fmt.Fprintf(conn, "--abc\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n%s", strings.Repeat("x", 1<<20))
-	deadline := time.Now().Add(10 * time.Second)
-	for len(filesUnder(t, dir)) == 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond) // until the temporary file exists
-	}
-	if len(filesUnder(t, dir)) == 0 {
-		t.Fatal("no temporary file appeared")
-	}
+	waitFor(t, "the temporary file", func() bool { return len(filesUnder(t, dir)) > 0 })
 	conn.(*net.TCPConn).SetLinger(0)
 	conn.Close()
-	for len(filesUnder(t, dir)) > 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	inFlight(t, 0) // the upload's handler has returned
 	if left := filesUnder(t, dir); len(left) > 0 {
 		t.Fatalf("left in the store: %v", left)
 	}
