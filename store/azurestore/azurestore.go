@@ -317,9 +317,10 @@ func (s *AzureStore) Begin(ctx context.Context, logger *zap.Logger) store.Batch 
 	return &azureBatch{s: s, req: ctx, ctx: bctx, cancel: cancel, logger: logger}
 }
 
-// azureBatch is one request's blobs. Its methods run on one goroutine at a
-// time (the request's, or the backend transport's); only block uploads run
-// on others, and each file waits for its own before it finishes.
+// azureBatch is one request's blobs. Its methods and its files' are called
+// one at a time (see store.Batch for on which goroutine); only block uploads
+// run on goroutines of their own, which a file waits for in Finish and the
+// batch in Discard.
 type azureBatch struct {
 	s      *AzureStore
 	req    context.Context // the request's

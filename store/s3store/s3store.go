@@ -325,10 +325,10 @@ func (s *S3Store) Begin(ctx context.Context, logger *zap.Logger) store.Batch {
 	return &s3Batch{s: s, pool: s.pool, req: ctx, ctx: bctx, cancel: cancel, logger: logger}
 }
 
-// s3Batch is one request's objects. Its methods run on one goroutine at a
-// time (the request's, or the backend transport's: see store.Batch); only
-// part uploads run on others, and each file waits for its own before it
-// finishes.
+// s3Batch is one request's objects. Its methods and its files' are called
+// one at a time (see store.Batch for on which goroutine); only part uploads
+// run on goroutines of their own, which a file waits for in Finish and the
+// batch in Discard.
 type s3Batch struct {
 	s      *S3Store
 	pool   *bufpool.Pool
