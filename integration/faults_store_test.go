@@ -361,7 +361,7 @@ func TestFaultS3LeastPrivilege(t *testing.T) {
 	if res.StatusCode != http.StatusCreated {
 		t.Fatalf("status %d: %s", res.StatusCode, body)
 	}
-	var answer s3Answer
+	var answer objectAnswer
 	if err := json.Unmarshal(body, &answer); err != nil || len(answer.Parts) != 2 {
 		t.Fatalf("answer: %v: %s", err, body)
 	}

@@ -238,6 +238,39 @@ func (h *eventSignal) Handle(_ context.Context, e caddy.Event) error {
 // busy machine, so that only a signal that never comes fails the test.
 const waitLimit = 30 * time.Second
 
+// uploadStatus is an upload as the admin API lists it in flight.
+type uploadStatus struct {
+	Mode  string `json:"mode"`
+	Bytes int64  `json:"bytes"`
+}
+
+// adminUploads lists the uploads the admin API has in flight.
+func adminUploads(t *testing.T) []uploadStatus {
+	t.Helper()
+	res, err := http.Get(fmt.Sprintf("http://localhost:%d/stream_proxy/uploads", adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var list []uploadStatus
+	if err := json.NewDecoder(res.Body).Decode(&list); err != nil {
+		t.Fatal(err)
+	}
+	return list
+}
+
+// inFlight waits for the admin API to list n uploads in flight, and returns
+// them. An upload leaves the list when its handler has returned: inFlight(t,
+// 0) waits for that.
+func inFlight(t *testing.T, n int) []uploadStatus {
+	t.Helper()
+	var list []uploadStatus
+	if !waitUntil(func() bool { list = adminUploads(t); return len(list) == n }) {
+		t.Fatalf("uploads in flight: %+v, want %d", list, n)
+	}
+	return list
+}
+
 // waitFor waits until cond holds, checking it every few milliseconds, and
 // fails the test, naming what, if it does not within waitLimit. For states
 // that have no channel to wait on: a file, a listing, a metric.
