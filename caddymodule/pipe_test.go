@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -44,56 +45,70 @@ func TestHandoffCarriesWritesWhole(t *testing.T) {
 	}
 }
 
+// The tests of handoff run in a synctest bubble, where synctest.Wait returns
+// once every other goroutine is blocked: a Write still waiting, a Read
+// waiting for one, without a sleep to guess when they are.
+
 func TestHandoffWriteReturnsOnlyOnceTaken(t *testing.T) {
-	p := newHandoff()
-	wrote := make(chan struct{})
-	go func() {
-		_, _ = p.Write(make([]byte, 100))
-		close(wrote)
-	}()
-	buf := make([]byte, 60)
-	if n, _ := p.Read(buf); n != 60 {
-		t.Fatalf("read %d", n)
-	}
-	select {
-	case <-wrote:
-		t.Fatal("Write returned with 40 bytes not taken")
-	case <-time.After(20 * time.Millisecond):
-	}
-	if n, _ := p.Read(buf); n != 40 {
-		t.Fatalf("read %d", n)
-	}
-	<-wrote
+	synctest.Test(t, func(t *testing.T) {
+		p := newHandoff()
+		wrote := make(chan struct{})
+		go func() {
+			_, _ = p.Write(make([]byte, 100))
+			close(wrote)
+		}()
+		buf := make([]byte, 60)
+		if n, _ := p.Read(buf); n != 60 {
+			t.Fatalf("read %d", n)
+		}
+		synctest.Wait()
+		select {
+		case <-wrote:
+			t.Fatal("Write returned with 40 bytes not taken")
+		default:
+		}
+		if n, _ := p.Read(buf); n != 40 {
+			t.Fatalf("read %d", n)
+		}
+		<-wrote
+	})
 }
 
 func TestHandoffEnds(t *testing.T) {
 	stop := errors.New("stop")
 
 	// The reader's end fails a blocked write, and later ones.
-	p := newHandoff()
-	failed := make(chan error, 1)
-	go func() { _, err := p.Write([]byte("never read")); failed <- err }()
-	time.Sleep(10 * time.Millisecond)
-	p.CloseRead(stop)
-	if err := <-failed; err != stop {
-		t.Fatalf("blocked write: %v, want %v", err, stop)
-	}
-	if _, err := p.Write([]byte("x")); err != stop {
-		t.Fatalf("later write: %v, want %v", err, stop)
-	}
-	if _, err := p.Read(make([]byte, 1)); err != io.ErrClosedPipe {
-		t.Fatalf("read after CloseRead: %v", err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		p := newHandoff()
+		failed := make(chan error, 1)
+		go func() { _, err := p.Write([]byte("never read")); failed <- err }()
+		synctest.Wait() // the write is blocked
+		p.CloseRead(stop)
+		if err := <-failed; err != stop {
+			t.Fatalf("blocked write: %v, want %v", err, stop)
+		}
+		if _, err := p.Write([]byte("x")); err != stop {
+			t.Fatalf("later write: %v, want %v", err, stop)
+		}
+		if _, err := p.Read(make([]byte, 1)); err != io.ErrClosedPipe {
+			t.Fatalf("read after CloseRead: %v", err)
+		}
+	})
 
 	// The writer's error reaches a waiting reader.
-	p = newHandoff()
-	go func() { time.Sleep(10 * time.Millisecond); p.CloseWrite(stop) }()
-	if _, err := p.Read(make([]byte, 1)); err != stop {
-		t.Fatalf("read: %v, want %v", err, stop)
-	}
-	if _, err := p.Write([]byte("x")); err != io.ErrClosedPipe {
-		t.Fatalf("write after CloseWrite: %v", err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		p := newHandoff()
+		read := make(chan error, 1)
+		go func() { _, err := p.Read(make([]byte, 1)); read <- err }()
+		synctest.Wait() // the read is waiting
+		p.CloseWrite(stop)
+		if err := <-read; err != stop {
+			t.Fatalf("read: %v, want %v", err, stop)
+		}
+		if _, err := p.Write([]byte("x")); err != io.ErrClosedPipe {
+			t.Fatalf("write after CloseWrite: %v", err)
+		}
+	})
 }
 
 // chanWriter reports each write.

@@ -18,7 +18,6 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -112,8 +111,6 @@ func (s *azStore) blob(t *testing.T, name string) (sum, contentType string, meta
 	return hex.EncodeToString(h.Sum(nil)), *out.ContentType, meta
 }
 
-type azAnswer = s3Answer
-
 var blobPattern = regexp.MustCompile(`^up/\d{4}/\d{2}/\d{2}/[0-9a-f]{32}$`)
 
 // Files of 0 bytes, exactly block_size, block_size+1 and several blocks,
@@ -126,109 +123,24 @@ func TestAzureStoreForm(t *testing.T) {
 	%s
 	hash sha256
 }`, s.site(t, s.Endpoint, "")))
-	parts := []formPart{
-		{field: "model", value: "whisper"},
-		{field: "empty", filename: "empty.bin", contentType: "application/x-empty", seed: 1},
-		{field: "exact", filename: "exact.bin", size: azBlock, seed: 2},
-		{field: "plus", filename: "plus.bin", size: azBlock + 1, seed: 3},
-		{field: "lang", value: "fr"},
-		{field: "many", filename: "名前 100%.wav", contentType: "audio/wav", size: 5*azBlock + 12345, seed: 4},
-	}
-	want := expected(parts)
+	parts := objectForm(azBlock, 5)
 
-	// The body goes up in two halves; between them, with several blocks of
-	// the last file staged, nothing may be committed.
-	body, ct, n := formBody(parts)
-	gate := make(chan struct{})
-	half := n - 100<<10
-	pr, pw := io.Pipe()
-	go func() {
-		_, err := io.CopyN(pw, body, half)
-		if err == nil {
-			<-gate
-			_, err = io.Copy(pw, body)
-		}
-		body.Close()
-		pw.CloseWithError(err)
-	}()
-	req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/upload", pr)
-	req.Header.Set("Content-Type", ct)
-	req.ContentLength = n
-	type result struct {
-		res  *http.Response
-		body []byte
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		res, err := newClient(t).Do(req)
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		b, err := io.ReadAll(res.Body)
-		res.Body.Close()
-		done <- result{res, b, err}
-	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if up := inFlight(t, 1); up[0].Bytes >= half-64<<10 {
-			break // the gateway read all it was given
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the gateway did not read the first half")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The body goes up but for its last 100 KiB; meanwhile, with several
+	// blocks of the last file staged, nothing may be committed.
+	sent := formLength(parts) - 100<<10
+	release, done := postHeld(t, newClient(t), gatewayURL+"/upload", parts, sent)
+	waitFor(t, "the gateway reading all it was given", func() bool { return inFlight(t, 1)[0].Bytes >= sent-64<<10 })
 	// The three files with data have blocks staged (uncommitted blobs, as
 	// Azure lists them), none is committed.
-	for len(s.list(t, true)) < 3 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond) // until the last file's blocks are up
-	}
+	waitFor(t, "the last file's blocks", func() bool { return len(s.list(t, true)) >= 3 })
 	if names := s.list(t, true); len(names) != 3 {
 		t.Errorf("uncommitted blobs while the form is in flight: %v, want 3", names)
 	}
 	if names := s.blobs(t); len(names) != 0 {
 		t.Errorf("committed while the form is in flight: %v", names)
 	}
-	close(gate)
-	r := <-done
-	if r.err != nil || r.res.StatusCode != http.StatusCreated {
-		t.Fatalf("upload: %v %v %s", r.err, r.res, r.body)
-	}
-	var a azAnswer
-	if err := json.Unmarshal(r.body, &a); err != nil || len(a.Parts) != len(parts) {
-		t.Fatalf("answer %s", r.body)
-	}
-	if a.Fields["model"] != "whisper" || a.Fields["lang"] != "fr" {
-		t.Errorf("fields %v", a.Fields)
-	}
-	for i, p := range a.Parts {
-		if parts[i].filename == "" {
-			if p.Key != "" {
-				t.Errorf("text field %d stored: %+v", i, p)
-			}
-			continue
-		}
-		if p.Bucket != azContainer || !blobPattern.MatchString(p.Key) || p.Size != want[i].Size ||
-			p.Digests["sha256"] != want[i].SHA256 || p.Field != parts[i].field || p.Filename == nil || *p.Filename != parts[i].filename {
-			t.Errorf("part %d: %+v, want %+v", i, p, want[i])
-			continue
-		}
-		sum, ctype, meta := s.blob(t, p.Key)
-		if sum != want[i].SHA256 {
-			t.Errorf("part %d: blob differs", i)
-		}
-		wantType := parts[i].contentType
-		if wantType == "" {
-			wantType = "application/octet-stream"
-		}
-		name, _ := url.PathUnescape(meta["filename"])
-		field, _ := url.PathUnescape(meta["field"])
-		if ctype != wantType || name != parts[i].filename || field != parts[i].field || meta["sha256"] != want[i].SHA256 {
-			t.Errorf("part %d: content type %q, metadata %v", i, ctype, meta)
-		}
-	}
+	release()
+	expectObjects(t, <-done, parts, azContainer, blobPattern, s.blob)
 	if names := s.blobs(t); len(names) != 4 {
 		t.Errorf("blobs %v, want 4", names)
 	}
@@ -267,10 +179,7 @@ stream_proxy /backend* %s {
 		}
 		fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: localhost:%d\r\nContent-Type: multipart/form-data; boundary=abc\r\nContent-Length: 100000000\r\n\r\n", httpPort)
 		fmt.Fprintf(conn, "--abc\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n%s", strings.Repeat("x", 900<<10))
-		deadline := time.Now().Add(30 * time.Second)
-		for inFlight(t, 1)[0].Bytes < 900<<10 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond) // until blocks were staged
-		}
+		waitFor(t, "the gateway reading the data sent", func() bool { return inFlight(t, 1)[0].Bytes >= 900<<10 })
 		conn.(*net.TCPConn).SetLinger(0)
 		conn.Close()
 		inFlight(t, 0) // its handler has returned
@@ -396,47 +305,14 @@ stream_proxy /unreachable* {
 
 	// Azurite killed (SIGKILL) while the client is mid-file.
 	parts := []formPart{form[0], {field: "big", filename: "big.bin", size: 64 << 20, seed: 3}}
-	fb, ct, n := formBody(parts)
-	killed := make(chan struct{})
-	pr, pw := io.Pipe()
-	go func() {
-		_, err := io.CopyN(pw, fb, 2<<20)
-		if err == nil {
-			<-killed
-			_, err = io.Copy(pw, fb)
-		}
-		fb.Close()
-		pw.CloseWithError(err)
-	}()
-	type answer struct {
-		res  *http.Response
-		body []byte
-	}
-	done := make(chan answer, 1)
-	go func() {
-		req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/direct", pr)
-		req.Header.Set("Content-Type", ct)
-		req.ContentLength = n
-		res, err := c.Do(req)
-		if err != nil {
-			pr.CloseWithError(err)
-			done <- answer{}
-			return
-		}
-		b, _ := io.ReadAll(res.Body)
-		res.Body.Close()
-		done <- answer{res, b}
-	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for inFlight(t, 1)[0].Bytes < 2<<20-64<<10 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond) // until the big file's blocks are staged
-	}
+	resume, done := postHeld(t, c, gatewayURL+"/direct", parts, 2<<20)
+	waitFor(t, "the big file's blocks", func() bool { return inFlight(t, 1)[0].Bytes >= 2<<20-64<<10 })
 	s.WaitPersisted(t, azContainer)
 	s.Kill()
-	close(killed)
+	resume()
 	a := <-done
-	if a.res == nil || a.res.StatusCode != http.StatusServiceUnavailable || decodeError(t, a.body).Error.Code != "store_unavailable" {
-		t.Errorf("Azurite killed mid-file: %v: %s", a.res, a.body)
+	if a.status != http.StatusServiceUnavailable || decodeError(t, a.body).Error.Code != "store_unavailable" {
+		t.Errorf("Azurite killed mid-file: %d: %s", a.status, a.body)
 	}
 	s.Restart(t)
 	s.empty(t)
@@ -464,41 +340,8 @@ func TestAzureStoreBackpressure(t *testing.T) {
 	%s
 }`, strings.Replace(s.site(t, proxy.URL+"/"+azurite.Account, ""), "max_buffers 8", "max_buffers 2", 1)))
 
-	c := newClient(t)
-	const uploads, size = 3, 6 << 20
-	waits := metricValue(t, "caddy_stream_proxy_store_buffer_waits_total")
-	var wg sync.WaitGroup
-	for i := range uploads {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			res, body := postForm(t, c, gatewayURL+"/upload", []formPart{{field: "f", filename: "f.bin", size: size, seed: uint64(i)}}, false)
-			if res.StatusCode != http.StatusCreated {
-				t.Errorf("upload %d: status %d: %s", i, res.StatusCode, body)
-			}
-		}()
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for metricValue(t, "caddy_stream_proxy_store_buffer_waits_total") < waits+uploads && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond) // until the uploads without a buffer wait for one
-	}
-	list := inFlight(t, uploads)
-	var read int64
-	for _, u := range list {
-		read += u.Bytes
-	}
-	// Two buffers' worth, plus each upload's read buffer (512 KiB) and header.
-	if limit := int64(2*azBlock + uploads*(1<<20)); read > limit || held.Load() > 2 {
-		t.Errorf("read %d bytes from the clients with blocks held (%d), want at most %d", read, held.Load(), limit)
-	}
-	if in := metricValue(t, "caddy_stream_proxy_store_buffers_in_use"); in != 2 {
-		t.Errorf("metrics: %v buffers in use, want 2", in)
-	}
-	close(release)
-	wg.Wait()
-	if in := metricValue(t, "caddy_stream_proxy_store_buffers_in_use"); in != 0 {
-		t.Errorf("metrics: %v buffers in use once done", in)
-	}
+	const uploads = 3
+	expectPoolBackpressure(t, uploads, 6<<20, azBlock, &held, release)
 	if names := s.blobs(t); len(names) != uploads {
 		t.Errorf("blobs %v", names)
 	}
@@ -549,7 +392,7 @@ func TestAzureStorePeakMemory(t *testing.T) {
 	if res.StatusCode != http.StatusCreated {
 		t.Fatalf("status %d: %s", res.StatusCode, body)
 	}
-	var a azAnswer
+	var a objectAnswer
 	if err := json.Unmarshal(body, &a); err != nil || len(a.Parts) != 1 {
 		t.Fatalf("answer %s", body)
 	}

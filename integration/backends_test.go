@@ -20,7 +20,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/streamproxy/caddy-stream-proxy/integration/formtest"
 )
@@ -129,17 +128,13 @@ func (b *backend) received() []backendRequest {
 	return append([]backendRequest(nil), b.requests...)
 }
 
-// waitRequests waits until the backend has finished n requests.
+// waitRequests waits until the backend has finished n requests, for at
+// most waitLimit.
 func (b *backend) waitRequests(t *testing.T, n int) []backendRequest {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := b.received()
-		if len(got) >= n || time.Now().After(deadline) {
-			return got
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	var got []backendRequest
+	waitUntil(func() bool { got = b.received(); return len(got) >= n })
+	return got
 }
 
 // recorder is a backend that keeps the raw bodies it receives (up to 64 MiB),
@@ -174,18 +169,16 @@ func newRecorder(t *testing.T) *recorder {
 	return rec
 }
 
-// wait waits until the recorder has n bodies, for at most 10 seconds.
+// wait waits until the recorder has n bodies, for at most waitLimit.
 func (rec *recorder) wait(n int) []recorded {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var got []recorded
+	waitUntil(func() bool {
 		rec.mu.Lock()
-		got := append([]recorded(nil), rec.bodies...)
-		rec.mu.Unlock()
-		if len(got) >= n || time.Now().After(deadline) {
-			return got
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		defer rec.mu.Unlock()
+		got = append([]recorded(nil), rec.bodies...)
+		return len(got) >= n
+	})
+	return got
 }
 
 // parts parses a recorded body with the boundary of its Content-Type.

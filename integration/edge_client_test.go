@@ -255,7 +255,7 @@ func waitAbort(t *testing.T, be *backend, start time.Time, max time.Duration) {
 			}
 			return
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // fine polling: the delay is what is measured
 	}
 	t.Fatal("the backend request did not end within 10s of the client leaving")
 }
@@ -357,14 +357,14 @@ func (p *pacedReader) Read(b []byte) (int, error) {
 	}
 	if !p.paused && p.n >= p.pauseAt {
 		p.paused = true
-		time.Sleep(p.pause)
+		time.Sleep(p.pause) // the client's pause: the behaviour under test
 		p.start = p.start.Add(p.pause)
 	}
 	if len(b) > 32<<10 {
 		b = b[:32<<10]
 	}
 	if d := time.Until(p.start.Add(time.Duration(p.n * int64(time.Second) / p.rate))); d > 0 {
-		time.Sleep(d)
+		time.Sleep(d) // the client's rate: the behaviour under test
 	}
 	n, err := p.r.Read(b)
 	p.n += int64(n)

@@ -318,8 +318,9 @@ func TestEdgeBoundaryAndDisposition(t *testing.T) {
 			}
 			e := expectRefusal(t, res, body, tc.status, "malformed_multipart", "")
 			if tc.index < 0 {
-				// Refused from the request header: the backend is never dialled.
-				time.Sleep(50 * time.Millisecond)
+				// Refused from the request header: the backend is never
+				// dialled, which its count tells once the handler returned.
+				inFlight(t, 0)
 				if n := len(be.received()); n != before {
 					t.Errorf("backend got %d requests for a request refused from its header", n-before)
 				}

@@ -5,7 +5,6 @@ package integration
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -111,38 +110,6 @@ func storeLeft(t *testing.T, dir string) []string {
 		t.Fatal(err)
 	}
 	return left
-}
-
-// adminUploads lists the uploads the admin API has in flight.
-func adminUploads(t *testing.T) []json.RawMessage {
-	t.Helper()
-	res, err := http.Get(fmt.Sprintf("http://localhost:%d/stream_proxy/uploads", adminPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	var list []json.RawMessage
-	if err := json.NewDecoder(res.Body).Decode(&list); err != nil {
-		t.Fatal(err)
-	}
-	return list
-}
-
-// waitNoUploads waits for the admin API to list no upload in flight; the
-// bound only keeps a broken gateway from hanging the test.
-func waitNoUploads(t *testing.T) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		list := adminUploads(t)
-		if len(list) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still in flight: %s", list)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // integration/README.md, row 47: a backend that reads only the request
@@ -266,7 +233,7 @@ func TestFaultBackendStalls(t *testing.T) {
 			// Large enough to fill the socket buffers of both sides.
 			res, body := postForm(t, c, gatewayURL+"/upload", sampleForm(64<<20), false)
 			expectRefusal(t, res, body, http.StatusGatewayTimeout, "backend_timeout", "")
-			waitNoUploads(t)
+			inFlight(t, 0)
 			release()
 			if got := <-be.closed; got != "closed" {
 				t.Fatalf("backend connection: %s", got)
@@ -311,7 +278,7 @@ func TestFaultBackendStallsClientGone(t *testing.T) {
 	_ = conn.(*net.TCPConn).SetLinger(0)
 	conn.Close()
 
-	waitNoUploads(t)
+	inFlight(t, 0)
 	release()
 	if got := <-be.closed; got != "closed" {
 		t.Fatalf("backend connection: %s", got)

@@ -57,9 +57,20 @@ type gatewayProcess struct {
 	bin, config, home string
 	port              int
 	cmd               *exec.Cmd
+	// started, if not nil, is called with the process once it runs, before
+	// its port answers (to set its limits).
+	started func(t *testing.T, p *os.Process)
 }
 
 func newGatewayProcess(t *testing.T, bin, site string) *gatewayProcess {
+	t.Helper()
+	g := gatewayProcessFor(t, bin, site)
+	g.start(t)
+	return g
+}
+
+// gatewayProcessFor is newGatewayProcess not started yet.
+func gatewayProcessFor(t *testing.T, bin, site string) *gatewayProcess {
 	t.Helper()
 	g := &gatewayProcess{bin: bin, port: freePort(t), home: t.TempDir()}
 	g.config = filepath.Join(g.home, "Caddyfile")
@@ -67,7 +78,6 @@ func newGatewayProcess(t *testing.T, bin, site string) *gatewayProcess {
 	if err := os.WriteFile(g.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g.start(t)
 	t.Cleanup(g.kill)
 	return g
 }
@@ -82,18 +92,16 @@ func (g *gatewayProcess) start(t *testing.T) {
 	if err := g.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	if g.started != nil {
+		g.started(t, g.cmd.Process)
+	}
+	waitFor(t, "caddy to listen on "+g.addr(), func() bool {
 		c, err := net.Dial("tcp", g.addr())
 		if err == nil {
 			c.Close()
-			return
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("caddy did not start: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil
+	})
 }
 
 // kill ends the process with SIGKILL, as a crash would.
@@ -186,18 +194,19 @@ func tempFiles(t *testing.T, dir string) map[string]int64 {
 // at least n bytes, and returns its name.
 func waitTempFile(t *testing.T, dir string, known map[string]int64, n int64) string {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	var found string
+	if !waitUntil(func() bool {
 		for name, size := range tempFiles(t, dir) {
 			if _, ok := known[name]; !ok && size >= n {
-				return name
+				found = name
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no temporary file of %d bytes: %v", n, tempFiles(t, dir))
-		}
-		time.Sleep(20 * time.Millisecond)
+		return false
+	}) {
+		t.Fatalf("no temporary file of %d bytes: %v", n, tempFiles(t, dir))
 	}
+	return found
 }
 
 // integration/README.md, row 48: a gateway killed (SIGKILL) mid-upload into
@@ -261,13 +270,7 @@ func TestFaultS3OutageMidUpload(t *testing.T) {
 
 	finish := make(chan struct{})
 	done := heldUpload(t, gatewayURL+"/upload", 12<<20, finish)
-	deadline := time.Now().Add(60 * time.Second)
-	for len(s.uploads(t)) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no multipart upload began")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFor(t, "a multipart upload", func() bool { return len(s.uploads(t)) > 0 })
 
 	s.Kill()
 	close(finish)
@@ -275,7 +278,8 @@ func TestFaultS3OutageMidUpload(t *testing.T) {
 	if e := decodeError(t, got.body); got.status != http.StatusServiceUnavailable || e.Error.Code != "store_unavailable" {
 		t.Fatalf("client got %d %s, want 503 store_unavailable", got.status, got.body)
 	}
-	// The outage lasts a while after the client's answer.
+	// The outage lasts a while after the client's answer, so that the
+	// cleanup's first tries fail: the scenario under test, not a wait.
 	time.Sleep(2 * time.Second)
 	if err := s.Restart(); err != nil {
 		t.Fatal(err)
@@ -284,7 +288,7 @@ func TestFaultS3OutageMidUpload(t *testing.T) {
 		t.Fatal("the multipart upload did not survive the restart: nothing to clean up")
 	}
 
-	deadline = time.Now().Add(90 * time.Second)
+	deadline := time.Now().Add(90 * time.Second) // cleanup_budget
 	for {
 		ups, objs := s.uploads(t), s.objects(t)
 		if len(ups) == 0 && len(objs) == 0 {
@@ -357,7 +361,7 @@ func TestFaultS3LeastPrivilege(t *testing.T) {
 	if res.StatusCode != http.StatusCreated {
 		t.Fatalf("status %d: %s", res.StatusCode, body)
 	}
-	var answer s3Answer
+	var answer objectAnswer
 	if err := json.Unmarshal(body, &answer); err != nil || len(answer.Parts) != 2 {
 		t.Fatalf("answer: %v: %s", err, body)
 	}

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -17,12 +18,15 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	_ "github.com/streamproxy/caddy-stream-proxy/caddymodule"
@@ -131,7 +135,17 @@ func startGatewayWith(t *testing.T, serverOpts, site string) {
 	t.Helper()
 	ownCaddy(t)
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
-	tester.InitServer(fmt.Sprintf(`{
+	tester.InitServer(gatewayCaddyfile(serverOpts, site), "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	checkLeaks(t)
+}
+
+// gatewayCaddyfile is the in-process Caddy's configuration: the global
+// options, serverOpts in its servers block, and site on httpPort.
+func gatewayCaddyfile(serverOpts, site string) string {
+	return fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:%d
 	http_port %d
@@ -144,11 +158,140 @@ func startGatewayWith(t *testing.T, serverOpts, site string) {
 http://localhost:%d {
 %s
 }
-`, adminPort, httpPort, httpsPort, serverOpts, httpPort, site), "caddyfile")
+`, adminPort, httpPort, httpsPort, serverOpts, httpPort, site)
+}
+
+// startGatewayEvents is startGateway whose Caddy passes the events named
+// (such as the health checker's healthy and unhealthy) to the returned
+// channel, as Caddy's events app emits them: the test learns of a change of
+// state when it has happened.
+func startGatewayEvents(t *testing.T, site string, names ...string) <-chan caddy.Event {
+	t.Helper()
+	ownCaddy(t)
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(gatewayCaddyfile("", site)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(cfg, &doc); err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan caddy.Event, 64)
+	eventChans.Store(t.Name(), events)
+	t.Cleanup(func() { eventChans.Delete(t.Name()) })
+	doc["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
+		"events":   names,
+		"handlers": []any{map[string]any{"handler": "sp_test_signal", "test": t.Name()}},
+	}}}
+	cfg, _ = json.Marshal(doc)
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
+	tester.InitServer(string(cfg), "json")
 	if t.Failed() {
 		t.FailNow()
 	}
 	checkLeaks(t)
+	return events
+}
+
+// waitEvent waits for the event name about host.
+func waitEvent(t *testing.T, events <-chan caddy.Event, name, host string) {
+	t.Helper()
+	timeout := time.After(waitLimit)
+	for {
+		select {
+		case e := <-events:
+			if e.Name() == name && e.Data["host"] == host {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no %s event for %s within %v", name, host, waitLimit)
+		}
+	}
+}
+
+func init() { caddy.RegisterModule(eventSignal{}) }
+
+// eventChans holds each test's channel of events, by test name.
+var eventChans sync.Map
+
+// eventSignal is an events handler that passes each event to its test's
+// channel, without blocking the emitter.
+type eventSignal struct {
+	Test string `json:"test,omitempty"`
+}
+
+func (eventSignal) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "events.handlers.sp_test_signal", New: func() caddy.Module { return new(eventSignal) }}
+}
+
+func (h *eventSignal) Handle(_ context.Context, e caddy.Event) error {
+	if c, ok := eventChans.Load(h.Test); ok {
+		select {
+		case c.(chan caddy.Event) <- e:
+		default:
+		}
+	}
+	return nil
+}
+
+// waitLimit bounds every wait for a signal: far more than any takes on a
+// busy machine, so that only a signal that never comes fails the test.
+const waitLimit = 30 * time.Second
+
+// uploadStatus is an upload as the admin API lists it in flight.
+type uploadStatus struct {
+	Mode  string `json:"mode"`
+	Bytes int64  `json:"bytes"`
+}
+
+// adminUploads lists the uploads the admin API has in flight.
+func adminUploads(t *testing.T) []uploadStatus {
+	t.Helper()
+	res, err := http.Get(fmt.Sprintf("http://localhost:%d/stream_proxy/uploads", adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var list []uploadStatus
+	if err := json.NewDecoder(res.Body).Decode(&list); err != nil {
+		t.Fatal(err)
+	}
+	return list
+}
+
+// inFlight waits for the admin API to list n uploads in flight, and returns
+// them. An upload leaves the list when its handler has returned: inFlight(t,
+// 0) waits for that.
+func inFlight(t *testing.T, n int) []uploadStatus {
+	t.Helper()
+	var list []uploadStatus
+	if !waitUntil(func() bool { list = adminUploads(t); return len(list) == n }) {
+		t.Fatalf("uploads in flight: %+v, want %d", list, n)
+	}
+	return list
+}
+
+// waitFor waits until cond holds, checking it every few milliseconds, and
+// fails the test, naming what, if it does not within waitLimit. For states
+// that have no channel to wait on: a file, a listing, a metric.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	if !waitUntil(cond) {
+		t.Fatalf("waited %v for %s", waitLimit, what)
+	}
+}
+
+// waitUntil is waitFor that reports whether cond came to hold, for a caller
+// that says itself what it found instead.
+func waitUntil(cond func() bool) bool {
+	deadline := time.Now().Add(waitLimit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond) // the polling interval
+	}
+	return true
 }
 
 // leakSnapshots holds, per test, the goroutines alive after its last config

@@ -58,12 +58,9 @@ func TestMetricsAfterUploads(t *testing.T) {
 	// An upload is counted when its handler returns, just after the client
 	// has its answer: wait for earlier tests' uploads to be counted.
 	settle := func() {
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-			if metricValue(t, "caddy_stream_proxy_uploads_in_flight", `mode="forward"`) == 0 {
-				return
-			}
-		}
-		t.Fatal("uploads still in flight")
+		waitFor(t, "no upload in flight", func() bool {
+			return metricValue(t, "caddy_stream_proxy_uploads_in_flight", `mode="forward"`) == 0
+		})
 	}
 	settle()
 	okBefore, refusedBefore := ok(), refused()
@@ -169,11 +166,7 @@ func TestAdminListsUploadsInFlight(t *testing.T) {
 		return l
 	}
 	var l []status
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if l = list(); len(l) == 1 && l[0].Bytes >= 300<<10 {
-			break
-		}
-	}
+	waitUntil(func() bool { l = list(); return len(l) == 1 && l[0].Bytes >= 300<<10 })
 	close(release)
 	if len(l) != 1 {
 		t.Fatalf("admin lists %d uploads, want 1: %+v", len(l), l)
@@ -187,10 +180,7 @@ func TestAdminListsUploadsInFlight(t *testing.T) {
 		t.Fatalf("upload status %d", code)
 	}
 	// It leaves the list when its handler returns, just after the answer.
-	for deadline := time.Now().Add(5 * time.Second); len(l) > 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		l = list()
-	}
-	if len(l) != 0 {
+	if !waitUntil(func() bool { l = list(); return len(l) == 0 }) {
 		t.Errorf("the upload is still listed after it ended: %+v", l)
 	}
 }

@@ -157,7 +157,8 @@ func TestPoolLeastConn(t *testing.T) {
 		wg.Go(func() {
 			uploadOK(t, client, gatewayURL+"/forward", uint64(i+1))
 		})
-		time.Sleep(50 * time.Millisecond) // each upload is in flight before the next picks
+		// Each upload is at its backend before the next picks one.
+		waitFor(t, fmt.Sprintf("upload %d at a backend", i+1), func() bool { return arrived.Load() > int32(i) })
 	}
 	wg.Wait()
 	if got := fmt.Sprint(requestCounts(a, b, c)); got != "[1 1 1]" {
@@ -170,18 +171,18 @@ func TestPoolLeastConn(t *testing.T) {
 func TestPoolActiveHealthChecks(t *testing.T) {
 	a, b := healthy(newBackend(t)), healthy(newBackend(t))
 	bAddr := addrOf(b)
-	startGateway(t, fmt.Sprintf(`stream_proxy /forward* %s %s {
+	events := startGatewayEvents(t, fmt.Sprintf(`stream_proxy /forward* %s %s {
 	lb_policy round_robin
 	health_uri /health
 	health_interval 100ms
 	health_timeout 1s
 	health_fails 1
 	health_passes 1
-}`, a.URL, b.URL))
+}`, a.URL, b.URL), "healthy", "unhealthy")
 	client := newClient(t)
 
 	b.Close()
-	time.Sleep(500 * time.Millisecond)
+	waitEvent(t, events, "unhealthy", bAddr)
 	for i := range 4 {
 		uploadOK(t, client, gatewayURL+"/forward", uint64(i+1))
 	}
@@ -190,7 +191,7 @@ func TestPoolActiveHealthChecks(t *testing.T) {
 	}
 
 	back := newBackendAt(t, bAddr)
-	time.Sleep(500 * time.Millisecond)
+	waitEvent(t, events, "healthy", bAddr)
 	for i := range 4 {
 		uploadOK(t, client, gatewayURL+"/forward", uint64(i+10))
 	}
@@ -232,6 +233,7 @@ func TestPoolRetriesPastDeadUpstream(t *testing.T) {
 // sake leave the backend in the pool. A backend that fails does count.
 func TestPoolPassiveHealthIgnoresClientFaults(t *testing.T) {
 	be := newBackend(t)
+	be.firstBytes = make(chan struct{}, 1)
 	var dying atomic.Bool
 	be.before = func(w http.ResponseWriter, r *http.Request) bool {
 		if !dying.Load() {
@@ -282,10 +284,18 @@ func TestPoolPassiveHealthIgnoresClientFaults(t *testing.T) {
 	// A client that vanishes mid-upload.
 	conn := dialGateway(t)
 	fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n", ct, len(whole))
+	select { // what the backend took before lies in the buffer
+	case <-be.firstBytes:
+	default:
+	}
 	_, _ = conn.Write(whole[:len(whole)/2])
-	time.Sleep(200 * time.Millisecond)
+	select { // the file is on its way to the backend
+	case <-be.firstBytes:
+	case <-time.After(waitLimit):
+		t.Fatal("the backend got none of the file")
+	}
 	resetConn(conn)
-	time.Sleep(200 * time.Millisecond)
+	inFlight(t, 0) // the gateway has ended the upload, and counted it or not
 	good("a client that went away")
 
 	// The backend's own failure does count: it is out of the pool.
@@ -374,7 +384,7 @@ func (b *earlyBackend) serve() {
 				return
 			}
 			fmt.Fprintf(conn, "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", len(earlyBody))
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // the behaviour under test: an answer in two writes, apart
 			_, _ = io.WriteString(conn, earlyBody)
 			if b.hold {
 				select {

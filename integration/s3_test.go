@@ -20,7 +20,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -104,16 +103,12 @@ func (s *s3Server) uploads(t *testing.T) []string {
 // upload, and fails the test if it does not.
 func (s *s3Server) empty(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		objs, ups := s.objects(t), s.uploads(t)
-		if len(objs) == 0 && len(ups) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("left in the bucket: objects %v, multipart uploads %v", objs, ups)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var objs, ups []string
+	if !waitUntil(func() bool {
+		objs, ups = s.objects(t), s.uploads(t)
+		return len(objs) == 0 && len(ups) == 0
+	}) {
+		t.Fatalf("left in the bucket: objects %v, multipart uploads %v", objs, ups)
 	}
 }
 
@@ -132,19 +127,6 @@ func (s *s3Server) object(t *testing.T, key string) (sum, contentType string, me
 	return hex.EncodeToString(h.Sum(nil)), aws.ToString(out.ContentType), out.Metadata
 }
 
-type s3Answer struct {
-	Parts []struct {
-		Field       string            `json:"field"`
-		Filename    *string           `json:"filename"`
-		ContentType string            `json:"content_type"`
-		Bucket      string            `json:"bucket"`
-		Key         string            `json:"key"`
-		Size        int64             `json:"size"`
-		Digests     map[string]string `json:"digests"`
-	} `json:"parts"`
-	Fields map[string]string `json:"fields"`
-}
-
 var keyPattern = regexp.MustCompile(`^up/\d{4}/\d{2}/\d{2}/[0-9a-f]{32}$`)
 
 // Files of 0 bytes, exactly part_size, part_size+1 and several parts, among
@@ -157,101 +139,20 @@ func TestS3StoreForm(t *testing.T) {
 	%s
 	hash sha256
 }`, s.site(t, s.endpoint, "")))
-	parts := []formPart{
-		{field: "model", value: "whisper"},
-		{field: "empty", filename: "empty.bin", contentType: "application/x-empty", seed: 1},
-		{field: "exact", filename: "exact.bin", size: s3PartSize, seed: 2},
-		{field: "plus", filename: "plus.bin", size: s3PartSize + 1, seed: 3},
-		{field: "lang", value: "fr"},
-		{field: "many", filename: "名前 100%.wav", contentType: "audio/wav", size: 3*s3PartSize + 12345, seed: 4},
-	}
-	want := expected(parts)
+	parts := objectForm(s3PartSize, 3)
 
-	// The body goes up in two halves; between them, with several parts of
-	// the last file sent, nothing may be listed.
-	body, ct, n := formBody(parts)
-	gate := make(chan struct{})
-	half := n - 2<<20
-	pr, pw := io.Pipe()
-	go func() {
-		_, err := io.CopyN(pw, body, half)
-		if err == nil {
-			<-gate
-			_, err = io.Copy(pw, body)
-		}
-		body.Close()
-		pw.CloseWithError(err)
-	}()
-	req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/upload", pr)
-	req.Header.Set("Content-Type", ct)
-	req.ContentLength = n
-	type result struct {
-		res  *http.Response
-		body []byte
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		res, err := newClient(t).Do(req)
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		b, err := io.ReadAll(res.Body)
-		res.Body.Close()
-		done <- result{res, b, err}
-	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for len(s.uploads(t)) < 4 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond) // until the last file's upload has begun
-	}
+	// The body goes up but for its last 2 MiB; meanwhile, with several
+	// parts of the last file sent, nothing may be listed.
+	release, done := postHeld(t, newClient(t), gatewayURL+"/upload", parts, formLength(parts)-2<<20)
+	waitFor(t, "the last file's multipart upload", func() bool { return len(s.uploads(t)) >= 4 })
 	if objs := s.objects(t); len(objs) != 0 {
 		t.Errorf("listed while the form is in flight: %v", objs)
 	}
 	if up := inFlight(t, 1); up[0].Mode != "store" || up[0].Bytes < 3*s3PartSize {
 		t.Errorf("admin API in flight: %+v", up)
 	}
-	close(gate)
-	r := <-done
-	if r.err != nil || r.res.StatusCode != http.StatusCreated {
-		t.Fatalf("upload: %v %v %s", r.err, r.res, r.body)
-	}
-	var a s3Answer
-	if err := json.Unmarshal(r.body, &a); err != nil || len(a.Parts) != len(parts) {
-		t.Fatalf("answer %s", r.body)
-	}
-	if a.Fields["model"] != "whisper" || a.Fields["lang"] != "fr" {
-		t.Errorf("fields %v", a.Fields)
-	}
-	for i, p := range a.Parts {
-		if parts[i].filename == "" {
-			if p.Key != "" {
-				t.Errorf("text field %d stored: %+v", i, p)
-			}
-			continue
-		}
-		if p.Bucket != s3Bucket || !keyPattern.MatchString(p.Key) || p.Size != want[i].Size ||
-			p.Digests["sha256"] != want[i].SHA256 || p.Field != parts[i].field || p.Filename == nil || *p.Filename != parts[i].filename {
-			t.Errorf("part %d: %+v, want %+v", i, p, want[i])
-			continue
-		}
-		sum, ctype, meta := s.object(t, p.Key)
-		if sum != want[i].SHA256 {
-			t.Errorf("part %d: object differs", i)
-		}
-		wantType := parts[i].contentType
-		if wantType == "" {
-			wantType = "application/octet-stream"
-		}
-		name, _ := url.PathUnescape(meta["filename"])
-		field, _ := url.PathUnescape(meta["field"])
-		if ctype != wantType || name != parts[i].filename || field != parts[i].field {
-			t.Errorf("part %d: content type %q, metadata %v", i, ctype, meta)
-		}
-		if meta["sha256"] != want[i].SHA256 {
-			t.Errorf("part %d: metadata %v lacks its sha256", i, meta)
-		}
-	}
+	release()
+	expectObjects(t, <-done, parts, s3Bucket, keyPattern, s.object)
 	if ups := s.uploads(t); len(ups) != 0 {
 		t.Errorf("multipart uploads left open: %v", ups)
 	}
@@ -312,13 +213,7 @@ func TestS3StoreFailuresLeaveNothing(t *testing.T) {
 		}
 		fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: localhost:%d\r\nContent-Type: multipart/form-data; boundary=abc\r\nContent-Length: 100000000\r\n\r\n", httpPort)
 		fmt.Fprintf(conn, "--abc\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n%s", strings.Repeat("x", 11<<20))
-		deadline := time.Now().Add(10 * time.Second)
-		for len(s.uploads(t)) == 0 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond) // until the multipart upload exists
-		}
-		if len(s.uploads(t)) == 0 {
-			t.Fatal("no multipart upload began")
-		}
+		waitFor(t, "a multipart upload", func() bool { return len(s.uploads(t)) > 0 })
 		conn.(*net.TCPConn).SetLinger(0)
 		conn.Close()
 		s.empty(t)
@@ -479,7 +374,7 @@ func TestS3StoreHostileFilenames(t *testing.T) {
 	if res.StatusCode != http.StatusCreated {
 		t.Fatalf("status %d: %s", res.StatusCode, body)
 	}
-	var a s3Answer
+	var a objectAnswer
 	if err := json.Unmarshal(body, &a); err != nil || len(a.Parts) != len(names) {
 		t.Fatalf("answer %s", body)
 	}
@@ -503,7 +398,7 @@ func TestS3StoreHostileFilenames(t *testing.T) {
 		}
 		body, _ := io.ReadAll(res.Body)
 		res.Body.Close()
-		var a s3Answer
+		var a objectAnswer
 		if res.StatusCode != http.StatusCreated || json.Unmarshal(body, &a) != nil || len(a.Parts) != 1 || !keyPattern.MatchString(a.Parts[0].Key) {
 			t.Fatalf("filename*=UTF-8''%s: %d %s", raw, res.StatusCode, body)
 		}
@@ -546,7 +441,7 @@ stream_proxy /two* {
 			defer wg.Done()
 			path := []string{"/one", "/two"}[i%2]
 			res, body := postForm(t, c, gatewayURL+path, []formPart{{field: "f", filename: "f.bin", size: 7 << 20, seed: uint64(i)}}, false)
-			var a s3Answer
+			var a objectAnswer
 			if res.StatusCode != http.StatusCreated || json.Unmarshal(body, &a) != nil || len(a.Parts) != 1 {
 				t.Errorf("%s: status %d: %s", path, res.StatusCode, body)
 				return
@@ -564,35 +459,6 @@ stream_proxy /two* {
 				t.Errorf("upload %d: object differs", i)
 			}
 		}
-	}
-}
-
-// inFlight waits a little for the admin API to list n uploads in flight, and
-// returns them.
-func inFlight(t *testing.T, n int) []struct {
-	Mode  string `json:"mode"`
-	Bytes int64  `json:"bytes"`
-} {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var list []struct {
-			Mode  string `json:"mode"`
-			Bytes int64  `json:"bytes"`
-		}
-		res, err := http.Get(fmt.Sprintf("http://localhost:%d/stream_proxy/uploads", adminPort))
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = json.NewDecoder(res.Body).Decode(&list)
-		res.Body.Close()
-		if err == nil && len(list) == n {
-			return list
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("uploads in flight: %v (%v), want %d", list, err, n)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -618,41 +484,8 @@ func TestS3StoreBackpressure(t *testing.T) {
 	%s
 }`, strings.Replace(s.site(t, proxy.URL, ""), "max_buffers 8", "max_buffers 2", 1)))
 
-	c := newClient(t)
-	const uploads, size = 3, 24 << 20
-	var wg sync.WaitGroup
-	for i := range uploads {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			res, body := postForm(t, c, gatewayURL+"/upload", []formPart{{field: "f", filename: "f.bin", size: size, seed: uint64(i)}}, false)
-			if res.StatusCode != http.StatusCreated {
-				t.Errorf("upload %d: status %d: %s", i, res.StatusCode, body)
-			}
-		}()
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for held.Load() < 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(500 * time.Millisecond) // time enough to read on, if the gateway did
-	list := inFlight(t, uploads)
-	var read int64
-	for _, u := range list {
-		read += u.Bytes
-	}
-	// Two buffers' worth, plus each upload's read buffer (512 KiB) and header.
-	if limit := int64(2*s3PartSize + uploads*(1<<20)); read > limit || held.Load() != 2 {
-		t.Errorf("read %d bytes from the clients with parts held (%d), want at most %d", read, held.Load(), limit)
-	}
-	if in, waits := metricValue(t, "caddy_stream_proxy_store_buffers_in_use"), metricValue(t, "caddy_stream_proxy_store_buffer_waits_total"); in != 2 || waits < 1 {
-		t.Errorf("metrics: %v buffers in use, %v waits; want 2 and at least 1", in, waits)
-	}
-	close(release)
-	wg.Wait()
-	if in := metricValue(t, "caddy_stream_proxy_store_buffers_in_use"); in != 0 {
-		t.Errorf("metrics: %v buffers in use once done", in)
-	}
+	const uploads = 3
+	expectPoolBackpressure(t, uploads, 24<<20, s3PartSize, &held, release)
 	if objs := s.objects(t); len(objs) != uploads {
 		t.Errorf("objects %v", objs)
 	}

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -353,14 +352,9 @@ stream_proxy /store* {
 				_, _ = io.WriteString(conn, f.req(path))
 				conn.Close()
 				// Wait for the gateway to log the upload as the client's (499).
-				for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-					if metricValue(t, "caddy_stream_proxy_rejections_total", `mode="`+mode+`"`, `reason="client_gone"`) > before {
-						break
-					}
-					if time.Now().After(deadline) {
-						t.Fatalf("%s, %s: the upload never ended as client_gone", mode, f.name)
-					}
-				}
+				waitFor(t, fmt.Sprintf("%s, %s: the upload to end as client_gone", mode, f.name), func() bool {
+					return metricValue(t, "caddy_stream_proxy_rejections_total", `mode="`+mode+`"`, `reason="client_gone"`) > before
+				})
 			case -1: // the server refuses it, or the gateway takes it for a client gone
 				if got := sendRaw(t, f.req(path)); got != 0 && (got < 400 || got >= 500) {
 					t.Errorf("%s, %s: status %d, want a 4xx", mode, f.name, got)

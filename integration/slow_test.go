@@ -192,7 +192,7 @@ type pacedBody struct {
 
 func (p *pacedBody) Read(b []byte) (int, error) {
 	if d := time.Until(p.next); d > 0 {
-		time.Sleep(d)
+		time.Sleep(d) // the client's pace: the behaviour under test
 	}
 	p.next = time.Now().Add(p.interval)
 	return p.r.Read(b[:min(len(b), p.chunk)])
@@ -248,13 +248,9 @@ func TestSlowClientsDontStarveS3Pool(t *testing.T) {
 			cuts <- cut{res, body}
 		}()
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for metricValue(t, "caddy_stream_proxy_store_buffers_in_use") < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the tricklers did not take both buffers")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, "the tricklers to take both buffers", func() bool {
+		return metricValue(t, "caddy_stream_proxy_store_buffers_in_use") >= 2
+	})
 
 	waits := metricValue(t, "caddy_stream_proxy_store_buffer_waits_total")
 	start := time.Now()

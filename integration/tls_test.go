@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 )
@@ -44,18 +43,13 @@ https://localhost:%d {
 		t.FailNow()
 	}
 	// The certificate is issued in the background: wait until it is served.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	waitFor(t, fmt.Sprintf("a certificate served on :%d", httpsPort), func() bool {
 		conn, err := tls.Dial("tcp", fmt.Sprintf("localhost:%d", httpsPort), &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // only waiting for a certificate
 		if err == nil {
 			conn.Close()
-			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no certificate served on :%d: %v", httpsPort, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err == nil
+	})
 	checkLeaks(t)
 	return storage
 }

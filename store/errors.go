@@ -7,7 +7,7 @@ import "net/http"
 // the README lists them. A store may use others, but clients and dashboards
 // know these.
 const (
-	CodeStorageFull      = "insufficient_storage" // 507: the disk or quota is full
+	CodeStorageFull      = "insufficient_storage" // 507: the disk or quota is full, or the file passes the system's size limit
 	CodeStoreFailed      = "store_failed"         // 500 (502 from a server): no status of its own
 	CodeStoreUnavailable = "store_unavailable"    // 503: unreachable, failing (5xx) or stalled
 	CodeStoreDenied      = "store_denied"         // 502: the server refused the gateway's credentials

@@ -23,19 +23,31 @@ import (
 // `http.handlers.stream_proxy.stores` namespace (`file`, `s3`, `azure`), so that
 // another object store is one more module. A store must not make a file
 // visible before the Batch it belongs to is committed.
+//
+// One Store serves every request of its handler: Begin, and the methods of
+// the optional interfaces below (IdleBounder, once per upload), are called
+// from many requests' goroutines at once, so what batches share (a client, a
+// buffer pool) must be safe for concurrent use. Caddy calls Provision,
+// Validate and Cleanup, as for any module, while no request runs on it.
 type Store interface {
-	// Begin starts the files of one request. ctx is the request's: when it
-	// is cancelled, what the batch is doing stops.
+	// Begin starts the files of one request, on the request's goroutine.
+	// ctx is the request's: when it is cancelled (the client went away),
+	// what the batch is doing stops.
 	Begin(ctx context.Context, logger *zap.Logger) Batch
 }
 
-// Batch is the files one request stores. Its methods are called one at a
-// time, never concurrently, but not always from the same goroutine: without
-// a backend they run on the request's goroutine; with one, Create, the
-// writes, Finish and Commit run on the goroutine that feeds the backend's
-// request body (the HTTP transport's), and Discard on the request's, after
-// that one ended. A batch that started goroutines ends them all before
-// Commit or Discard returns.
+// Batch is the files one request stores. Its methods, and those of its
+// StoredFiles, are called one at a time, never concurrently, but not always
+// from the same goroutine. Without a backend they all run on the request's
+// goroutine. With one, Create, the writes, Finish and Commit run on the
+// goroutine that produces the backend's request body: the HTTP transport's
+// own for HTTP/1, or one the handler starts for the body for HTTP/2 and
+// HTTP/3; Discard then runs on the request's goroutine, after that one has
+// ended. Each call happens after the one before it returned, so a batch needs
+// no lock for its own fields; goroutines it starts itself (uploads in
+// flight) are its to synchronise, and it ends them before Finish, Commit or
+// Discard returns. Work the store keeps beyond the request (the s3 store's
+// cleanup retries) is the Store's, ended by its Cleanup.
 type Batch interface {
 	// Create starts a file; its data is written to the returned StoredFile.
 	Create(info FileInfo) (StoredFile, error)
@@ -45,7 +57,8 @@ type Batch interface {
 	Commit() error
 
 	// Discard removes every file of the batch, committed or not, and ends
-	// whatever is in flight. It may be called after Commit.
+	// whatever is in flight. It may be called after Commit, after a failed
+	// call of any method, and once the request's context has ended.
 	Discard()
 }
 

@@ -119,6 +119,22 @@ type slowResult struct {
 	firstErr   error
 }
 
+// steadyRSS is the resident memory of process pid once its start's work
+// (background tasks after the ready route answers) has ended: when two reads
+// 100 ms apart differ by less than 1%, or after 5 s.
+func steadyRSS(pid int) (int64, error) {
+	last, err := procStatusBytes(pid, "VmRSS")
+	for deadline := time.Now().Add(5 * time.Second); err == nil && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond) // the interval between reads
+		var now int64
+		if now, err = procStatusBytes(pid, "VmRSS"); err == nil && (now-last)*100 < last && (last-now)*100 < last {
+			return now, nil
+		}
+		last = now
+	}
+	return last, err
+}
+
 // slowRun starts a fresh gateway and holds n uploads open through route.
 func slowRun(ctx context.Context, caddyPath, backendAddr, route string, n int, size, rate int64, interval, ramp time.Duration, keepLog string) (res slowResult, err error) {
 	gw, err := startGateway(ctx, caddyPath, backendAddr, []string{"forward"}, "", nil, protoHTTP)
@@ -131,8 +147,7 @@ func slowRun(ctx context.Context, caddyPath, backendAddr, route string, n int, s
 	if route == "sp" {
 		url = gw.URL + spPath("forward") + "upload"
 	}
-	time.Sleep(time.Second) // let the gateway settle after its start
-	if res.idle, err = procStatusBytes(gw.Pid, "VmRSS"); err != nil {
+	if res.idle, err = steadyRSS(gw.Pid); err != nil {
 		return res, err
 	}
 	if err := gw.ResetPeakRSS(); err != nil {
@@ -226,7 +241,7 @@ func (f *trickleForm) Read(p []byte) (int, error) {
 	}
 	if f.left > 0 {
 		if d := time.Until(f.next); d > 0 {
-			time.Sleep(d)
+			time.Sleep(d) // the client's pace: what is measured
 		}
 		f.next = time.Now().Add(f.interval)
 		n := int(min(int64(len(p)), f.chunk, f.left))

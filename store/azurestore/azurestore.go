@@ -15,7 +15,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -27,6 +26,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -319,9 +319,10 @@ func (s *AzureStore) Begin(ctx context.Context, logger *zap.Logger) store.Batch 
 	return &azureBatch{s: s, req: ctx, ctx: bctx, cancel: cancel, logger: logger}
 }
 
-// azureBatch is one request's blobs. Its methods run on one goroutine at a
-// time (the request's, or the backend transport's); only block uploads run
-// on others, and each file waits for its own before it finishes.
+// azureBatch is one request's blobs. Its methods and its files' are called
+// one at a time (see store.Batch for on which goroutine); only block uploads
+// run on goroutines of their own, which a file waits for in Finish and the
+// batch in Discard.
 type azureBatch struct {
 	s      *AzureStore
 	req    context.Context // the request's
@@ -334,17 +335,18 @@ type azureBatch struct {
 
 // azureFile is one blob being written.
 type azureFile struct {
-	b     *azureBatch
-	name  string
-	blob  *blockblob.Client
-	info  store.FileInfo
-	buf   []byte // being filled; nil when none is held
-	ids   []string
-	slots chan struct{}
-	wg    sync.WaitGroup // block uploads in flight
+	b    *azureBatch
+	name string
+	blob *blockblob.Client
+	info store.FileInfo
+	buf  []byte // being filled; nil when none is held
+	ids  []string
 
-	mu  sync.Mutex // guards err, written by block uploads
-	err error
+	// stages runs the block uploads, blocksInFlight at a time;
+	// blockFailed, its context, is cancelled with the first failure as its
+	// cause.
+	stages      *errgroup.Group
+	blockFailed context.Context
 
 	committing bool // Put Block List was sent: the blob may exist
 }
@@ -373,7 +375,9 @@ func (b *azureBatch) Create(info store.FileInfo) (store.StoredFile, error) {
 	if p := strings.Trim(b.s.Prefix, "/"); p != "" {
 		name = p + "/" + name
 	}
-	f := &azureFile{b: b, name: name, blob: b.s.client.NewBlockBlobClient(name), info: info, slots: make(chan struct{}, blocksInFlight)}
+	f := &azureFile{b: b, name: name, blob: b.s.client.NewBlockBlobClient(name), info: info}
+	f.stages, f.blockFailed = errgroup.WithContext(context.WithoutCancel(b.ctx))
+	f.stages.SetLimit(blocksInFlight)
 	b.files = append(b.files, f)
 	return f, nil
 }
@@ -418,8 +422,7 @@ func (f *azureFile) Finish(info store.FileInfo) error {
 			return err
 		}
 	}
-	f.wg.Wait()
-	return f.failed()
+	return f.stages.Wait()
 }
 
 // blockID names the i-th block: base64 of a fixed-width number, as Azure
@@ -428,45 +431,40 @@ func blockID(i int) string {
 	return base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "%05d", i))
 }
 
-// stage starts the upload of the buffer as the next block. The buffer goes
+// stage starts the upload of the buffer as the next block. It waits while
+// blocksInFlight blocks of the file are going up already. The buffer goes
 // back to the pool when the block is up.
 func (f *azureFile) stage() error {
 	b := f.b
 	if len(f.ids) == maxAzureBlocks {
 		return store.Failed(fmt.Errorf("blob %s: more than %d blocks", f.name, maxAzureBlocks)) // max_part_size forbids it
 	}
-	select {
-	case f.slots <- struct{}{}:
-	case <-b.ctx.Done():
-		return b.failure(b.ctx.Err())
+	if err := b.ctx.Err(); err != nil {
+		return b.failure(err)
 	}
 	buf, id := f.buf, blockID(len(f.ids))
 	f.buf = nil
 	f.ids = append(f.ids, id)
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		defer func() { <-f.slots }()
+	f.stages.Go(func() error {
 		defer b.s.pool.Put(buf)
 		// Cancelled with the batch: a block never committed is no blob.
 		ctx, cancel := context.WithTimeout(b.ctx, azureOpTimeout)
 		defer cancel()
-		_, err := f.blob.StageBlock(ctx, id, streaming.NopCloser(bytes.NewReader(buf)), nil)
-		if err != nil {
-			f.mu.Lock()
-			if f.err == nil {
-				f.err = b.failure(err)
-			}
-			f.mu.Unlock()
+		if _, err := f.blob.StageBlock(ctx, id, streaming.NopCloser(bytes.NewReader(buf)), nil); err != nil {
+			return b.failure(err)
 		}
-	}()
+		return nil
+	})
 	return nil
 }
 
+// failed returns the error of the first block that failed, if one did. Only
+// before Finish: waiting for the stages ends their context.
 func (f *azureFile) failed() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.err
+	if f.blockFailed.Err() != nil {
+		return context.Cause(f.blockFailed)
+	}
+	return nil
 }
 
 // azureMetadata is a blob's metadata: names are C# identifiers, values
@@ -530,7 +528,7 @@ func (b *azureBatch) Discard() {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(b.req), azureCleanupTimeout)
 	defer cancel()
 	for _, f := range b.files {
-		f.wg.Wait()
+		_ = f.stages.Wait() // the error, if any, was the request's
 		if f.buf != nil {
 			b.s.pool.Put(f.buf)
 			f.buf = nil

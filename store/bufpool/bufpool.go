@@ -27,6 +27,8 @@ var (
 // many as were ever in use at once. Where the system allows, they are
 // mapped outside Go's heap (buffers_linux.go), so that the garbage collector,
 // which lets the heap grow to twice what is live, does not double them.
+// Every upload of a store shares its pool: its methods are safe for
+// concurrent use.
 type Pool struct {
 	size   int
 	slots  chan struct{} // one token per buffer in use

@@ -321,9 +321,11 @@ func (b *fileBatch) Discard() {
 	b.files = nil
 }
 
-// diskError classifies a failure of the disk: a full disk or quota is 507.
+// diskError classifies a failure of the disk: a full disk or quota is 507,
+// and so is a file past the size the system allows (EFBIG: the file
+// system's largest file, or the process's RLIMIT_FSIZE).
 func diskError(err error) *store.Error {
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EFBIG) {
 		return &store.Error{Status: http.StatusInsufficientStorage, Code: store.CodeStorageFull, Message: "the store is full", Err: err}
 	}
 	return store.Failed(err)

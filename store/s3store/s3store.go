@@ -14,10 +14,8 @@ import (
 	"net/http"
 	"net/url"
 	"path"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -30,6 +28,7 @@ import (
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/middleware"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -328,10 +327,10 @@ func (s *S3Store) Begin(ctx context.Context, logger *zap.Logger) store.Batch {
 	return &s3Batch{s: s, pool: s.pool, req: ctx, ctx: bctx, cancel: cancel, logger: logger}
 }
 
-// s3Batch is one request's objects. Its methods run on one goroutine at a
-// time (the request's, or the backend transport's: see store.Batch); only
-// part uploads run on others, and each file waits for its own before it
-// finishes.
+// s3Batch is one request's objects. Its methods and its files' are called
+// one at a time (see store.Batch for on which goroutine); only part uploads
+// run on goroutines of their own, which a file waits for in Finish and the
+// batch in Discard.
 type s3Batch struct {
 	s      *S3Store
 	pool   *bufpool.Pool
@@ -352,12 +351,13 @@ type s3File struct {
 	buf      []byte // being filled; nil when none is held
 	crc      uint32 // buf's CRC32C, computed while it is filled, when its bytes are still in cache
 	next     int32  // the next part's number, from 1
-	slots    chan struct{}
-	wg       sync.WaitGroup // part uploads in flight
 
-	mu    sync.Mutex // guards parts and err, written by part uploads
-	parts []types.CompletedPart
-	err   error
+	// uploads runs the part uploads, partsInFlight at a time; partFailed,
+	// its context, is cancelled with the first failure as its cause. Each
+	// upload fills in its own entry of parts, read once uploads has ended.
+	uploads    *errgroup.Group
+	partFailed context.Context
+	parts      []*types.CompletedPart
 
 	completing  bool // CompleteMultipartUpload was called
 	completed   bool // and succeeded
@@ -396,7 +396,9 @@ func (b *s3Batch) Create(info store.FileInfo) (store.StoredFile, error) {
 	if p := strings.Trim(b.s.Prefix, "/"); p != "" {
 		key = p + "/" + key
 	}
-	f := &s3File{b: b, key: key, info: info, next: 1, slots: make(chan struct{}, partsInFlight)}
+	f := &s3File{b: b, key: key, info: info, next: 1}
+	f.uploads, f.partFailed = errgroup.WithContext(context.WithoutCancel(b.ctx))
+	f.uploads.SetLimit(partsInFlight)
 	b.files = append(b.files, f)
 	return f, nil
 }
@@ -468,13 +470,13 @@ func (f *s3File) Finish(info store.FileInfo) error {
 			return err
 		}
 	}
-	f.wg.Wait()
-	return f.failed()
+	return f.uploads.Wait()
 }
 
 // send starts the upload of the buffer as the next part, creating the
-// multipart upload first if need be. The buffer goes back to the pool when
-// the part is up.
+// multipart upload first if need be. It waits while partsInFlight parts of
+// the file are up already. The buffer goes back to the pool when the part is
+// up.
 func (f *s3File) send() error {
 	b := f.b
 	if f.uploadID == "" {
@@ -482,10 +484,8 @@ func (f *s3File) send() error {
 			return err
 		}
 	}
-	select {
-	case f.slots <- struct{}{}:
-	case <-b.ctx.Done():
-		return b.failure(b.ctx.Err())
+	if err := b.ctx.Err(); err != nil {
+		return b.failure(err)
 	}
 	buf, num := f.buf, f.next
 	var sum [4]byte
@@ -493,11 +493,13 @@ func (f *s3File) send() error {
 	crc := base64.StdEncoding.EncodeToString(sum[:])
 	f.buf, f.crc = nil, 0
 	f.next++
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		defer func() { <-f.slots }()
+	part := &types.CompletedPart{PartNumber: aws.Int32(num)}
+	f.parts = append(f.parts, part)
+	f.uploads.Go(func() error {
 		defer b.pool.Put(buf)
+		if err := b.ctx.Err(); err != nil { // the request ended while the part waited for its turn
+			return b.failure(err)
+		}
 		// Not cancelled with the request either: S3 may go on writing a
 		// part whose request was cut, after an abort that would then
 		// leave it behind. So a part in flight ends before the abort.
@@ -513,16 +515,12 @@ func (f *s3File) send() error {
 			ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
 			ChecksumCRC32C:    aws.String(crc),
 		}, UnsignedPayload)
-		f.mu.Lock()
-		defer f.mu.Unlock()
 		if err != nil {
-			if f.err == nil {
-				f.err = b.failure(err)
-			}
-			return
+			return b.failure(err)
 		}
-		f.parts = append(f.parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(num), ChecksumCRC32C: out.ChecksumCRC32C})
-	}()
+		part.ETag, part.ChecksumCRC32C = out.ETag, out.ChecksumCRC32C
+		return nil
+	})
 	return nil
 }
 
@@ -599,10 +597,13 @@ var unsignedFirst = middleware.FinalizeMiddlewareFunc("StreamProxyUnsignedPayloa
 		return next.HandleFinalize(v4.SetPayloadHash(ctx, "UNSIGNED-PAYLOAD"), in)
 	})
 
+// failed returns the error of the first part that failed, if one did. Only
+// before Finish: waiting for the uploads ends their context.
 func (f *s3File) failed() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.err
+	if f.partFailed.Err() != nil {
+		return context.Cause(f.partFailed)
+	}
+	return nil
 }
 
 // Commit completes every multipart upload. Every file has finished, so no
@@ -612,7 +613,10 @@ func (b *s3Batch) Commit() error {
 		if f.completed {
 			continue
 		}
-		slices.SortFunc(f.parts, func(x, y types.CompletedPart) int { return int(*x.PartNumber - *y.PartNumber) })
+		parts := make([]types.CompletedPart, len(f.parts))
+		for i, p := range f.parts {
+			parts[i] = *p
+		}
 		// Not cancelled with the request: a completion must be known, to
 		// be undone; one whose answer was lost is deleted on Discard.
 		f.completing = true
@@ -621,7 +625,7 @@ func (b *s3Batch) Commit() error {
 			Bucket:          aws.String(b.s.Bucket),
 			Key:             aws.String(f.key),
 			UploadId:        aws.String(f.uploadID),
-			MultipartUpload: &types.CompletedMultipartUpload{Parts: f.parts},
+			MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
 		})
 		cancel()
 		if err != nil {
@@ -685,7 +689,7 @@ func (b *s3Batch) Discard() {
 	b.cancel()
 	var left []*s3Removal
 	for _, f := range b.files {
-		f.wg.Wait()
+		_ = f.uploads.Wait() // the error, if any, was the request's
 		if f.buf != nil {
 			b.pool.Put(f.buf)
 			f.buf = nil
