@@ -25,7 +25,7 @@ import (
 type bench struct {
 	gw     *gateway
 	stores map[string]objectStore // by mode: store-s3, store-azure
-	direct string    // the backend's URL
+	direct string                 // the backend's URL
 	client *http.Client
 	gwc    *http.Client // to the gateway, in the protocol measured
 
