@@ -14,11 +14,15 @@ import (
 	"mime/multipart"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -299,6 +303,50 @@ func TestFaultS3OutageMidUpload(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// integration/README.md, row 48: S3 makes a multipart upload and its answer
+// is lost on the way back (the connection drops), so the gateway never learns
+// the upload's id: the client gets 503, and the cleanup finds the upload (and
+// those the SDK's retries made) by its key and aborts it.
+func TestFaultS3CreateAnswerLost(t *testing.T) {
+	s := startS3(t)
+	target, err := url.Parse(s.endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	var made atomic.Int32
+	lossy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Query().Has("uploads") {
+			rec := httptest.NewRecorder()
+			rp.ServeHTTP(rec, r) // S3 makes the upload...
+			if rec.Code == http.StatusOK {
+				made.Add(1)
+			}
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				conn.Close() // ...and its answer never arrives
+			}
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(lossy.Close)
+	startGateway(t, fmt.Sprintf(`stream_proxy /upload* {
+	mode store
+	%s
+}`, s.site(t, lossy.URL, "cleanup_budget 30s")))
+
+	res, body := postForm(t, http.DefaultClient, gatewayURL+"/upload",
+		[]formPart{{field: "file", filename: "a.bin", size: 1 << 20, seed: 48}}, false)
+	if e := decodeError(t, body); res.StatusCode != http.StatusServiceUnavailable || e.Error.Code != "store_unavailable" {
+		t.Fatalf("client got %d %s, want 503 store_unavailable", res.StatusCode, body)
+	}
+	if made.Load() == 0 {
+		t.Fatal("no multipart upload was made: the fault did not happen")
+	}
+	s.empty(t)
 }
 
 // ingestPolicy lets user write into the bucket and undo its writes, and

@@ -23,32 +23,57 @@ const (
 
 // s3Removal is what is left to undo of one file of a failed request.
 type s3Removal struct {
-	key      string
-	uploadID string
-	abort    bool // its multipart upload is still to be aborted
-	delete   bool // its object, completed or maybe completed, is still to be deleted
+	key       string
+	uploadIDs []string // its multipart uploads still to be aborted
+	// find: a CreateMultipartUpload of the key went unanswered, so an
+	// upload may exist that the gateway has no id of; ListMultipartUploads
+	// finds it (and any the SDK's retries made) by the key, which is the
+	// gateway's own and unique.
+	find   bool
+	delete bool // its object, completed or maybe completed, is still to be deleted
 }
 
 // removeOnce tries each step of r once, and reports whether S3 did not
 // answer, so that r is worth trying again. An answer that will not change
 // (403, a missing bucket) ends r with an error in the log.
 func (s *S3Store) removeOnce(ctx context.Context, r *s3Removal, logger *zap.Logger) (retry bool) {
-	if r.abort {
+	if r.find {
+		lctx, cancel := context.WithTimeout(ctx, s3CleanupAttempt)
+		out, err := s.client.ListMultipartUploads(lctx, &s3.ListMultipartUploadsInput{
+			Bucket: aws.String(s.Bucket), Prefix: aws.String(r.key)})
+		cancel()
+		switch {
+		case err == nil:
+			r.find = false
+			for _, up := range out.Uploads {
+				if aws.ToString(up.Key) == r.key {
+					r.uploadIDs = append(r.uploadIDs, aws.ToString(up.UploadId))
+				}
+			}
+		case retryable(err):
+			return true
+		default:
+			logger.Error("listing s3 multipart uploads to find one whose creation went unanswered (needs s3:ListBucketMultipartUploads)",
+				zap.String("bucket", s.Bucket), zap.String("key", r.key), zap.Error(err))
+			r.find = false
+		}
+	}
+	for len(r.uploadIDs) > 0 {
+		id := r.uploadIDs[0]
 		actx, cancel := context.WithTimeout(ctx, s3CleanupAttempt)
 		_, err := s.client.AbortMultipartUpload(actx, &s3.AbortMultipartUploadInput{
-			Bucket: aws.String(s.Bucket), Key: aws.String(r.key), UploadId: aws.String(r.uploadID)})
+			Bucket: aws.String(s.Bucket), Key: aws.String(r.key), UploadId: aws.String(id)})
 		cancel()
 		switch {
 		case err == nil || errors.As(err, new(*types.NoSuchUpload)):
 			// Gone already (or completed after all: deleted below).
-			r.abort = false
 		case retryable(err):
 			return true
 		default:
 			logger.Error("aborting an s3 multipart upload", zap.String("bucket", s.Bucket), zap.String("key", r.key),
-				zap.String("upload_id", r.uploadID), zap.Error(err))
-			r.abort = false
+				zap.String("upload_id", id), zap.Error(err))
 		}
+		r.uploadIDs = r.uploadIDs[1:]
 	}
 	if r.delete {
 		dctx, cancel := context.WithTimeout(ctx, s3CleanupAttempt)
@@ -84,7 +109,7 @@ func (s *S3Store) retryRemovals(stop context.Context, left []*s3Removal, deadlin
 		case <-ctx.Done():
 			for _, r := range left {
 				logger.Error("left in s3 after the cleanup budget", zap.String("bucket", s.Bucket), zap.String("key", r.key),
-					zap.String("upload_id", r.uploadID), zap.Bool("multipart_upload", r.abort), zap.Bool("object", r.delete))
+					zap.Strings("upload_ids", r.uploadIDs), zap.Bool("unanswered_create", r.find), zap.Bool("object", r.delete))
 			}
 			return
 		case <-timer.C:

@@ -359,6 +359,7 @@ type s3File struct {
 	partFailed context.Context
 	parts      []*types.CompletedPart
 
+	createLost  bool // CreateMultipartUpload went unanswered: an upload may exist without its id
 	completing  bool // CompleteMultipartUpload was called
 	completed   bool // and succeeded
 	finishing   bool // Finish was called: info is whole
@@ -571,6 +572,9 @@ func (f *s3File) create() error {
 		ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
 	})
 	if err != nil {
+		// S3 may have made the upload and the answer been lost on the
+		// way back: the cleanup then looks for it by its key.
+		f.createLost = retryable(err)
 		return b.failure(err)
 	}
 	f.uploadID = aws.ToString(out.UploadId)
@@ -694,8 +698,11 @@ func (b *s3Batch) Discard() {
 			b.pool.Put(f.buf)
 			f.buf = nil
 		}
-		r := &s3Removal{key: f.key, uploadID: f.uploadID, abort: f.uploadID != "" && !f.completed, delete: f.completing}
-		if r.abort || r.delete {
+		r := &s3Removal{key: f.key, find: f.createLost, delete: f.completing}
+		if f.uploadID != "" && !f.completed {
+			r.uploadIDs = []string{f.uploadID}
+		}
+		if len(r.uploadIDs) > 0 || r.find || r.delete {
 			left = append(left, r)
 		}
 	}
