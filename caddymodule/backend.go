@@ -41,21 +41,42 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 // boundary, whose parts write adds while the client's body is read, and
 // hands the answer to w.
 func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer) error) *uploadError {
-	bw := u.newFlusher()
-	defer bw.release()
-	mw := multipart.NewWriter(bw)
-	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
-	return u.roundTrip(w, header, func(body io.Writer) error {
-		bw.reset(body)
-		defer u.flushWhenIdle(bw)()
-		if err := write(mw); err != nil {
-			return err
-		}
-		if err := mw.Close(); err != nil {
-			return err
-		}
-		return bw.Flush()
-	})
+	f := u.newFormBody(write)
+	defer f.bw.release()
+	return u.roundTrip(w, f.header, f.produce)
+}
+
+// formBody is what exchangeForm sends: a form written under a fresh boundary.
+type formBody struct {
+	u      *upload
+	bw     *idleFlusher
+	mw     *multipart.Writer
+	header http.Header
+	write  func(mw *multipart.Writer) error
+}
+
+// newFormBody is apart from exchangeForm so that its locals are not on the
+// stack of the handler's goroutine while it waits for the backend's answer
+// (see roundTrip).
+//
+//go:noinline
+func (u *upload) newFormBody(write func(mw *multipart.Writer) error) *formBody {
+	f := &formBody{u: u, bw: u.newFlusher(), write: write}
+	f.mw = multipart.NewWriter(f.bw)
+	f.header = http.Header{"Content-Type": {f.mw.FormDataContentType()}}
+	return f
+}
+
+func (f *formBody) produce(body io.Writer) error {
+	f.bw.reset(body)
+	defer f.u.flushWhenIdle(f.bw)()
+	if err := f.write(f.mw); err != nil {
+		return err
+	}
+	if err := f.mw.Close(); err != nil {
+		return err
+	}
+	return f.bw.Flush()
 }
 
 // roundTrip sends the backend one request through the proxy, with the fields
@@ -70,36 +91,77 @@ func (u *upload) exchangeForm(w *backendWriter, write func(mw *multipart.Writer)
 // returned, and the backend request is aborted with it, so that it never
 // ends cleanly; unless the backend answered first (401, 413), in which case
 // its answer is what the client gets, whole.
+//
+// The handler's goroutine waits for the answer below reverse_proxy, Caddy's
+// routes and this module, all on its stack: the request's setup and its
+// aftermath are functions of their own, so that their locals are not on it
+// while it waits. Go keeps a goroutine's stack at a power of two, and a few
+// hundred bytes more would double it (16 KiB to 32 KiB) for every upload.
 func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w io.Writer) error) *uploadError {
+	x, uerr := u.startExchange(w, header, produce)
+	if uerr != nil {
+		return uerr
+	}
+	x.proxy()
+	return x.finish()
+}
+
+// exchange is one backend request of roundTrip.
+type exchange struct {
+	u      *upload
+	w      *backendWriter
+	req    *http.Request
+	body   *backendBody
+	stall  *stallTimer
+	cancel context.CancelFunc
+	stop   chan struct{}
+
+	proxyErr error
+	panicked any
+}
+
+//go:noinline
+func (u *upload) startExchange(w *backendWriter, header http.Header, produce func(w io.Writer) error) (*exchange, *uploadError) {
 	// The backend request's own context: cancelled when the backend takes
 	// no byte of the body for backend_stall_timeout, which frees its
 	// connection and ends the producer's write.
 	ctx, cancel := context.WithCancel(u.r.Context())
-	defer cancel()
-	stall := newStallTimer(time.Duration(u.h.BackendStallTimeout), cancel)
-	defer stall.stop()
-	body := newBackendBody(ctx, produce, stall)
-	req := u.backendRequest(ctx, body, header)
-	if uerr := u.setRoute(req); uerr != nil {
-		return uerr // before any backend is contacted
+	x := &exchange{u: u, w: w, cancel: cancel}
+	x.stall = newStallTimer(time.Duration(u.h.BackendStallTimeout), cancel)
+	x.body = newBackendBody(ctx, produce, x.stall)
+	x.req = u.backendRequest(ctx, x.body, header)
+	if uerr := u.setRoute(x.req); uerr != nil {
+		x.stall.stop()
+		cancel()
+		return nil, uerr // before any backend is contacted
 	}
-	w.body = body
+	w.body = x.body
 	w.sent = time.Now()
 	if w.client != nil {
 		w.own = w.client.Header().Clone()
 	}
-	stop := make(chan struct{})
-	u.body.stop = stop
+	x.stop = make(chan struct{})
+	u.body.stop = x.stop
+	return x, nil
+}
 
-	var panicked any
-	proxyErr := func() error {
-		// reverse_proxy panics with http.ErrAbortHandler when it cannot
-		// finish a response it began; the producer still ends first.
-		defer func() { panicked = recover() }()
-		return u.h.proxy.ServeHTTP(w, req, nextNone)
-	}()
+// proxy hands the request to reverse_proxy, which panics with
+// http.ErrAbortHandler when it cannot finish a response it began; the
+// panic is kept for finish, so that the producer still ends first.
+func (x *exchange) proxy() {
+	defer func() { x.panicked = recover() }()
+	x.proxyErr = x.u.h.proxy.ServeHTTP(x.w, x.req, nextNone)
+}
 
-	if w.status != 0 && !body.ended.Load() && panicked == nil {
+// finish ends the request once the proxy returned: the producer, the
+// lingering close, and the upload's outcome.
+//
+//go:noinline
+func (x *exchange) finish() *uploadError {
+	defer x.cancel()
+	defer x.stall.stop()
+	u, w, body, stall := x.u, x.w, x.body, x.stall
+	if w.status != 0 && !body.ended.Load() && x.panicked == nil {
 		// The backend answered before it took the whole body. The client
 		// gets the answer now; the producer's next read or write fails.
 		_ = http.NewResponseController(w).Flush()
@@ -109,11 +171,11 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 			_ = u.r.Body.Close()
 		}
 	}
-	close(stop)
+	close(x.stop)
 	perr := body.finish()
 	u.body.stop = nil // the next part's header is read on this goroutine
-	if panicked != nil {
-		panic(panicked)
+	if x.panicked != nil {
+		panic(x.panicked)
 	}
 	if w.linger {
 		u.linger()
@@ -139,8 +201,8 @@ func (u *upload) roundTrip(w *backendWriter, header http.Header, produce func(w 
 			Message: fmt.Sprintf("backend took no byte of the upload for %s", stall.d), err: perr}
 	case ue != nil:
 		return ue
-	case proxyErr != nil:
-		return backendError(proxyErr, u.r.Context().Err() != nil)
+	case x.proxyErr != nil:
+		return backendError(x.proxyErr, u.r.Context().Err() != nil)
 	case perr != nil && perr != errBackendAnswered:
 		return backendError(perr, u.r.Context().Err() != nil)
 	default:
