@@ -62,9 +62,10 @@ func (u *upload) growReader(left []byte) *bufio.Reader {
 }
 
 // newFlusher returns an idleFlusher for u's backend writes, which starts on
-// a small buffer and grows into u's large set; release it with release.
+// a small buffer, held only between two reads, and grows into u's large set;
+// release it with release.
 func (u *upload) newFlusher() *idleFlusher {
-	f := newIdleFlusher(startBufs.getWriter())
+	f := newIdleFlusher(nil)
 	f.grow = u.largeSet
 	return f
 }

@@ -107,3 +107,36 @@ func TestFlusherGrowsOnlyWhenFilled(t *testing.T) {
 		t.Fatalf("sent %d bytes, want %d", out.Len(), 26*len(chunk))
 	}
 }
+
+// TestFlusherHoldsNoBufferWhileReadWaits checks that, until the client proves
+// fast, what was written is sent before each read from the client and the
+// small writer given back: an upload whose read waits holds no write buffer.
+func TestFlusherHoldsNoBufferWhileReadWaits(t *testing.T) {
+	h := provision(t, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1")})
+	u := newUpload(h, httptest.NewRecorder(), formRequest("--B--\r\n"))
+	defer u.closeBody()
+	f := u.newFlusher()
+	defer f.release()
+	var out bytes.Buffer
+	f.reset(&out)
+	chunk := bytes.Repeat([]byte("x"), 1000)
+	for i := range 10 {
+		if _, err := f.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(chunk[:10]); err != nil {
+			t.Fatal(err)
+		}
+		f.beforeRead()
+		if f.out != nil {
+			t.Fatalf("read %d: a write buffer is held while the read waits", i)
+		}
+		if want := (i + 1) * 1010; out.Len() != want {
+			t.Fatalf("read %d: %d bytes sent before it, want %d", i, out.Len(), want)
+		}
+		f.afterRead()
+	}
+	if f.set != nil {
+		t.Fatalf("small writes moved to %d-byte buffers", f.set.size)
+	}
+}
