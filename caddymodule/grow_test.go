@@ -140,3 +140,70 @@ func TestFlusherHoldsNoBufferWhileReadWaits(t *testing.T) {
 		t.Fatalf("small writes moved to %d-byte buffers", f.set.size)
 	}
 }
+
+// watched is a client body that reports each read to seen before it reads.
+type watched struct {
+	r    io.Reader
+	seen func(p []byte)
+}
+
+func (w watched) Read(p []byte) (int, error) {
+	w.seen(p)
+	return w.r.Read(p)
+}
+
+// TestReaderParkedWhileReadWaits checks that, until the client proves fast,
+// the upload gives its read buffer back before each read of part data that
+// may wait (it reads one byte, the server's connection buffering the rest),
+// that the bytes after it come in the same read, and that what is forwarded
+// is what was sent, near-delimiters held back across the waits among it.
+func TestReaderParkedWhileReadWaits(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789abcdef\r\n--C"), 1<<10) // 21 KiB, with near-delimiters
+	body := "--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\r\n" + string(data) + "\r\n--B--\r\n"
+	h := provision(t, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1")})
+	r := formRequest(body)
+	var u *upload
+	var waits, heldWhileWaiting, reads int
+	r.Body = io.NopCloser(watched{trickle{strings.NewReader(body), 1000}, func(p []byte) {
+		reads++
+		if len(p) == 1 {
+			waits++
+			if u.in != nil {
+				heldWhileWaiting++
+			}
+		}
+	}})
+	u = newUpload(h, httptest.NewRecorder(), r)
+	if err := u.checkRequest(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	err := forwardTo(u, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if waits == 0 || heldWhileWaiting != 0 {
+		t.Fatalf("%d one-byte reads, %d of them with a read buffer held", waits, heldWhileWaiting)
+	}
+	if max := 3 * (len(body)/1000 + 1); reads > max {
+		t.Errorf("%d reads of a body sent 1000 bytes at a time, want at most %d", reads, max)
+	}
+	_, params, _ := mime.ParseMediaType("multipart/form-data; boundary=" + forwardedBoundary(t, out.Bytes()))
+	p, err := multipart.NewReader(&out, params["boundary"]).NextPart()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := io.ReadAll(p); !bytes.Equal(got, data) {
+		t.Errorf("forwarded %d bytes, not the %d sent", len(got), len(data))
+	}
+}
+
+// forwardedBoundary is the boundary of a form re-encoded by forwardTo: its
+// first line without the leading dashes.
+func forwardedBoundary(t *testing.T, form []byte) string {
+	line, _, ok := bytes.Cut(form, []byte("\r\n"))
+	if !ok || !bytes.HasPrefix(line, []byte("--")) {
+		t.Fatalf("forwarded form starts with %q", form[:min(len(form), 80)])
+	}
+	return string(line[2:])
+}

@@ -36,6 +36,7 @@ type upload struct {
 	src      *formreader.Source // under in
 	in       *bufio.Reader      // buffered client body: startBufs', then bufs' (grow.go)
 	bufs     *bufSet            // the large set, once chosen (largeSet); nil before
+	parked   parked             // what in held while a read waited without it (grow.go)
 
 	sent  atomic.Int64 // part data bytes delivered to backends or the store
 	parts atomic.Int64 // parts seen
