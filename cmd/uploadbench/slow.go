@@ -144,13 +144,16 @@ func slowRun(ctx context.Context, caddyPath, backendAddr, route string, n int, s
 		return res, err
 	}
 
-	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true, DisableCompression: true, MaxIdleConnsPerHost: -1}
+	chunk := max(rate*int64(interval)/int64(time.Second), 1)
+	// A write buffer of one chunk: each chunk leaves when written, as a slow
+	// link delivers it, not gathered into the transport's 4 KiB.
+	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true, DisableCompression: true, MaxIdleConnsPerHost: -1,
+		WriteBufferSize: int(min(chunk, 64*kib))}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr}
 	var mu sync.Mutex
 	var ok, failed atomic.Int64
 	var wg sync.WaitGroup
-	chunk := max(rate*int64(interval)/int64(time.Second), 1)
 	fail := func(err error) {
 		failed.Add(1)
 		mu.Lock()
