@@ -189,7 +189,7 @@ func (x *exchange) finish() *uploadError {
 			Message: fmt.Sprintf("backend answered %d before it took the whole upload", w.status), err: perr}
 	case w.status != 0:
 		if w.early {
-			if ce := u.logger.Check(zap.DebugLevel, "backend answered before the upload ended"); ce != nil {
+			if ce := u.check(zap.DebugLevel, "backend answered before the upload ended"); ce != nil {
 				ce.Write(zap.Int("status", w.status), zap.Int64("bytes", u.body.n.Load()), zap.NamedError("upload", perr))
 			}
 		}

@@ -11,10 +11,11 @@ import (
 // it into one backend request while it arrives, then streams the backend's
 // response back.
 func (h *Handler) serveForward(u *upload) result {
-	form := u.openBody()
 	defer u.closeBody()
 	answer := u.relayTo(u.w)
-	if uerr := u.exchangeForm(answer, func(mw *multipart.Writer) error { return u.forward(form, mw) }); uerr != nil {
+	// The body is opened, and its read buffer taken, once the backend is
+	// connected and takes it, not while the backend is dialled.
+	if uerr := u.exchangeForm(answer, func(mw *multipart.Writer) error { return u.forward(u.openBody(), mw) }); uerr != nil {
 		return failed(uerr, nil)
 	}
 	return result{status: answer.status}

@@ -140,10 +140,7 @@ type idleFlusher struct {
 // borrowed for each run of writes between two reads if out is nil and grow
 // set; reset it to its destination before the first write.
 func newIdleFlusher(out *bufio.Writer) *idleFlusher {
-	f := &idleFlusher{out: out, delay: flushDelay}
-	f.timer = time.AfterFunc(time.Hour, f.fire)
-	f.timer.Stop()
-	return f
+	return &idleFlusher{out: out, delay: flushDelay}
 }
 
 // reset directs f's writes to dst.
@@ -258,7 +255,12 @@ func (f *idleFlusher) beforeRead() {
 	if pending {
 		f.runs.Add(1)
 		f.armed = true
-		f.timer.Reset(f.delay)
+		if f.timer == nil {
+			// Made on first use: an upload that never grows needs none.
+			f.timer = time.AfterFunc(f.delay, f.fire)
+		} else {
+			f.timer.Reset(f.delay)
+		}
 	}
 }
 

@@ -181,7 +181,7 @@ func (st *storing) discard() {
 func (h *Handler) serveStore(u *upload) result {
 	form := u.openBody()
 	defer u.closeBody()
-	st := &storing{u: u, batch: h.store.Begin(u.r.Context(), u.logger)}
+	st := &storing{u: u, batch: h.store.Begin(u.r.Context(), u.log())}
 
 	if h.proxy == nil {
 		if err := st.receive(form, nil); err != nil {
