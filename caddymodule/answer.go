@@ -17,7 +17,7 @@ import (
 func (u *upload) fail(e *uploadError, parts []partResult) error {
 	u.repl.Set(placeholderPrefix+"error.code", e.Code)
 	u.repl.Set(placeholderPrefix+"error.limit", e.Limit)
-	if ce := u.logger.Check(zap.DebugLevel, "upload refused"); ce != nil || e.Status >= 500 {
+	if ce := u.check(zap.DebugLevel, "upload refused"); ce != nil || e.Status >= 500 {
 		fields := []zap.Field{
 			zap.Int("status", e.Status),
 			zap.String("code", e.Code),
@@ -33,7 +33,7 @@ func (u *upload) fail(e *uploadError, parts []partResult) error {
 			fields = append(fields, zap.Error(e.err))
 		}
 		if e.Status >= 500 && e.Status != statusClientClosed {
-			u.logger.Error("upload failed", fields...)
+			u.log().Error("upload failed", fields...)
 		} else if ce != nil {
 			ce.Write(fields...)
 		}

@@ -40,16 +40,36 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 // boundary, whose parts write adds while the client's body is read, and
 // relays the answer to client.
 func (u *upload) exchangeForm(client http.ResponseWriter, write func(mw *formWriter) error) (backendAnswer, *uploadError) {
-	out := u.newFlusher()
-	defer out.release()
-	mw := newFormWriter(out)
-	header := http.Header{"Content-Type": {mw.FormDataContentType()}}
-	return u.roundTrip(client, header, out, func() error {
-		if err := write(mw); err != nil {
-			return err
-		}
-		return mw.Close()
-	})
+	f := u.newFormBody(write)
+	defer f.out.release()
+	return u.roundTrip(client, f.header, f.out, f.produce)
+}
+
+// formBody is what exchangeForm sends: a form written under a fresh boundary.
+type formBody struct {
+	out    *idleFlusher
+	mw     *formWriter
+	header http.Header
+	write  func(mw *formWriter) error
+}
+
+// newFormBody is apart from exchangeForm so that its locals are not on the
+// stack of the handler's goroutine while it waits for the backend's answer
+// (see roundTrip).
+//
+//go:noinline
+func (u *upload) newFormBody(write func(mw *formWriter) error) *formBody {
+	f := &formBody{out: u.newFlusher(), write: write}
+	f.mw = newFormWriter(f.out)
+	f.header = http.Header{"Content-Type": {f.mw.FormDataContentType()}}
+	return f
+}
+
+func (f *formBody) produce() error {
+	if err := f.write(f.mw); err != nil {
+		return err
+	}
+	return f.mw.Close()
 }
 
 // backendAnswer is how the backend answered one request.
@@ -76,39 +96,80 @@ type backendAnswer struct {
 // returned, and the backend request is aborted with it, so that it never
 // ends cleanly; unless the backend answered first (401, 413), in which case
 // its answer is what the client gets, whole.
+//
+// The handler's goroutine waits for the answer below reverse_proxy, Caddy's
+// routes and this module, all on its stack: the request's setup and its
+// aftermath are functions of their own, so that their locals are not on it
+// while it waits. Go keeps a goroutine's stack at a power of two, and a few
+// hundred bytes more would double it (16 KiB to 32 KiB) for every upload.
 func (u *upload) roundTrip(client http.ResponseWriter, header http.Header, out *idleFlusher, produce func() error) (backendAnswer, *uploadError) {
+	x, uerr := u.startExchange(client, header, out, produce)
+	if uerr != nil {
+		return backendAnswer{}, uerr
+	}
+	x.proxy()
+	return x.finish()
+}
+
+// exchange is one backend request of roundTrip.
+type exchange struct {
+	u      *upload
+	w      *backendWriter
+	req    *http.Request
+	body   *backendBody
+	stall  *stallTimer
+	cancel context.CancelFunc
+	// stop, once closed, fails the producer's reads of the client: the
+	// request has ended (answered early or failed), so nothing read would
+	// go anywhere.
+	stop chan struct{}
+
+	proxyErr error
+	panicked any
+}
+
+//go:noinline
+func (u *upload) startExchange(client http.ResponseWriter, header http.Header, out *idleFlusher, produce func() error) (*exchange, *uploadError) {
 	// The backend request's own context: cancelled when the backend takes
 	// no byte of the body for backend_stall_timeout, which frees its
 	// connection and ends the producer's write.
 	ctx, cancel := context.WithCancel(u.r.Context())
-	defer cancel()
-	stall := newStallTimer(time.Duration(u.h.BackendStallTimeout), cancel)
-	defer stall.stop()
-	// stop, once closed, fails the producer's reads of the client: the
-	// request has ended (answered early or failed), so nothing read would go
-	// anywhere.
-	stop := make(chan struct{})
-	body := newBackendBody(ctx, func(w io.Writer) error { return u.feed(w, out, stop, produce) }, stall)
-	req := u.backendRequest(ctx, body, header)
-	if uerr := u.setRoute(req); uerr != nil {
-		return backendAnswer{}, uerr // before any backend is contacted
+	x := &exchange{u: u, cancel: cancel, stop: make(chan struct{})}
+	x.stall = newStallTimer(time.Duration(u.h.BackendStallTimeout), cancel)
+	stop := x.stop
+	x.body = newBackendBody(ctx, func(w io.Writer) error { return u.feed(w, out, stop, produce) }, x.stall)
+	x.req = u.backendRequest(ctx, x.body, header)
+	if uerr := u.setRoute(x.req); uerr != nil {
+		x.stall.stop()
+		cancel()
+		return nil, uerr // before any backend is contacted
 	}
-	w := &backendWriter{u: u, client: client, body: body, sent: time.Now()}
+	x.w = &backendWriter{u: u, client: client, body: x.body, sent: time.Now()}
 	if client != nil {
-		w.own = client.Header().Clone()
+		x.w.own = client.Header().Clone()
 	} else {
-		w.header = make(http.Header)
+		x.w.header = make(http.Header)
 	}
+	return x, nil
+}
 
-	var panicked any
-	proxyErr := func() error {
-		// reverse_proxy panics with http.ErrAbortHandler when it cannot
-		// finish a response it began; the producer still ends first.
-		defer func() { panicked = recover() }()
-		return u.h.proxy.ServeHTTP(w, req, nextNone)
-	}()
+// proxy hands the request to reverse_proxy, which panics with
+// http.ErrAbortHandler when it cannot finish a response it began; the
+// panic is kept for finish, so that the producer still ends first.
+func (x *exchange) proxy() {
+	defer func() { x.panicked = recover() }()
+	x.proxyErr = x.u.h.proxy.ServeHTTP(x.w, x.req, nextNone)
+}
 
-	if w.status != 0 && !body.ended.Load() && panicked == nil {
+// finish ends the request once the proxy returned: the producer, the
+// lingering close, and the upload's outcome.
+//
+//go:noinline
+func (x *exchange) finish() (backendAnswer, *uploadError) {
+	defer x.cancel()
+	defer x.stall.stop()
+	u, w, body, stall := x.u, x.w, x.body, x.stall
+	if w.status != 0 && !body.ended.Load() && x.panicked == nil {
 		// The backend answered before it took the whole body. The client
 		// gets the answer now; the producer's next read or write fails.
 		_ = http.NewResponseController(w).Flush()
@@ -118,10 +179,10 @@ func (u *upload) roundTrip(client http.ResponseWriter, header http.Header, out *
 			_ = u.r.Body.Close()
 		}
 	}
-	close(stop)
+	close(x.stop)
 	perr := body.finish()
-	if panicked != nil {
-		panic(panicked)
+	if x.panicked != nil {
+		panic(x.panicked)
 	}
 	if w.linger {
 		u.linger()
@@ -135,7 +196,7 @@ func (u *upload) roundTrip(client http.ResponseWriter, header http.Header, out *
 			Message: fmt.Sprintf("backend answered %d before it took the whole upload", w.status), err: perr}
 	case w.status != 0:
 		if answer.early {
-			if ce := u.logger.Check(zap.DebugLevel, "backend answered before the upload ended"); ce != nil {
+			if ce := u.check(zap.DebugLevel, "backend answered before the upload ended"); ce != nil {
 				ce.Write(zap.Int("status", w.status), zap.Int64("bytes", u.body.n.Load()), zap.NamedError("upload", perr))
 			}
 		}
@@ -147,8 +208,8 @@ func (u *upload) roundTrip(client http.ResponseWriter, header http.Header, out *
 			Message: fmt.Sprintf("backend took no byte of the upload for %s", stall.d), err: perr}
 	case ue != nil:
 		return answer, ue
-	case proxyErr != nil:
-		return answer, backendError(proxyErr, u.r.Context().Err() != nil)
+	case x.proxyErr != nil:
+		return answer, backendError(x.proxyErr, u.r.Context().Err() != nil)
 	case perr != nil && perr != errBackendAnswered:
 		return answer, backendError(perr, u.r.Context().Err() != nil)
 	default:

@@ -36,6 +36,7 @@ func (u *upload) openBody() *formreader.Reader {
 	u.in.Reset(u.src)
 	f := formreader.New(u.in, u.src, u.boundary, u.h.formLimits(), u)
 	f.SetGrow(u.growReader)
+	f.SetPark(u.parkReader)
 	return f
 }
 

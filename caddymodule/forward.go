@@ -10,9 +10,10 @@ import (
 // it into one backend request while it arrives, then streams the backend's
 // response back.
 func (h *Handler) serveForward(u *upload) result {
-	form := u.openBody()
 	defer u.closeBody()
-	answer, uerr := u.exchangeForm(u.w, func(mw *formWriter) error { return u.forward(form, mw) })
+	// The body is opened, and its read buffer taken, once the backend is
+	// connected and takes it, not while the backend is dialled.
+	answer, uerr := u.exchangeForm(u.w, func(mw *formWriter) error { return u.forward(u.openBody(), mw) })
 	if uerr != nil {
 		return failed(uerr, nil)
 	}

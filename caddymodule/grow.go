@@ -62,10 +62,56 @@ func (u *upload) growReader(left []byte) *bufio.Reader {
 	return big
 }
 
+// parked is what the small read buffer held when it was given back before a
+// read that may wait (parkReader), with the first byte that read brought. Its
+// first read hands all of it out and, if that byte came, goes on to read
+// what the client sent with it, which the server's connection has buffered:
+// the client's next bytes arrive in one read, not byte by byte.
+type parked struct {
+	buf  [formreader.MaxCarry + 1]byte
+	left []byte
+	more bool
+	src  io.Reader
+}
+
+func (c *parked) Read(p []byte) (int, error) {
+	n := copy(p, c.left)
+	c.left = c.left[n:]
+	if len(c.left) > 0 || !c.more || n == len(p) {
+		if n > 0 {
+			return n, nil
+		}
+		return c.src.Read(p)
+	}
+	c.more = false
+	m, err := c.src.Read(p[n:])
+	return n + m, err
+}
+
+// parkReader gives back u's small read buffer, which holds left (at most
+// formreader.MaxCarry bytes), while it waits for the client's next byte, read
+// into u.parked, then goes on with a small buffer from the pool, which reads
+// left, that byte and what came with it first. A slow client's upload holds
+// no read buffer of its own while its read waits: the server's connection
+// buffers what arrives, as it does for reverse_proxy.
+func (u *upload) parkReader(left []byte) *bufio.Reader {
+	c := &u.parked
+	k := copy(c.buf[:], left)
+	u.in.Reset(nil)
+	startBufs.readers.Put(u.in)
+	u.in = nil
+	n, err := u.src.Read(c.buf[k : k+1])
+	c.left, c.more, c.src = c.buf[:k+n], n == 1 && err == nil, u.src
+	u.in = startBufs.readers.Get().(*bufio.Reader)
+	u.in.Reset(c)
+	return u.in
+}
+
 // newFlusher returns an idleFlusher for u's backend writes, which starts on
-// a small buffer and grows into u's large set; release it with release.
+// a small buffer, held only between two reads, and grows into u's large set;
+// release it with release.
 func (u *upload) newFlusher() *idleFlusher {
-	f := newIdleFlusher(startBufs.getWriter())
+	f := newIdleFlusher(nil)
 	f.grow = u.largeSet
 	return f
 }

@@ -128,23 +128,26 @@ type idleFlusher struct {
 
 	// grow, if set, returns the set whose writer replaces out, a small
 	// one, at the write after one that filled out (full), out flushed (grow.go).
+	// Until then out is borrowed from startBufs at the first write after a
+	// read from the client and given back, flushed, before the next: an
+	// upload whose read waits holds no write buffer.
 	grow func() *bufSet
 	full bool
 	set  *bufSet // out's, once grown
 }
 
-// newIdleFlusher returns an idleFlusher buffering in out; reset it to its
-// destination before the first write.
+// newIdleFlusher returns an idleFlusher buffering in out, or in a writer
+// borrowed for each run of writes between two reads if out is nil and grow
+// set; reset it to its destination before the first write.
 func newIdleFlusher(out *bufio.Writer) *idleFlusher {
-	f := &idleFlusher{out: out, delay: flushDelay}
-	f.timer = time.AfterFunc(time.Hour, f.fire)
-	f.timer.Stop()
-	return f
+	return &idleFlusher{out: out, delay: flushDelay}
 }
 
 // reset directs f's writes to dst.
 func (f *idleFlusher) reset(dst io.Writer) {
-	f.out.Reset(dst)
+	if f.out != nil {
+		f.out.Reset(dst)
+	}
 	f.dst = dst
 }
 
@@ -155,13 +158,17 @@ func (f *idleFlusher) Write(p []byte) (int, error) {
 		return 0, f.err
 	}
 	if f.grow != nil {
-		if f.full {
-			if err := f.out.Flush(); err != nil {
+		switch {
+		case f.full:
+			if err := f.flushLocked(); err != nil {
 				return 0, err
 			}
 			f.swap()
-		} else if len(p) > f.out.Available() {
-			f.full = true
+		case f.out == nil:
+			f.borrow()
+			fallthrough
+		default:
+			f.full = len(p) > f.out.Available()
 		}
 	}
 	if len(p) < passSize {
@@ -182,6 +189,9 @@ func (f *idleFlusher) writeHeader(p []byte) (int, error) {
 	if f.err != nil {
 		return 0, f.err
 	}
+	if f.out == nil {
+		f.borrow() // the small writer, as Write borrows it
+	}
 	return f.out.Write(p)
 }
 
@@ -191,17 +201,39 @@ func (f *idleFlusher) swap() {
 	f.grow = nil
 	big := f.set.getWriter()
 	big.Reset(f.dst)
-	startBufs.putWriter(f.out)
+	f.giveBack()
 	f.out = big
+}
+
+// flushLocked sends what out holds, if f holds a writer; f.mu is held.
+func (f *idleFlusher) flushLocked() error {
+	if f.out == nil {
+		return nil
+	}
+	return f.out.Flush()
+}
+
+// borrow takes a small writer for the writes until the next read.
+func (f *idleFlusher) borrow() {
+	f.out = startBufs.getWriter()
+	f.out.Reset(f.dst)
+}
+
+// giveBack returns the small writer, empty, if f holds one.
+func (f *idleFlusher) giveBack() {
+	if f.out != nil {
+		startBufs.putWriter(f.out)
+		f.out = nil
+	}
 }
 
 // release gives f's writer back to its pool, once f is done with and ended.
 func (f *idleFlusher) release() {
-	set := f.set
-	if set == nil {
-		set = startBufs
+	if f.set == nil {
+		f.giveBack()
+		return
 	}
-	set.putWriter(f.out)
+	f.set.putWriter(f.out)
 	f.out = nil
 }
 
@@ -212,21 +244,25 @@ func (f *idleFlusher) Flush() error {
 	if f.err != nil {
 		return f.err
 	}
-	return f.out.Flush()
+	return f.flushLocked()
 }
 
 // beforeRead sets the timer, when something waits in out, before a read from
-// the client that may block, or on the small writer sends it at once;
-// afterRead stops the timer.
+// the client that may block, or on the small writer sends it at once and
+// gives the writer back; afterRead stops the timer.
 func (f *idleFlusher) beforeRead() {
 	f.mu.Lock()
-	pending := f.out.Buffered() > 0
-	if pending && f.grow != nil {
+	pending := f.out != nil && f.out.Buffered() > 0
+	if f.grow != nil && f.out != nil {
 		// Still on the small writer: the client has not proved fast, and
 		// its next read likely waits. Send now, as reverse_proxy would,
-		// with no timer and no goroutine to run it.
+		// with no timer and no goroutine to run it, and hold no buffer
+		// while the read waits.
 		if err := f.out.Flush(); err != nil && f.err == nil {
 			f.err = writeError{err}
+		}
+		if f.out.Buffered() == 0 {
+			f.giveBack()
 		}
 		pending = false
 	}
@@ -234,7 +270,12 @@ func (f *idleFlusher) beforeRead() {
 	if pending {
 		f.runs.Add(1)
 		f.armed = true
-		f.timer.Reset(f.delay)
+		if f.timer == nil {
+			// Made on first use: an upload that never grows needs none.
+			f.timer = time.AfterFunc(f.delay, f.fire)
+		} else {
+			f.timer.Reset(f.delay)
+		}
 	}
 }
 
@@ -251,7 +292,7 @@ func (f *idleFlusher) fire() {
 	defer f.runs.Done()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.err == nil && f.out.Buffered() > 0 {
+	if f.err == nil && f.out != nil && f.out.Buffered() > 0 {
 		if err := f.out.Flush(); err != nil {
 			f.err = writeError{err}
 		}

@@ -171,7 +171,7 @@ func (st *storing) discard() {
 func (h *Handler) serveStore(u *upload) result {
 	form := u.openBody()
 	defer u.closeBody()
-	st := &storing{u: u, batch: h.store.Begin(u.r.Context(), u.logger)}
+	st := &storing{u: u, batch: h.store.Begin(u.r.Context(), u.log())}
 	if ib, ok := h.store.(store.IdleBounder); ok {
 		st.idle = ib.IdleBound()
 	}

@@ -44,9 +44,12 @@ const (
 	// headers costs about what a plain upload does.
 	DefaultMaxFormHeaderSize = 512 << 10 // 512 KiB
 	// DefaultWriteBuffer is the http transport's, unless write_buffer is
-	// set: a chunk of up to passSize with its size line and CRLF leaves in
-	// one write; a larger one's bulk is written past the buffer.
-	DefaultWriteBuffer = passSize + 16
+	// set: net/http's own, as reverse_proxy has. Every backend connection
+	// holds one, a slow upload's as long as it lasts; a larger chunk's bulk
+	// is written past it, so a larger one saved no CPU (docs/performance.md),
+	// and 128 KiB of them slowed a gateway taking on 8,000 slow uploads at
+	// once until its dials to the backend timed out.
+	DefaultWriteBuffer = 4 << 10
 )
 
 // Handler intercepts multipart/form-data requests and moves every part to

@@ -27,7 +27,7 @@ type upload struct {
 	w      http.ResponseWriter
 	r      *http.Request
 	repl   *caddy.Replacer
-	logger *zap.Logger
+	logger atomic.Pointer[zap.Logger] // made on first use (log)
 	id     string
 	start  time.Time
 
@@ -36,6 +36,7 @@ type upload struct {
 	src      *formreader.Source // under in
 	in       *bufio.Reader      // buffered client body: startBufs', then bufs' (grow.go)
 	bufs     *bufSet            // the large set, once chosen (largeSet); nil before
+	parked   parked             // what in held while a read waited without it (grow.go)
 
 	sent  atomic.Int64 // part data bytes delivered to backends or the store
 	parts atomic.Int64 // parts seen
@@ -71,8 +72,30 @@ func newUpload(h *Handler, w http.ResponseWriter, r *http.Request) *upload {
 	u := &upload{h: h, w: w, r: r, repl: repl, start: time.Now(), body: &clientBody{r: r.Body, max: h.MaxBodySize}}
 	u.body.pace = u.newPacer()
 	u.id, _ = repl.GetString("http.request.uuid")
-	u.logger = h.logger.With(zap.String("upload", u.id))
 	return u
+}
+
+// log is the handler's logger with the upload's id. It is made on first
+// use: most uploads log nothing, and a logger with a field of its own holds
+// a copy of the encoder and its buffer for as long as the upload lasts. The
+// handler's goroutine and the body's producer may both log.
+func (u *upload) log() *zap.Logger {
+	if l := u.logger.Load(); l != nil {
+		return l
+	}
+	l := u.h.logger.With(zap.String("upload", u.id))
+	if u.logger.CompareAndSwap(nil, l) {
+		return l
+	}
+	return u.logger.Load()
+}
+
+// check is log's Check, which makes the logger only for an entry written.
+func (u *upload) check(lvl zapcore.Level, msg string) *zapcore.CheckedEntry {
+	if !u.h.logger.Core().Enabled(lvl) {
+		return nil
+	}
+	return u.log().Check(lvl, msg)
 }
 
 // begin makes the upload visible to the admin API and the metrics.
@@ -144,7 +167,7 @@ func (u *upload) end(res result) {
 	if extra, ok := u.r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
 		extra.Add(summary)
 	}
-	if ce := u.logger.Check(zap.DebugLevel, "upload finished"); ce != nil {
+	if ce := u.check(zap.DebugLevel, "upload finished"); ce != nil {
 		ce.Write(summary, zap.Int("status", res.status), zap.Duration("duration", time.Since(u.start)))
 	}
 }
@@ -170,7 +193,7 @@ func (u *upload) PartEnded(p *formreader.Part) {
 	u.mu.Unlock()
 	metrics.parts.WithLabelValues(u.h.Mode, outcomeOK).Inc()
 	metrics.partSeconds.WithLabelValues(u.h.Mode).Observe(d.Seconds())
-	if ce := u.logger.Check(zap.DebugLevel, "part done"); ce != nil {
+	if ce := u.check(zap.DebugLevel, "part done"); ce != nil {
 		ce.Write(zap.Int("part", p.Index), zap.String("field", p.Field), zap.Bool("file", p.IsFile),
 			zap.Int64("bytes", p.Size), zap.Duration("duration", d))
 	}

@@ -57,6 +57,9 @@ type Reader struct {
 	// first what in left; it is called once a read has filled in (fast).
 	grow func(left []byte) *bufio.Reader
 	fast bool
+	// park, if set, replaces in, before a read that may wait, while it
+	// has not grown (SetPark).
+	park func(left []byte) *bufio.Reader
 }
 
 // Observer hears of each part's start and clean end.
@@ -128,6 +131,13 @@ const MaxCarry = 256
 // form is read from, reading first the at most MaxCarry bytes left in it; it
 // is called once, when a read has filled the buffer (the client is fast).
 func (f *Reader) SetGrow(grow func(left []byte) *bufio.Reader) { f.grow = grow }
+
+// SetPark sets park, which is called, until the reader grows (SetGrow),
+// before a read of part data that may wait for the client, with the at most
+// MaxCarry bytes left in the reader: it returns the reader to go on with,
+// which reads those bytes first, and may have read the client's next bytes
+// without holding a read buffer while it waited.
+func (f *Reader) SetPark(park func(left []byte) *bufio.Reader) { f.park = park }
 
 // New reads the form from in, which reads from src, and tells obs of each
 // part.

@@ -127,6 +127,9 @@ func (f *Reader) data() ([]byte, error) {
 		if f.avail == 0 && f.end == nil {
 			// Too little is buffered to tell: read more. This happens only
 			// with a few bytes buffered, never with a full buffer.
+			if f.park != nil && f.grow != nil && len(buf) <= MaxCarry {
+				f.in = f.park(buf)
+			}
 			_, f.readErr = f.in.Peek(len(buf) + 1)
 			if f.readErr == io.EOF {
 				f.readErr = io.ErrUnexpectedEOF

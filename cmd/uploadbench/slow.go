@@ -80,7 +80,7 @@ func runSlow(ctx context.Context, args []string) error {
 	size := int64(rate) * int64(*duration/time.Second)
 	fmt.Printf("%d uploads at once, each a form of %s sent at %s/s in writes every %v, into a discarding backend; one fresh gateway per route\n",
 		*n, formatBytes(size), formatBytes(int64(rate)), *interval)
-	fmt.Printf("%-16s %10s %10s %10s %14s %8s %8s\n", "route", "idle RSS", "peak RSS", "peak-idle", "RSS per upload", "ok", "failed")
+	fmt.Printf("%-16s %10s %10s %10s %14s %8s %8s %8s\n", "route", "idle RSS", "peak RSS", "peak-idle", "RSS per upload", "CPU s", "ok", "failed")
 	for _, r := range routes {
 		keepLog := ""
 		if *logDir != "" {
@@ -92,8 +92,8 @@ func runSlow(ctx context.Context, args []string) error {
 		}
 		name := map[string]string{"rp": "reverse_proxy", "sp": "stream_proxy"}[r]
 		per := float64(res.peak-res.idle) / float64(*n)
-		fmt.Printf("%-16s %8.1f MiB %7.1f MiB %7.1f MiB %10.1f KiB %8d %8d\n", name,
-			float64(res.idle)/mib, float64(res.peak)/mib, float64(res.peak-res.idle)/mib, per/kib, res.ok, res.failed)
+		fmt.Printf("%-16s %8.1f MiB %7.1f MiB %7.1f MiB %10.1f KiB %8.1f %8d %8d\n", name,
+			float64(res.idle)/mib, float64(res.peak)/mib, float64(res.peak-res.idle)/mib, per/kib, res.cpu, res.ok, res.failed)
 		if res.firstErr != nil {
 			fmt.Printf("  first failure: %v\n", res.firstErr)
 		}
@@ -115,6 +115,7 @@ func discard(w http.ResponseWriter, r *http.Request) {
 
 type slowResult struct {
 	idle, peak int64
+	cpu        float64 // the gateway's CPU seconds (user + system) from its idle RSS to the last upload's end
 	ok, failed int64
 	firstErr   error
 }
@@ -153,14 +154,21 @@ func slowRun(ctx context.Context, caddyPath, backendAddr, route string, n int, s
 	if err := gw.ResetPeakRSS(); err != nil {
 		return res, err
 	}
+	cpu0, err := gw.CPUSeconds()
+	if err != nil {
+		return res, err
+	}
 
-	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true, DisableCompression: true, MaxIdleConnsPerHost: -1}
+	chunk := max(rate*int64(interval)/int64(time.Second), 1)
+	// A write buffer of one chunk: each chunk leaves when written, as a slow
+	// link delivers it, not gathered into the transport's 4 KiB.
+	tr := &http.Transport{Proxy: nil, DisableKeepAlives: true, DisableCompression: true, MaxIdleConnsPerHost: -1,
+		WriteBufferSize: int(min(chunk, 64*kib))}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr}
 	var mu sync.Mutex
 	var ok, failed atomic.Int64
 	var wg sync.WaitGroup
-	chunk := max(rate*int64(interval)/int64(time.Second), 1)
 	fail := func(err error) {
 		failed.Add(1)
 		mu.Lock()
@@ -206,6 +214,11 @@ func slowRun(ctx context.Context, caddyPath, backendAddr, route string, n int, s
 		return res, err
 	}
 	res.ok, res.failed = ok.Load(), failed.Load()
+	cpu1, err := gw.CPUSeconds()
+	if err != nil {
+		return res, err
+	}
+	res.cpu = cpu1 - cpu0
 	res.peak, err = gw.PeakRSS()
 	return res, err
 }
