@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/textproto"
+	"unicode/utf8"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // readHeader reads a part's header block, after its delimiter line, as
@@ -186,37 +189,12 @@ func canonicalKey(k []byte) bool {
 // validHeaderFieldByte reports whether c is a token byte (RFC 7230), as
 // textproto's function of the same name.
 func validHeaderFieldByte(c byte) bool {
-	const mask = 0 |
-		(1<<(10)-1)<<'0' |
-		(1<<(26)-1)<<'a' |
-		(1<<(26)-1)<<'A' |
-		1<<'!' |
-		1<<'#' |
-		1<<'$' |
-		1<<'%' |
-		1<<'&' |
-		1<<'\'' |
-		1<<'*' |
-		1<<'+' |
-		1<<'-' |
-		1<<'.' |
-		1<<'^' |
-		1<<'_' |
-		1<<'`' |
-		1<<'|' |
-		1<<'~'
-	return ((uint64(1)<<c)&(mask&(1<<64-1)) |
-		(uint64(1)<<(c-64))&(mask>>64)) != 0
+	return c < utf8.RuneSelf && httpguts.IsTokenRune(rune(c))
 }
 
-// validHeaderValueByte reports whether c may be in a header value: VCHAR,
-// space, tab or obs-text (RFC 7230), as textproto's function of the same
-// name.
+// validHeaderValueByte reports whether c may be in a header value: anything
+// but a control byte other than tab (RFC 7230's VCHAR, space, tab and
+// obs-text), as textproto's function of the same name.
 func validHeaderValueByte(c byte) bool {
-	const mask = 0 |
-		(1<<(0x7f-0x21)-1)<<0x21 |
-		1<<0x20 |
-		1<<0x09
-	return ((uint64(1)<<c)&^(mask&(1<<64-1)) |
-		(uint64(1)<<(c-64))&^(mask>>64)) == 0
+	return c == '\t' || (c >= 0x20 && c != 0x7f)
 }
