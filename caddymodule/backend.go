@@ -145,9 +145,7 @@ func (u *upload) startExchange(client http.ResponseWriter, header http.Header, o
 		return nil, uerr // before any backend is contacted
 	}
 	x.w = &backendWriter{u: u, client: client, body: x.body, sent: time.Now()}
-	if client != nil {
-		x.w.own = client.Header().Clone()
-	} else {
+	if client == nil {
 		x.w.header = make(http.Header)
 	}
 	return x, nil
@@ -432,7 +430,9 @@ type bodyTransport struct {
 func (t bodyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	b, ok := req.Context().Value(backendBodyKey{}).(*backendBody)
 	if ok && req.Body != nil {
-		req = req.WithContext(req.Context())
+		// req is reverse_proxy's copy for this one attempt (it makes it
+		// just before calling the transport), so it is changed in place:
+		// a copy would be held for as long as the upload streams.
 		req.Body = b
 	}
 	if ok {
@@ -486,15 +486,22 @@ type backendWriter struct {
 	dropped   bool // a 2xx that came before the backend took the whole body: never relayed
 
 	body *backendBody
-	own  http.Header // the client's header before the proxy added the backend's
+	// own is the client's header before the proxy added the backend's,
+	// taken when the proxy first asks for it, once the backend answered:
+	// not held while the upload streams. nil: the proxy never asked.
+	own  http.Header
 	sent time.Time
 }
 
 func (w *backendWriter) Header() http.Header {
-	if w.client != nil {
-		return w.client.Header()
+	if w.client == nil {
+		return w.header
 	}
-	return w.header
+	h := w.client.Header()
+	if w.own == nil {
+		w.own = h.Clone()
+	}
+	return h
 }
 
 func (w *backendWriter) WriteHeader(code int) {
@@ -524,9 +531,11 @@ func (w *backendWriter) WriteHeader(code int) {
 		ended := w.body.ended.Load()
 		if err := w.body.settle(); err != nil || (!ended && w.body.closing.Load()) {
 			w.dropped = true
-			h := w.client.Header()
-			clear(h)
-			maps.Copy(h, w.own)
+			if w.own != nil {
+				h := w.client.Header()
+				clear(h)
+				maps.Copy(h, w.own)
+			}
 			return
 		}
 	}
