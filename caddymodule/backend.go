@@ -40,29 +40,28 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 // boundary, whose parts write adds while the client's body is read, and
 // relays the answer to client.
 func (u *upload) exchangeForm(client http.ResponseWriter, write func(mw *formWriter) error) (backendAnswer, *uploadError) {
-	f := u.newFormBody(write)
+	f, header := u.newFormBody(write)
 	defer f.out.release()
-	return u.roundTrip(client, f.header, f.out, f.produce)
+	return u.roundTrip(client, header, f.out, f.produce)
 }
 
 // formBody is what exchangeForm sends: a form written under a fresh boundary.
 type formBody struct {
-	out    *idleFlusher
-	mw     *formWriter
-	header http.Header
-	write  func(mw *formWriter) error
+	out   *idleFlusher
+	mw    *formWriter
+	write func(mw *formWriter) error
 }
 
 // newFormBody is apart from exchangeForm so that its locals are not on the
 // stack of the handler's goroutine while it waits for the backend's answer
-// (see roundTrip).
+// (see roundTrip). The header it returns is not kept in f: the backend
+// request has its own copy of it.
 //
 //go:noinline
-func (u *upload) newFormBody(write func(mw *formWriter) error) *formBody {
+func (u *upload) newFormBody(write func(mw *formWriter) error) (*formBody, http.Header) {
 	f := &formBody{out: u.newFlusher(), write: write}
 	f.mw = newFormWriter(f.out)
-	f.header = http.Header{"Content-Type": {f.mw.FormDataContentType()}}
-	return f
+	return f, http.Header{"Content-Type": {f.mw.FormDataContentType()}}
 }
 
 func (f *formBody) produce() error {
@@ -261,18 +260,22 @@ func (u *upload) backendRequest(ctx context.Context, body *backendBody, header h
 // upstream is connected and has the request header, and at most once.
 type backendBody struct {
 	produce func(w io.Writer) error
-	pipe    *handoff // the Read path's
-	stall   *stallTimer
-	ctx     context.Context // the backend request's
+	// pipe is the Read path's, made by the Read that starts produce: an
+	// HTTP/1 upload holds none.
+	pipe  atomic.Pointer[handoff]
+	stall *stallTimer
+	ctx   context.Context // the backend request's
 
-	started   chan struct{} // closed when a transport first takes the body
-	closed    chan struct{} // closed when the transport gives it up unread
-	closeOnce sync.Once
+	// taken is closed when a transport first takes the body, or gives it up
+	// unread, whichever comes first.
+	taken     chan struct{}
+	takenOnce sync.Once
 
-	mu    sync.Mutex
-	state int           // bodyWaiting, bodyRunning or bodyStopped; guarded by mu
-	done  chan struct{} // closed once produce ran
-	err   error         // produce's result, written before done is closed
+	mu       sync.Mutex
+	state    int           // bodyWaiting, bodyRunning or bodyStopped; guarded by mu
+	finished bool          // finish was called: a pipe made now is made closed; guarded by mu
+	done     chan struct{} // closed once produce ran
+	err      error         // produce's result, written before done is closed
 
 	ended atomic.Bool // produce has ended, or will not start
 	// closing: the backend's answer says it closes the connection after it
@@ -290,20 +293,38 @@ const (
 )
 
 func newBackendBody(ctx context.Context, produce func(w io.Writer) error, stall *stallTimer) *backendBody {
-	return &backendBody{produce: produce, pipe: newHandoff(), stall: stall, ctx: ctx,
-		done: make(chan struct{}), started: make(chan struct{}), closed: make(chan struct{})}
+	return &backendBody{produce: produce, stall: stall, ctx: ctx,
+		done: make(chan struct{}), taken: make(chan struct{})}
 }
 
-// begin reports whether the caller is the one to run produce.
-func (b *backendBody) begin() bool {
+// begin reports whether the caller is the one to run produce; a Read (read)
+// makes the pipe that produce then writes into.
+func (b *backendBody) begin(read bool) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.state != bodyWaiting {
 		return false
 	}
 	b.state = bodyRunning
-	close(b.started)
+	if read {
+		p := newHandoff()
+		if b.finished {
+			p.CloseRead(errBackendAnswered)
+		}
+		b.pipe.Store(p)
+	}
+	b.markTaken()
 	return true
+}
+
+func (b *backendBody) markTaken() { b.takenOnce.Do(func() { close(b.taken) }) }
+
+// closeRead ends the pipe's reads and fails produce's writes into it, if a
+// Read made it.
+func (b *backendBody) closeRead(err error) {
+	if p := b.pipe.Load(); p != nil {
+		p.CloseRead(err)
+	}
 }
 
 // awaitStart waits, while no transport has taken the body yet, until one
@@ -312,8 +333,7 @@ func (b *backendBody) begin() bool {
 // the copy begins; deciding then would stop a body about to go.
 func (b *backendBody) awaitStart() {
 	select {
-	case <-b.started:
-	case <-b.closed:
+	case <-b.taken:
 	case <-b.ctx.Done():
 	}
 }
@@ -333,7 +353,8 @@ func (b *backendBody) settle() error {
 	if b.state == bodyWaiting {
 		b.state = bodyStopped
 		b.ended.Store(true)
-		b.pipe.CloseRead(errBackendAnswered) // a transport that reads it later is not left waiting
+		// A transport that reads it later is not left waiting: with no
+		// pipe its Read fails at once.
 	}
 	started := b.state == bodyRunning
 	b.mu.Unlock()
@@ -346,7 +367,7 @@ func (b *backendBody) settle() error {
 
 // WriteTo runs produce into w, the transport's writer.
 func (b *backendBody) WriteTo(w io.Writer) (int64, error) {
-	if !b.begin() {
+	if !b.begin(false) {
 		return io.Copy(w, struct{ io.Reader }{b}) // already started by a Read
 	}
 	cw := &connWriter{w: w}
@@ -362,16 +383,21 @@ func (b *backendBody) WriteTo(w io.Writer) (int64, error) {
 }
 
 func (b *backendBody) Read(p []byte) (int, error) {
-	if b.begin() {
+	if b.begin(true) {
+		pipe := b.pipe.Load()
 		go func() {
-			if err := b.run(b.pipe); err != nil {
-				b.pipe.CloseWrite(aborted{err})
+			if err := b.run(pipe); err != nil {
+				pipe.CloseWrite(aborted{err})
 			} else {
-				b.pipe.CloseWrite(nil)
+				pipe.CloseWrite(nil)
 			}
 		}()
 	}
-	return b.pipe.Read(p)
+	pipe := b.pipe.Load()
+	if pipe == nil {
+		return 0, io.ErrClosedPipe // stopped before any read, or taken by WriteTo
+	}
+	return pipe.Read(p)
 }
 
 // Close is the transport's. Before any read it does nothing, as a body that
@@ -383,10 +409,10 @@ func (b *backendBody) Close() error {
 	waiting := b.state == bodyWaiting
 	b.mu.Unlock()
 	if running {
-		b.pipe.CloseRead(nil)
+		b.closeRead(nil)
 	}
 	if waiting {
-		b.closeOnce.Do(func() { close(b.closed) })
+		b.markTaken()
 	}
 	return nil
 }
@@ -395,7 +421,10 @@ func (b *backendBody) Close() error {
 // produce's result: errBackendAnswered if it never started. The caller has
 // made its reads and writes fail, so a produce still running ends soon.
 func (b *backendBody) finish() error {
-	b.pipe.CloseRead(errBackendAnswered)
+	b.mu.Lock()
+	b.finished = true
+	b.mu.Unlock()
+	b.closeRead(errBackendAnswered)
 	return b.settle()
 }
 

@@ -143,7 +143,7 @@ func (u *upload) check(lvl zapcore.Level, msg string) *zapcore.CheckedEntry {
 
 // begin makes the upload visible to the admin API and the metrics.
 func (u *upload) begin() {
-	inFlight.Store(u, u)
+	track(u)
 	metrics.inFlight.WithLabelValues(u.h.Mode).Inc()
 	u.repl.Map(u.placeholder)
 }
@@ -154,7 +154,7 @@ func (u *upload) end(res result) {
 	mode := u.h.Mode
 	// Last, so that an upload no longer in flight has been counted.
 	defer func() {
-		inFlight.Delete(u)
+		untrack(u)
 		metrics.inFlight.WithLabelValues(mode).Dec()
 	}()
 
