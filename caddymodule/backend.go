@@ -118,10 +118,10 @@ type exchange struct {
 	body   *backendBody
 	stall  *stallTimer
 	cancel context.CancelFunc
-	// stop, once closed, fails the producer's reads of the client: the
+	// stop, once set, fails the producer's reads of the client: the
 	// request has ended (answered early or failed), so nothing read would
-	// go anywhere.
-	stop chan struct{}
+	// go anywhere. A flag the reads poll, not a channel: it is never waited on.
+	stop atomic.Bool
 
 	proxyErr error
 	panicked any
@@ -133,9 +133,9 @@ func (u *upload) startExchange(client http.ResponseWriter, header http.Header, o
 	// no byte of the body for backend_stall_timeout, which frees its
 	// connection and ends the producer's write.
 	ctx, cancel := context.WithCancel(u.r.Context())
-	x := &exchange{u: u, cancel: cancel, stop: make(chan struct{})}
+	x := &exchange{u: u, cancel: cancel}
 	x.stall = newStallTimer(time.Duration(u.h.BackendStallTimeout), cancel)
-	stop := x.stop
+	stop := &x.stop
 	x.body = newBackendBody(ctx, func(w io.Writer) error { return u.feed(w, out, stop, produce) }, x.stall)
 	x.req = u.backendRequest(ctx, x.body, header)
 	if uerr := u.setRoute(x.req); uerr != nil {
@@ -176,7 +176,7 @@ func (x *exchange) finish() (backendAnswer, *uploadError) {
 			_ = u.r.Body.Close()
 		}
 	}
-	close(x.stop)
+	x.stop.Store(true)
 	perr := body.finish()
 	if x.panicked != nil {
 		panic(x.panicked)
@@ -217,10 +217,10 @@ func (x *exchange) finish() (backendAnswer, *uploadError) {
 
 // feed runs produce, whose writes go into out and on to w, as the producer
 // of a backend body: while it runs, each read of the client's body first
-// fails once stop is closed, and tells out, which sends what it holds once
+// fails once stop is set, and tells out, which sends what it holds once
 // the client pauses (see idleFlusher). It returns once out's timer can no
 // longer write to w.
-func (u *upload) feed(w io.Writer, out *idleFlusher, stop <-chan struct{}, produce func() error) error {
+func (u *upload) feed(w io.Writer, out *idleFlusher, stop *atomic.Bool, produce func() error) error {
 	out.reset(w)
 	u.body.to = bodyLeg{stop: stop, out: out}
 	defer func() {
