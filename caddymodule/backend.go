@@ -136,8 +136,9 @@ func (u *upload) startExchange(client http.ResponseWriter, header http.Header, o
 	x := &exchange{u: u, cancel: cancel}
 	x.stall = newStallTimer(time.Duration(u.h.BackendStallTimeout), cancel)
 	stop := &x.stop
-	x.body = newBackendBody(ctx, func(w io.Writer) error { return u.feed(w, out, stop, produce) }, x.stall)
+	x.body = newBackendBody(func(w io.Writer) error { return u.feed(w, out, stop, produce) }, x.stall)
 	x.req = u.backendRequest(ctx, x.body, header)
+	x.body.req = x.req
 	if uerr := u.setRoute(x.req); uerr != nil {
 		x.stall.stop()
 		cancel()
@@ -264,7 +265,7 @@ type backendBody struct {
 	// HTTP/1 upload holds none.
 	pipe  atomic.Pointer[handoff]
 	stall *stallTimer
-	ctx   context.Context // the backend request's
+	req   *http.Request // the backend request, as handed to the proxy
 
 	// taken is closed when a transport first takes the body, or gives it up
 	// unread, whichever comes first.
@@ -292,8 +293,8 @@ const (
 	bodyStopped        // roundTrip ended before any transport read it
 )
 
-func newBackendBody(ctx context.Context, produce func(w io.Writer) error, stall *stallTimer) *backendBody {
-	return &backendBody{produce: produce, stall: stall, ctx: ctx,
+func newBackendBody(produce func(w io.Writer) error, stall *stallTimer) *backendBody {
+	return &backendBody{produce: produce, stall: stall,
 		done: make(chan struct{}), taken: make(chan struct{})}
 }
 
@@ -334,7 +335,7 @@ func (b *backendBody) closeRead(err error) {
 func (b *backendBody) awaitStart() {
 	select {
 	case <-b.taken:
-	case <-b.ctx.Done():
+	case <-b.req.Context().Done():
 	}
 }
 
@@ -463,6 +464,12 @@ func (t bodyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		// just before calling the transport), so it is changed in place:
 		// a copy would be held for as long as the upload streams.
 		req.Body = b
+	}
+	if ok {
+		// reverse_proxy made its own copy of the header (prepareRequest)
+		// and reads only that one from now on, retries too: the backend
+		// request's is let go, not held while the upload streams.
+		b.req.Header = nil
 	}
 	if ok {
 		if uerr := headerRefused(req.Header); uerr != nil {
