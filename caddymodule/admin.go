@@ -3,6 +3,7 @@ package streamproxy
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"sync"
@@ -17,8 +18,25 @@ func init() {
 	caddy.RegisterModule(Admin{})
 }
 
-// inFlight holds every upload being handled, by id, for the admin API.
-var inFlight sync.Map
+// inFlight holds every upload being handled, for the admin API: a map under a
+// mutex, as a sync.Map holds some 200 bytes of nodes an entry for as long as
+// the upload lasts, and a map some 20.
+var inFlight = struct {
+	sync.Mutex
+	m map[*upload]struct{}
+}{m: make(map[*upload]struct{})}
+
+func track(u *upload) {
+	inFlight.Lock()
+	inFlight.m[u] = struct{}{}
+	inFlight.Unlock()
+}
+
+func untrack(u *upload) {
+	inFlight.Lock()
+	delete(inFlight.m, u)
+	inFlight.Unlock()
+}
 
 // Admin serves the uploads in flight on Caddy's admin endpoint:
 //
@@ -65,12 +83,14 @@ func (a *Admin) handleUploads(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method not allowed")}
 	}
-	list := []uploadStatus{}
+	inFlight.Lock()
+	uploads := slices.Collect(maps.Keys(inFlight.m))
+	inFlight.Unlock()
+	list := make([]uploadStatus, 0, len(uploads))
 	now := time.Now()
-	inFlight.Range(func(_, v any) bool {
-		list = append(list, v.(*upload).snapshot(now))
-		return true
-	})
+	for _, u := range uploads {
+		list = append(list, u.snapshot(now))
+	}
 	slices.SortFunc(list, func(a, b uploadStatus) int { return a.Started.Compare(b.Started) })
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(list)

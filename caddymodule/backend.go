@@ -40,29 +40,28 @@ var nextNone = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 // boundary, whose parts write adds while the client's body is read, and
 // relays the answer to client.
 func (u *upload) exchangeForm(client http.ResponseWriter, write func(mw *formWriter) error) (backendAnswer, *uploadError) {
-	f := u.newFormBody(write)
+	f, header := u.newFormBody(write)
 	defer f.out.release()
-	return u.roundTrip(client, f.header, f.out, f.produce)
+	return u.roundTrip(client, header, f.out, f.produce)
 }
 
 // formBody is what exchangeForm sends: a form written under a fresh boundary.
 type formBody struct {
-	out    *idleFlusher
-	mw     *formWriter
-	header http.Header
-	write  func(mw *formWriter) error
+	out   *idleFlusher
+	mw    *formWriter
+	write func(mw *formWriter) error
 }
 
 // newFormBody is apart from exchangeForm so that its locals are not on the
 // stack of the handler's goroutine while it waits for the backend's answer
-// (see roundTrip).
+// (see roundTrip). The header it returns is not kept in f: the backend
+// request has its own copy of it.
 //
 //go:noinline
-func (u *upload) newFormBody(write func(mw *formWriter) error) *formBody {
+func (u *upload) newFormBody(write func(mw *formWriter) error) (*formBody, http.Header) {
 	f := &formBody{out: u.newFlusher(), write: write}
 	f.mw = newFormWriter(f.out)
-	f.header = http.Header{"Content-Type": {f.mw.FormDataContentType()}}
-	return f
+	return f, http.Header{"Content-Type": {f.mw.FormDataContentType()}}
 }
 
 func (f *formBody) produce() error {
@@ -119,10 +118,10 @@ type exchange struct {
 	body   *backendBody
 	stall  *stallTimer
 	cancel context.CancelFunc
-	// stop, once closed, fails the producer's reads of the client: the
+	// stop, once set, fails the producer's reads of the client: the
 	// request has ended (answered early or failed), so nothing read would
-	// go anywhere.
-	stop chan struct{}
+	// go anywhere. A flag the reads poll, not a channel: it is never waited on.
+	stop atomic.Bool
 
 	proxyErr error
 	panicked any
@@ -134,20 +133,19 @@ func (u *upload) startExchange(client http.ResponseWriter, header http.Header, o
 	// no byte of the body for backend_stall_timeout, which frees its
 	// connection and ends the producer's write.
 	ctx, cancel := context.WithCancel(u.r.Context())
-	x := &exchange{u: u, cancel: cancel, stop: make(chan struct{})}
+	x := &exchange{u: u, cancel: cancel}
 	x.stall = newStallTimer(time.Duration(u.h.BackendStallTimeout), cancel)
-	stop := x.stop
-	x.body = newBackendBody(ctx, func(w io.Writer) error { return u.feed(w, out, stop, produce) }, x.stall)
+	stop := &x.stop
+	x.body = newBackendBody(func(w io.Writer) error { return u.feed(w, out, stop, produce) }, x.stall)
 	x.req = u.backendRequest(ctx, x.body, header)
+	x.body.req = x.req
 	if uerr := u.setRoute(x.req); uerr != nil {
 		x.stall.stop()
 		cancel()
 		return nil, uerr // before any backend is contacted
 	}
 	x.w = &backendWriter{u: u, client: client, body: x.body, sent: time.Now()}
-	if client != nil {
-		x.w.own = client.Header().Clone()
-	} else {
+	if client == nil {
 		x.w.header = make(http.Header)
 	}
 	return x, nil
@@ -179,7 +177,7 @@ func (x *exchange) finish() (backendAnswer, *uploadError) {
 			_ = u.r.Body.Close()
 		}
 	}
-	close(x.stop)
+	x.stop.Store(true)
 	perr := body.finish()
 	if x.panicked != nil {
 		panic(x.panicked)
@@ -220,10 +218,10 @@ func (x *exchange) finish() (backendAnswer, *uploadError) {
 
 // feed runs produce, whose writes go into out and on to w, as the producer
 // of a backend body: while it runs, each read of the client's body first
-// fails once stop is closed, and tells out, which sends what it holds once
+// fails once stop is set, and tells out, which sends what it holds once
 // the client pauses (see idleFlusher). It returns once out's timer can no
 // longer write to w.
-func (u *upload) feed(w io.Writer, out *idleFlusher, stop <-chan struct{}, produce func() error) error {
+func (u *upload) feed(w io.Writer, out *idleFlusher, stop *atomic.Bool, produce func() error) error {
 	out.reset(w)
 	u.body.to = bodyLeg{stop: stop, out: out}
 	defer func() {
@@ -263,18 +261,22 @@ func (u *upload) backendRequest(ctx context.Context, body *backendBody, header h
 // upstream is connected and has the request header, and at most once.
 type backendBody struct {
 	produce func(w io.Writer) error
-	pipe    *handoff // the Read path's
-	stall   *stallTimer
-	ctx     context.Context // the backend request's
+	// pipe is the Read path's, made by the Read that starts produce: an
+	// HTTP/1 upload holds none.
+	pipe  atomic.Pointer[handoff]
+	stall *stallTimer
+	req   *http.Request // the backend request, as handed to the proxy
 
-	started   chan struct{} // closed when a transport first takes the body
-	closed    chan struct{} // closed when the transport gives it up unread
-	closeOnce sync.Once
+	// taken is closed when a transport first takes the body, or gives it up
+	// unread, whichever comes first.
+	taken     chan struct{}
+	takenOnce sync.Once
 
-	mu    sync.Mutex
-	state int           // bodyWaiting, bodyRunning or bodyStopped; guarded by mu
-	done  chan struct{} // closed once produce ran
-	err   error         // produce's result, written before done is closed
+	mu       sync.Mutex
+	state    int           // bodyWaiting, bodyRunning or bodyStopped; guarded by mu
+	finished bool          // finish was called: a pipe made now is made closed; guarded by mu
+	done     chan struct{} // closed once produce ran
+	err      error         // produce's result, written before done is closed
 
 	ended atomic.Bool // produce has ended, or will not start
 	// closing: the backend's answer says it closes the connection after it
@@ -291,21 +293,39 @@ const (
 	bodyStopped        // roundTrip ended before any transport read it
 )
 
-func newBackendBody(ctx context.Context, produce func(w io.Writer) error, stall *stallTimer) *backendBody {
-	return &backendBody{produce: produce, pipe: newHandoff(), stall: stall, ctx: ctx,
-		done: make(chan struct{}), started: make(chan struct{}), closed: make(chan struct{})}
+func newBackendBody(produce func(w io.Writer) error, stall *stallTimer) *backendBody {
+	return &backendBody{produce: produce, stall: stall,
+		done: make(chan struct{}), taken: make(chan struct{})}
 }
 
-// begin reports whether the caller is the one to run produce.
-func (b *backendBody) begin() bool {
+// begin reports whether the caller is the one to run produce; a Read (read)
+// makes the pipe that produce then writes into.
+func (b *backendBody) begin(read bool) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.state != bodyWaiting {
 		return false
 	}
 	b.state = bodyRunning
-	close(b.started)
+	if read {
+		p := newHandoff()
+		if b.finished {
+			p.CloseRead(errBackendAnswered)
+		}
+		b.pipe.Store(p)
+	}
+	b.markTaken()
 	return true
+}
+
+func (b *backendBody) markTaken() { b.takenOnce.Do(func() { close(b.taken) }) }
+
+// closeRead ends the pipe's reads and fails produce's writes into it, if a
+// Read made it.
+func (b *backendBody) closeRead(err error) {
+	if p := b.pipe.Load(); p != nil {
+		p.CloseRead(err)
+	}
 }
 
 // awaitStart waits, while no transport has taken the body yet, until one
@@ -314,9 +334,8 @@ func (b *backendBody) begin() bool {
 // the copy begins; deciding then would stop a body about to go.
 func (b *backendBody) awaitStart() {
 	select {
-	case <-b.started:
-	case <-b.closed:
-	case <-b.ctx.Done():
+	case <-b.taken:
+	case <-b.req.Context().Done():
 	}
 }
 
@@ -335,7 +354,8 @@ func (b *backendBody) settle() error {
 	if b.state == bodyWaiting {
 		b.state = bodyStopped
 		b.ended.Store(true)
-		b.pipe.CloseRead(errBackendAnswered) // a transport that reads it later is not left waiting
+		// A transport that reads it later is not left waiting: with no
+		// pipe its Read fails at once.
 	}
 	started := b.state == bodyRunning
 	b.mu.Unlock()
@@ -348,7 +368,7 @@ func (b *backendBody) settle() error {
 
 // WriteTo runs produce into w, the transport's writer.
 func (b *backendBody) WriteTo(w io.Writer) (int64, error) {
-	if !b.begin() {
+	if !b.begin(false) {
 		return io.Copy(w, struct{ io.Reader }{b}) // already started by a Read
 	}
 	cw := &connWriter{w: w}
@@ -364,16 +384,21 @@ func (b *backendBody) WriteTo(w io.Writer) (int64, error) {
 }
 
 func (b *backendBody) Read(p []byte) (int, error) {
-	if b.begin() {
+	if b.begin(true) {
+		pipe := b.pipe.Load()
 		go func() {
-			if err := b.run(b.pipe); err != nil {
-				b.pipe.CloseWrite(aborted{err})
+			if err := b.run(pipe); err != nil {
+				pipe.CloseWrite(aborted{err})
 			} else {
-				b.pipe.CloseWrite(nil)
+				pipe.CloseWrite(nil)
 			}
 		}()
 	}
-	return b.pipe.Read(p)
+	pipe := b.pipe.Load()
+	if pipe == nil {
+		return 0, io.ErrClosedPipe // stopped before any read, or taken by WriteTo
+	}
+	return pipe.Read(p)
 }
 
 // Close is the transport's. Before any read it does nothing, as a body that
@@ -385,10 +410,10 @@ func (b *backendBody) Close() error {
 	waiting := b.state == bodyWaiting
 	b.mu.Unlock()
 	if running {
-		b.pipe.CloseRead(nil)
+		b.closeRead(nil)
 	}
 	if waiting {
-		b.closeOnce.Do(func() { close(b.closed) })
+		b.markTaken()
 	}
 	return nil
 }
@@ -397,7 +422,10 @@ func (b *backendBody) Close() error {
 // produce's result: errBackendAnswered if it never started. The caller has
 // made its reads and writes fail, so a produce still running ends soon.
 func (b *backendBody) finish() error {
-	b.pipe.CloseRead(errBackendAnswered)
+	b.mu.Lock()
+	b.finished = true
+	b.mu.Unlock()
+	b.closeRead(errBackendAnswered)
 	return b.settle()
 }
 
@@ -432,8 +460,16 @@ type bodyTransport struct {
 func (t bodyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	b, ok := req.Context().Value(backendBodyKey{}).(*backendBody)
 	if ok && req.Body != nil {
-		req = req.WithContext(req.Context())
+		// req is reverse_proxy's copy for this one attempt (it makes it
+		// just before calling the transport), so it is changed in place:
+		// a copy would be held for as long as the upload streams.
 		req.Body = b
+	}
+	if ok {
+		// reverse_proxy made its own copy of the header (prepareRequest)
+		// and reads only that one from now on, retries too: the backend
+		// request's is let go, not held while the upload streams.
+		b.req.Header = nil
 	}
 	if ok {
 		if uerr := headerRefused(req.Header); uerr != nil {
@@ -486,15 +522,22 @@ type backendWriter struct {
 	dropped   bool // a 2xx that came before the backend took the whole body: never relayed
 
 	body *backendBody
-	own  http.Header // the client's header before the proxy added the backend's
+	// own is the client's header before the proxy added the backend's,
+	// taken when the proxy first asks for it, once the backend answered:
+	// not held while the upload streams. nil: the proxy never asked.
+	own  http.Header
 	sent time.Time
 }
 
 func (w *backendWriter) Header() http.Header {
-	if w.client != nil {
-		return w.client.Header()
+	if w.client == nil {
+		return w.header
 	}
-	return w.header
+	h := w.client.Header()
+	if w.own == nil {
+		w.own = h.Clone()
+	}
+	return h
 }
 
 func (w *backendWriter) WriteHeader(code int) {
@@ -524,9 +567,11 @@ func (w *backendWriter) WriteHeader(code int) {
 		ended := w.body.ended.Load()
 		if err := w.body.settle(); err != nil || (!ended && w.body.closing.Load()) {
 			w.dropped = true
-			h := w.client.Header()
-			clear(h)
-			maps.Copy(h, w.own)
+			if w.own != nil {
+				h := w.client.Header()
+				clear(h)
+				maps.Copy(h, w.own)
+			}
 			return
 		}
 	}

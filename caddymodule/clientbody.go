@@ -84,8 +84,8 @@ type clientBody struct {
 // bodyLeg is what the reads of the client's body are written on to: a
 // backend request's body (see upload.feed).
 type bodyLeg struct {
-	stop <-chan struct{} // closed once the request has ended: reads fail
-	out  *idleFlusher    // if set, told of each read
+	stop *atomic.Bool // set once the request has ended: reads fail
+	out  *idleFlusher // if set, told of each read
 }
 
 // boundIdle bounds each read by d too, as a store that holds a scarce buffer
@@ -98,10 +98,8 @@ func (c *clientBody) boundIdle(d time.Duration) (unbound func()) {
 }
 
 func (c *clientBody) Read(p []byte) (int, error) {
-	select {
-	case <-c.to.stop:
+	if c.to.stop != nil && c.to.stop.Load() {
 		return 0, writeError{errBackendAnswered}
-	default:
 	}
 	c.pace.before()
 	if c.to.out != nil {

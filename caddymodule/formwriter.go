@@ -4,27 +4,32 @@ import (
 	"io"
 	"mime/multipart"
 	"strings"
+	"sync"
 
 	"github.com/streamproxy/caddy-stream-proxy/formreader"
 )
 
 // formWriter writes the form a backend gets, framed as mime/multipart's
 // Writer frames it, under a boundary it makes. Each part header is gathered
-// in one buffer kept for the whole request, and written in one write:
-// mime/multipart's CreatePart gathers each in a bytes.Buffer of its own
-// (and forwarding would need a header map per part), throwaways as large
-// as the header that a client sending large part headers turns into most
-// of its request's memory.
+// in one buffer, taken from a pool shared by all requests for as long as the
+// header is written, and written in one write: mime/multipart's CreatePart
+// gathers each in a bytes.Buffer of its own (and forwarding would need a
+// header map per part), throwaways as large as the header that a client
+// sending large part headers turns into most of its request's memory. An
+// upload whose part streams holds none.
 type formWriter struct {
 	w        io.Writer
 	boundary string
-	started  bool   // a part was written
-	buf      []byte // the part header being written
+	started  bool    // a part was written
+	buf      *[]byte // the part header being written, from headerBufs
 }
 
-// maxKeptHeader is the largest buffer formWriter keeps from one part header
-// to the next; larger ones (a raised max_part_header_size) are made anew.
+// maxKeptHeader is the largest buffer put back in headerBufs; larger ones (a
+// raised max_part_header_size) are made anew.
 const maxKeptHeader = 64 << 10
+
+// headerBufs holds the buffers part headers are gathered in.
+var headerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 func newFormWriter(w io.Writer) *formWriter {
 	return &formWriter{w: w, boundary: multipart.NewWriter(nil).Boundary()}
@@ -61,7 +66,8 @@ func (fw *formWriter) Close() error {
 
 // start returns the buffer with a part's delimiter line in it.
 func (fw *formWriter) start() []byte {
-	b := fw.buf[:0]
+	fw.buf = headerBufs.Get().(*[]byte)
+	b := (*fw.buf)[:0]
 	if fw.started {
 		b = append(b, "\r\n"...)
 	}
@@ -80,9 +86,11 @@ func (fw *formWriter) finish(b []byte) error {
 	} else {
 		_, err = fw.w.Write(b)
 	}
-	if fw.buf = b[:0]; cap(b) > maxKeptHeader {
-		fw.buf = nil
+	if cap(b) <= maxKeptHeader {
+		*fw.buf = b[:0]
+		headerBufs.Put(fw.buf)
 	}
+	fw.buf = nil
 	return err
 }
 

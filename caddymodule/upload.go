@@ -3,6 +3,7 @@ package streamproxy
 import (
 	"bufio"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,8 +42,9 @@ type upload struct {
 	sent  atomic.Int64 // part data bytes delivered to backends or the store
 	parts atomic.Int64 // parts seen
 
-	mu        sync.Mutex          // guards current, read by the admin API
-	current   *formreader.PartRef // the part being read, nil between parts
+	mu        sync.Mutex          // guards current and part
+	current   *formreader.PartRef // the part being read, nil between parts; read by the admin API
+	part      partVars            // the last part started, for the placeholders
 	partStart time.Time
 
 	fieldBytes    int             // text field bytes kept as placeholders
@@ -75,6 +77,47 @@ func newUpload(h *Handler, w http.ResponseWriter, r *http.Request) *upload {
 	return u
 }
 
+// partVars are the values of the part placeholders ({http.stream_proxy.part.*}),
+// as they were when the part started. The replacer asks the upload for them
+// and the mode (placeholder): set in its map, which Caddy's own keys have
+// filled, they would grow it, and the larger map be held for as long as each
+// upload lasts.
+type partVars struct {
+	ref          *formreader.PartRef // index, field, filename; nil before the first part
+	contentType  string
+	detectedType string
+}
+
+// placeholder is the replacer's provider of the mode and part placeholders.
+func (u *upload) placeholder(key string) (any, bool) {
+	if key == placeholderPrefix+"mode" {
+		return u.h.Mode, true
+	}
+	name, ok := strings.CutPrefix(key, placeholderPrefix+"part.")
+	if !ok {
+		return nil, false
+	}
+	u.mu.Lock()
+	v := u.part
+	u.mu.Unlock()
+	if v.ref == nil {
+		return nil, false
+	}
+	switch name {
+	case "index":
+		return v.ref.Index, true
+	case "field":
+		return v.ref.Field, true
+	case "filename":
+		return v.ref.Filename, true
+	case "content_type":
+		return v.contentType, true
+	case "detected_type":
+		return v.detectedType, true
+	}
+	return nil, false
+}
+
 // log is the handler's logger with the upload's id. It is made on first
 // use: most uploads log nothing, and a logger with a field of its own holds
 // a copy of the encoder and its buffer for as long as the upload lasts. The
@@ -100,9 +143,9 @@ func (u *upload) check(lvl zapcore.Level, msg string) *zapcore.CheckedEntry {
 
 // begin makes the upload visible to the admin API and the metrics.
 func (u *upload) begin() {
-	inFlight.Store(u, u)
+	track(u)
 	metrics.inFlight.WithLabelValues(u.h.Mode).Inc()
-	u.repl.Set(placeholderPrefix+"mode", u.h.Mode)
+	u.repl.Map(u.placeholder)
 }
 
 // end records how the upload ended: metrics, placeholders, the access log's
@@ -111,7 +154,7 @@ func (u *upload) end(res result) {
 	mode := u.h.Mode
 	// Last, so that an upload no longer in flight has been counted.
 	defer func() {
-		inFlight.Delete(u)
+		untrack(u)
 		metrics.inFlight.WithLabelValues(mode).Dec()
 	}()
 
@@ -175,15 +218,12 @@ func (u *upload) end(res result) {
 // partStarted and partEnded are called by the form reader around each part.
 func (u *upload) PartStarted(p *formreader.Part) {
 	u.parts.Add(1)
+	ref := p.Ref()
 	u.mu.Lock()
-	u.current = p.Ref()
+	u.current = ref
+	u.part = partVars{ref: ref, contentType: p.ContentType, detectedType: p.DetectedType}
 	u.mu.Unlock()
 	u.partStart = time.Now()
-	u.repl.Set(placeholderPrefix+"part.index", p.Index)
-	u.repl.Set(placeholderPrefix+"part.field", p.Field)
-	u.repl.Set(placeholderPrefix+"part.filename", p.Filename)
-	u.repl.Set(placeholderPrefix+"part.content_type", p.ContentType)
-	u.repl.Set(placeholderPrefix+"part.detected_type", p.DetectedType)
 }
 
 func (u *upload) PartEnded(p *formreader.Part) {

@@ -25,8 +25,6 @@ type Reader struct {
 	in  *bufio.Reader // the client's body, buffered; part data is handed out from it
 	src *Source       // under in: caps what header reads take from the client
 
-	scratch []byte // the part header being read (header.go), reused
-
 	dashBoundary   []byte  // "--boundary"
 	nlDashBoundary []byte  // "\r\n--boundary", or "\n--boundary" in a body with bare LF line ends
 	nl             []byte  // "\r\n" or "\n"

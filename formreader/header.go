@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/textproto"
+	"sync"
 	"unicode/utf8"
 
 	"golang.org/x/net/http/httpguts"
@@ -16,8 +17,9 @@ import (
 // the same way, keys are canonicalized the same way, values come out the
 // same. What differs is memory: textproto makes a string of each value and,
 // for a line longer than the read buffer, a growing copy of it, each a
-// throwaway. Here each line is gathered in f.scratch, reused from part to
-// part, and all keys and values of one header are one string, cut up.
+// throwaway. Here each line is gathered in a buffer from headerBufs, taken
+// only while the header is read (a part whose data streams holds none), and
+// all keys and values of one header are one string, cut up.
 func (f *Reader) readHeader() (textproto.MIMEHeader, error) {
 	in := f.in
 	// The first line cannot start with a space.
@@ -29,12 +31,18 @@ func (f *Reader) readHeader() (textproto.MIMEHeader, error) {
 		return nil, textproto.ProtocolError(fmt.Sprintf("malformed MIME header initial line: %q", line))
 	}
 
-	type field struct{ key, value [2]int } // spans of scratch
+	type field struct{ key, value [2]int } // spans of buf
 	var fields []field
 	var stack [8]field // most part headers have one to three fields
 	fields = stack[:0]
-	buf := f.scratch[:0]
-	defer func() { f.scratch = buf[:0] }()
+	bp := headerBufs.Get().(*[]byte)
+	buf := (*bp)[:0]
+	defer func() {
+		if cap(buf) <= maxKeptHeader {
+			*bp = buf[:0]
+			headerBufs.Put(bp)
+		}
+	}()
 	var err error
 	for {
 		start := len(buf)
@@ -78,6 +86,12 @@ func (f *Reader) readHeader() (textproto.MIMEHeader, error) {
 	}
 	return h, nil
 }
+
+// headerBufs holds the buffers part headers are read into; those that grew
+// past maxKeptHeader (a raised max_part_header_size) are not kept.
+var headerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+const maxKeptHeader = 64 << 10
 
 var errLineTooLong = errors.New("message too large")
 
