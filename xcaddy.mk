@@ -64,8 +64,12 @@ CADDY_SOURCES := $(shell find . \( -path ./bin -o -path ./integration -o -path .
 build: $(CADDY)
 
 # A file target: bin/caddy is rebuilt only when a source it is built from changed.
+# Built with go's default flags (xcaddy's own add -trimpath and build tags),
+# so that it reuses the packages `go vet` and the tests compiled: on a cold
+# cache that saves Caddy's second compile, 3 to 4 minutes on two cores.
+XCADDY_GO_BUILD_FLAGS ?= -ldflags '-w -s'
 $(CADDY): $(CADDY_SOURCES) | $(XCADDY)
-	cd $(BIN) && GOPROXY='$(XCADDY_GOPROXY)' $(XCADDY) build $(CADDY_VERSION) \
+	cd $(BIN) && GOPROXY='$(XCADDY_GOPROXY)' XCADDY_GO_BUILD_FLAGS="$(XCADDY_GO_BUILD_FLAGS)" $(XCADDY) build $(CADDY_VERSION) \
 		--output $(CADDY) \
 		--with $(MODULE)/caddymodule \
 		--replace $(MODULE)=$(CURDIR)
