@@ -3,9 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"sync"
-	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
@@ -97,26 +94,9 @@ func (t *azureTarget) caddyBlock() string {
 // uploadDirect uploads each file of b as its own block blob, one file after
 // the other, up to azureBlocksInFlight blocks at once, as the gateway does.
 func (t *azureTarget) uploadDirect(ctx context.Context, b *body, p *progress) (uploadResult, []string, error) {
-	start := time.Now()
-	var keys []string
-	var sent int64
-	bufs := make(chan []byte, azureBlocksInFlight+1)
-	for range cap(bufs) {
-		bufs <- make([]byte, t.opts.blockSize)
-	}
-	for i, s := range b.segments {
-		if s.static != nil {
-			continue
-		}
-		key := fmt.Sprintf("direct/%d-%d", time.Now().UnixNano(), i)
-		n, err := t.putBlocks(ctx, key, p.counting(io.LimitReader(newRandReader(s.seed), s.size)), bufs)
-		sent += n
-		if err != nil {
-			return uploadResult{}, keys, err
-		}
-		keys = append(keys, key)
-	}
-	return uploadResult{Status: "201 Created", Code: http.StatusCreated, Sent: sent, Elapsed: time.Since(start)}, keys, nil
+	return uploadEachFile(b, p, t.opts.blockSize, azureBlocksInFlight, func(key string, r io.Reader, bufs chan []byte) (int64, error) {
+		return t.putBlocks(ctx, key, r, bufs)
+	})
 }
 
 func (t *azureTarget) putBlocks(ctx context.Context, key string, r io.Reader, bufs chan []byte) (int64, error) {
@@ -171,33 +151,15 @@ func (t *azureTarget) putBlocks(ctx context.Context, key string, r io.Reader, bu
 }
 
 // verifyObjects reads each file's blob back (outside the timing) and
-// compares its size and sha256 with what was sent; keys are by file order.
+// compares it with what was sent; keys are by file order.
 func (t *azureTarget) verifyObjects(ctx context.Context, want []expectedPart, keyOf func(i int, p expectedPart) string) error {
-	i := 0
-	for _, w := range want {
-		if w.Filename == "" {
-			continue
-		}
-		key := keyOf(i, w)
-		i++
-		if key == "" {
-			return fmt.Errorf("part %d (%q): no blob", w.Index, w.Field)
-		}
+	return verifyEachFile(want, keyOf, func(key string) (io.ReadCloser, error) {
 		out, err := t.client.NewBlobClient(key).DownloadStream(ctx, nil)
 		if err != nil {
-			return fmt.Errorf("part %d: %w", w.Index, err)
+			return nil, err
 		}
-		h := sha256.New()
-		n, err := io.Copy(h, out.Body)
-		out.Body.Close()
-		if err != nil {
-			return err
-		}
-		if sum := hex.EncodeToString(h.Sum(nil)); n != w.Size || sum != w.SHA256 {
-			return fmt.Errorf("part %d (%q): blob of %d bytes, sha256 %s; sent %d, %s", w.Index, w.Field, n, sum, w.Size, w.SHA256)
-		}
-	}
-	return nil
+		return out.Body, nil
+	})
 }
 
 // empty deletes every blob of the container.

@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"debug/buildinfo"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -55,6 +57,64 @@ type objectStore interface {
 	verifyObjects(ctx context.Context, want []expectedPart, keyOf func(i int, p expectedPart) string) error
 	empty(ctx context.Context) error
 	Close()
+}
+
+// uploadEachFile uploads each file of b with put, as its own object under a
+// fresh key, one file after the other, through inFlight+1 buffers of size
+// bytes that put shares among the pieces it has in flight.
+func uploadEachFile(b *body, p *progress, size int64, inFlight int,
+	put func(key string, r io.Reader, bufs chan []byte) (int64, error)) (uploadResult, []string, error) {
+	start := time.Now()
+	var keys []string
+	var sent int64
+	bufs := make(chan []byte, inFlight+1)
+	for range cap(bufs) {
+		bufs <- make([]byte, size)
+	}
+	for i, s := range b.segments {
+		if s.static != nil {
+			continue
+		}
+		key := fmt.Sprintf("direct/%d-%d", time.Now().UnixNano(), i)
+		n, err := put(key, p.counting(io.LimitReader(newRandReader(s.seed), s.size)), bufs)
+		sent += n
+		if err != nil {
+			return uploadResult{}, keys, err
+		}
+		keys = append(keys, key)
+	}
+	return uploadResult{Status: "200 OK", Code: http.StatusOK, Sent: sent, Elapsed: time.Since(start)}, keys, nil
+}
+
+// verifyEachFile reads each file of want back with open (outside the
+// timing) and compares its size and sha256 with what was sent; keyOf gives
+// the key of the i-th file.
+func verifyEachFile(want []expectedPart, keyOf func(i int, p expectedPart) string, open func(key string) (io.ReadCloser, error)) error {
+	i := 0
+	for _, w := range want {
+		if w.Filename == "" {
+			continue
+		}
+		key := keyOf(i, w)
+		i++
+		if key == "" {
+			return fmt.Errorf("part %d (%q): no object", w.Index, w.Field)
+		}
+		r, err := open(key)
+		if err != nil {
+			return fmt.Errorf("part %d: %w", w.Index, err)
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, r)
+		r.Close()
+		if err != nil {
+			return err
+		}
+		if sum := hex.EncodeToString(h.Sum(nil)); n != w.Size || sum != w.SHA256 {
+			return fmt.Errorf("part %d (%q): object of %d bytes, sha256 %s; sent %d, %s", w.Index, w.Field, n, sum, w.Size, w.SHA256)
+		}
+	}
+	return nil
 }
 
 // directModes are the routes straight into each object store, by its mode.
