@@ -43,13 +43,17 @@ const (
 	// 100 to 300 bytes), and small enough that a stream of large part
 	// headers costs about what a plain upload does.
 	DefaultMaxFormHeaderSize = 512 << 10 // 512 KiB
-	// DefaultWriteBuffer is the http transport's, unless write_buffer is
-	// set: net/http's own, as reverse_proxy has. Every backend connection
-	// holds one, a slow upload's as long as it lasts; a larger chunk's bulk
-	// is written past it, so a larger one saved no CPU (docs/performance.md),
-	// and 128 KiB of them slowed a gateway taking on 8,000 slow uploads at
-	// once until its dials to the backend timed out.
-	DefaultWriteBuffer = 4 << 10
+	// DefaultWriteBuffer and DefaultReadBuffer are the http transport's,
+	// unless write_buffer or read_buffer is set. Every backend connection
+	// holds both for as long as its upload lasts, a slow upload's too. A
+	// chunk's bulk is written past the write buffer, so a larger one saves no
+	// CPU (docs/performance.md); 2 KiB still holds a trickling client's 1 KiB
+	// chunk with its size line whole. The read buffer takes only the
+	// backend's answer to an upload, a status line and a few headers; longer
+	// lines are read in pieces. Half of net/http's 4 KiB each left 4-6 KiB
+	// less held per slow upload.
+	DefaultWriteBuffer = 2 << 10
+	DefaultReadBuffer  = 1 << 10
 )
 
 // Handler intercepts multipart/form-data requests and moves every part to
@@ -388,9 +392,8 @@ func (h *Handler) Cleanup() error {
 }
 
 // proxyConfig is the reverse_proxy config in raw without its module name,
-// with an http transport whose write buffer is DefaultWriteBuffer unless the
-// config sets one: bodies go to the backend chunked, and a chunk's size
-// line, data and CRLF then leave in one write, not three.
+// with an http transport whose buffers are DefaultWriteBuffer and
+// DefaultReadBuffer unless the config sets them.
 func proxyConfig(raw json.RawMessage) (json.RawMessage, error) {
 	var proxy map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &proxy); err != nil {
@@ -406,8 +409,13 @@ func proxyConfig(raw json.RawMessage) (json.RawMessage, error) {
 			return nil, err
 		}
 	}
-	if _, set := transport["write_buffer_size"]; !set && transport["protocol"] == "http" {
-		transport["write_buffer_size"] = DefaultWriteBuffer
+	if transport["protocol"] == "http" {
+		if _, set := transport["write_buffer_size"]; !set {
+			transport["write_buffer_size"] = DefaultWriteBuffer
+		}
+		if _, set := transport["read_buffer_size"]; !set {
+			transport["read_buffer_size"] = DefaultReadBuffer
+		}
 		t, err := json.Marshal(transport)
 		if err != nil {
 			return nil, err

@@ -83,16 +83,39 @@ func TestProvisionDefaults(t *testing.T) {
 	if h.proxy == nil || h.proxy.Transport == nil {
 		t.Fatal("no proxy loaded")
 	}
-	if bt, ok := h.proxy.Transport.(bodyTransport); !ok || bt.WriteBufferSize != DefaultWriteBuffer {
-		t.Fatalf("transport %#v: want an http transport with a %d-byte write buffer", h.proxy.Transport, DefaultWriteBuffer)
+	if bt, ok := h.proxy.Transport.(bodyTransport); !ok || bt.WriteBufferSize != DefaultWriteBuffer || bt.ReadBufferSize != DefaultReadBuffer {
+		t.Fatalf("transport %#v: want an http transport with a %d-byte write buffer and a %d-byte read buffer",
+			h.proxy.Transport, DefaultWriteBuffer, DefaultReadBuffer)
 	}
 	var own Handler
-	if err := own.UnmarshalCaddyfile(caddyfile.NewTestDispenser("stream_proxy 127.0.0.1:1 {\n transport http {\n write_buffer 8KiB\n }\n}")); err != nil {
+	if err := own.UnmarshalCaddyfile(caddyfile.NewTestDispenser("stream_proxy 127.0.0.1:1 {\n transport http {\n write_buffer 8KiB\n read_buffer 16KiB\n }\n}")); err != nil {
 		t.Fatal(err)
 	}
 	provision(t, &own)
-	if bt := own.proxy.Transport.(bodyTransport); bt.WriteBufferSize != 8<<10 {
-		t.Fatalf("write buffer %d, want the configured 8 KiB", bt.WriteBufferSize)
+	if bt := own.proxy.Transport.(bodyTransport); bt.WriteBufferSize != 8<<10 || bt.ReadBufferSize != 16<<10 {
+		t.Fatalf("write buffer %d, read buffer %d: want the configured 8 and 16 KiB", bt.WriteBufferSize, bt.ReadBufferSize)
+	}
+}
+
+// TestLongAnswerThroughSmallReadBuffer: the backend transport's read buffer
+// (DefaultReadBuffer) is smaller than an answer's long header line and its
+// body; both reach the client whole.
+func TestLongAnswerThroughSmallReadBuffer(t *testing.T) {
+	long := strings.Repeat("v", 6*DefaultReadBuffer)
+	answer := strings.Repeat("0123456789abcdef", 4*DefaultReadBuffer)
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			t.Error(err)
+		}
+		w.Header().Set("X-Long", long)
+		io.WriteString(w, answer)
+	}))
+	defer be.Close()
+	h := provision(t, &Handler{ProxyRaw: proxyTo(be.URL)})
+	w := serve(h, formRequest(twoFiles), failNext)
+	if w.Code != 200 || w.Header().Get("X-Long") != long || w.Body.String() != answer {
+		t.Fatalf("status %d, X-Long %d bytes, body %d bytes: want 200, %d and %d", w.Code,
+			len(w.Header().Get("X-Long")), w.Body.Len(), len(long), len(answer))
 	}
 }
 
