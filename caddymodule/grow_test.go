@@ -73,17 +73,26 @@ func TestBuffersGrowOnlyForFastClients(t *testing.T) {
 	}
 }
 
+// testFlusher is an upload's flusher writing into the buffer returned, both
+// let go when the test ends.
+func testFlusher(t *testing.T) (*idleFlusher, *bytes.Buffer) {
+	h := provision(t, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1")})
+	u := newUpload(h, httptest.NewRecorder(), formRequest("--B--\r\n"))
+	f := u.newFlusher()
+	t.Cleanup(func() {
+		f.release()
+		u.closeBody()
+	})
+	out := new(bytes.Buffer)
+	f.reset(out)
+	return f, out
+}
+
 // TestFlusherGrowsOnlyWhenFilled checks that writes flushed before they fill
 // the small buffer, as the idle flush does while a slow client pauses, keep
 // it, and that once a write fills it the next moves to the large set.
 func TestFlusherGrowsOnlyWhenFilled(t *testing.T) {
-	h := provision(t, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1")})
-	u := newUpload(h, httptest.NewRecorder(), formRequest("--B--\r\n"))
-	defer u.closeBody()
-	f := u.newFlusher()
-	defer f.release()
-	var out bytes.Buffer
-	f.reset(&out)
+	f, out := testFlusher(t)
 	chunk := bytes.Repeat([]byte("x"), 1000)
 	for range 20 {
 		f.Write(chunk)
@@ -108,13 +117,7 @@ func TestFlusherGrowsOnlyWhenFilled(t *testing.T) {
 // fast, what was written is sent before each read from the client and the
 // small writer given back: an upload whose read waits holds no write buffer.
 func TestFlusherHoldsNoBufferWhileReadWaits(t *testing.T) {
-	h := provision(t, &Handler{ProxyRaw: proxyTo("http://127.0.0.1:1")})
-	u := newUpload(h, httptest.NewRecorder(), formRequest("--B--\r\n"))
-	defer u.closeBody()
-	f := u.newFlusher()
-	defer f.release()
-	var out bytes.Buffer
-	f.reset(&out)
+	f, out := testFlusher(t)
 	chunk := bytes.Repeat([]byte("x"), 1000)
 	for i := range 10 {
 		if _, err := f.Write(chunk); err != nil {

@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
-	"sync"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
@@ -94,61 +92,36 @@ func (t *azureTarget) caddyBlock() string {
 // uploadDirect uploads each file of b as its own block blob, one file after
 // the other, up to azureBlocksInFlight blocks at once, as the gateway does.
 func (t *azureTarget) uploadDirect(ctx context.Context, b *body, p *progress) (uploadResult, []string, error) {
-	return uploadEachFile(b, p, t.opts.blockSize, azureBlocksInFlight, func(key string, r io.Reader, bufs chan []byte) (int64, error) {
-		return t.putBlocks(ctx, key, r, bufs)
+	return uploadEachFile(ctx, b, p, t.opts.blockSize, azureBlocksInFlight, func(key string) (objectUpload, error) {
+		return azureBlob{t.client.NewBlockBlobClient(key)}, nil
 	})
 }
 
-func (t *azureTarget) putBlocks(ctx context.Context, key string, r io.Reader, bufs chan []byte) (int64, error) {
-	bb := t.client.NewBlockBlobClient(key)
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		ids   []string
-		first error
-		total int64
-	)
-	slots := make(chan struct{}, azureBlocksInFlight)
-	for num := 0; ; num++ {
-		buf := <-bufs
-		n, rerr := io.ReadFull(r, buf)
-		total += int64(n)
-		if n == 0 {
-			bufs <- buf
-			break
-		}
-		id := base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "%016d", num))
-		ids = append(ids, id)
-		slots <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { bufs <- buf; <-slots }()
-			_, err := bb.StageBlock(ctx, id, streaming.NopCloser(bytes.NewReader(buf[:n])), nil)
-			if err != nil {
-				mu.Lock()
-				first = errors.Join(first, err)
-				mu.Unlock()
-			}
-		}()
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			mu.Lock()
-			first = errors.Join(first, rerr)
-			mu.Unlock()
-			break
-		}
-	}
-	wg.Wait()
-	if first != nil {
-		return total, first
+// azureBlob is a block blob uploaded block by block, committed at the end.
+type azureBlob struct{ bb *blockblob.Client }
+
+func blockID(num int) string {
+	return base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "%016d", num))
+}
+
+func (a azureBlob) put(ctx context.Context, num int, data []byte) error {
+	_, err := a.bb.StageBlock(ctx, blockID(num), streaming.NopCloser(bytes.NewReader(data)), nil)
+	return err
+}
+
+func (a azureBlob) commit(ctx context.Context, parts int) error {
+	ids := make([]string, parts)
+	for i := range ids {
+		ids[i] = blockID(i)
 	}
 	ct := "application/octet-stream"
-	_, err := bb.CommitBlockList(ctx, ids, &blockblob.CommitBlockListOptions{HTTPHeaders: &blob.HTTPHeaders{BlobContentType: &ct}})
-	return total, err
+	_, err := a.bb.CommitBlockList(ctx, ids, &blockblob.CommitBlockListOptions{HTTPHeaders: &blob.HTTPHeaders{BlobContentType: &ct}})
+	return err
 }
+
+// abort leaves the staged blocks: the service drops blocks never committed
+// (Azure after a week).
+func (a azureBlob) abort() {}
 
 // verifyObjects reads each file's blob back (outside the timing) and
 // compares it with what was sent; keys are by file order.

@@ -19,6 +19,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // bench is what compare and rss measure with: the counting backend, served
@@ -59,11 +61,11 @@ type objectStore interface {
 	Close()
 }
 
-// uploadEachFile uploads each file of b with put, as its own object under a
-// fresh key, one file after the other, through inFlight+1 buffers of size
-// bytes that put shares among the pieces it has in flight.
-func uploadEachFile(b *body, p *progress, size int64, inFlight int,
-	put func(key string, r io.Reader, bufs chan []byte) (int64, error)) (uploadResult, []string, error) {
+// uploadEachFile uploads each file of b as its own object under a fresh key,
+// one file after the other: begin starts the object's upload, putParts sends
+// its parts, through inFlight+1 buffers of size bytes.
+func uploadEachFile(ctx context.Context, b *body, p *progress, size int64, inFlight int,
+	begin func(key string) (objectUpload, error)) (uploadResult, []string, error) {
 	start := time.Now()
 	var keys []string
 	var sent int64
@@ -76,14 +78,67 @@ func uploadEachFile(b *body, p *progress, size int64, inFlight int,
 			continue
 		}
 		key := fmt.Sprintf("direct/%d-%d", time.Now().UnixNano(), i)
-		n, err := put(key, p.counting(io.LimitReader(newRandReader(s.seed), s.size)), bufs)
-		sent += n
+		up, err := begin(key)
 		if err != nil {
+			return uploadResult{}, keys, err
+		}
+		parts, n, err := putParts(ctx, p.counting(io.LimitReader(newRandReader(s.seed), s.size)), bufs, inFlight, up.put)
+		sent += n
+		if err == nil {
+			err = up.commit(ctx, parts)
+		}
+		if err != nil {
+			up.abort()
 			return uploadResult{}, keys, err
 		}
 		keys = append(keys, key)
 	}
 	return uploadResult{Status: "200 OK", Code: http.StatusOK, Sent: sent, Elapsed: time.Since(start)}, keys, nil
+}
+
+// objectUpload is one object's upload in parts, straight into a store.
+type objectUpload interface {
+	// put sends part num (from 0); it may run beside other parts' puts.
+	put(ctx context.Context, num int, data []byte) error
+	// commit makes the object of the first parts parts.
+	commit(ctx context.Context, parts int) error
+	// abort gives up an upload that failed.
+	abort()
+}
+
+// putParts reads r in parts of a buffer from bufs each and puts them, up to
+// inFlight at once, as the gateway's stores do. It returns the parts put
+// (an empty r is one empty part) and the bytes read.
+func putParts(ctx context.Context, r io.Reader, bufs chan []byte, inFlight int,
+	put func(ctx context.Context, num int, data []byte) error) (int, int64, error) {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(inFlight)
+	var total int64
+	num := 0
+	for {
+		buf := <-bufs
+		n, err := io.ReadFull(r, buf)
+		total += int64(n)
+		if n == 0 && num > 0 {
+			bufs <- buf
+			if err == io.EOF {
+				err = nil
+			}
+			return num, total, errors.Join(g.Wait(), err)
+		}
+		part := num
+		num++
+		g.Go(func() error {
+			defer func() { bufs <- buf }()
+			return put(gctx, part, buf[:n])
+		})
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return num, total, g.Wait()
+		}
+		if err != nil {
+			return num, total, errors.Join(g.Wait(), err)
+		}
+	}
 }
 
 // verifyEachFile reads each file of want back with open (outside the

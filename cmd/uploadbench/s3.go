@@ -2,14 +2,15 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -94,81 +95,57 @@ func (t *s3Target) caddyBlock() string {
 // uploadDirect uploads each file of b as its own multipart upload, one file
 // after the other, up to s3PartsInFlight parts at once, as the gateway does.
 func (t *s3Target) uploadDirect(ctx context.Context, b *body, p *progress) (uploadResult, []string, error) {
-	return uploadEachFile(b, p, t.opts.partSize, s3PartsInFlight, func(key string, r io.Reader, bufs chan []byte) (int64, error) {
-		return t.putMultipart(ctx, key, r, bufs)
-	})
-}
-
-func (t *s3Target) putMultipart(ctx context.Context, key string, r io.Reader, bufs chan []byte) (int64, error) {
-	up, err := t.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
-		Bucket: aws.String(s3Bucket), Key: aws.String(key), ContentType: aws.String("application/octet-stream"),
-		ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
-	})
-	if err != nil {
-		return 0, err
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		parts []types.CompletedPart
-		first error
-		total int64
-	)
-	slots := make(chan struct{}, s3PartsInFlight)
-	for num := int32(1); ; num++ {
-		buf := <-bufs
-		n, rerr := io.ReadFull(r, buf)
-		total += int64(n)
-		if n == 0 && num > 1 {
-			bufs <- buf
-			break
-		}
-		slots <- struct{}{}
-		wg.Add(1)
-		go func(buf []byte, n int, num int32) {
-			defer wg.Done()
-			defer func() { bufs <- buf; <-slots }()
-			out, err := t.client.UploadPart(ctx, &s3.UploadPartInput{
-				Bucket: aws.String(s3Bucket), Key: aws.String(key), UploadId: up.UploadId, PartNumber: aws.Int32(num),
-				Body: bytes.NewReader(buf[:n]), ContentLength: aws.Int64(int64(n)), ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
-			}, s3store.UnsignedPayload)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				first = errors.Join(first, err)
-				return
-			}
-			parts = append(parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(num), ChecksumCRC32C: out.ChecksumCRC32C})
-		}(buf, n, num)
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			first = rerr
-			break
-		}
-	}
-	wg.Wait()
-	if first == nil {
-		sortParts(parts)
-		_, first = t.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
-			Bucket: aws.String(s3Bucket), Key: aws.String(key), UploadId: up.UploadId,
-			MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+	return uploadEachFile(ctx, b, p, t.opts.partSize, s3PartsInFlight, func(key string) (objectUpload, error) {
+		up, err := t.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
+			Bucket: aws.String(s3Bucket), Key: aws.String(key), ContentType: aws.String("application/octet-stream"),
+			ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
 		})
-	}
-	if first != nil {
-		_, _ = t.client.AbortMultipartUpload(context.WithoutCancel(ctx), &s3.AbortMultipartUploadInput{
-			Bucket: aws.String(s3Bucket), Key: aws.String(key), UploadId: up.UploadId})
-	}
-	return total, first
+		if err != nil {
+			return nil, err
+		}
+		return &s3Multipart{client: t.client, key: key, id: up.UploadId}, nil
+	})
 }
 
-func sortParts(parts []types.CompletedPart) {
-	for i := 1; i < len(parts); i++ {
-		for j := i; j > 0 && *parts[j].PartNumber < *parts[j-1].PartNumber; j-- {
-			parts[j], parts[j-1] = parts[j-1], parts[j]
-		}
+// s3Multipart is one multipart upload.
+type s3Multipart struct {
+	client *s3.Client
+	key    string
+	id     *string
+
+	mu    sync.Mutex
+	parts []types.CompletedPart // in the order their puts ended
+}
+
+func (m *s3Multipart) put(ctx context.Context, num int, data []byte) error {
+	out, err := m.client.UploadPart(ctx, &s3.UploadPartInput{
+		Bucket: aws.String(s3Bucket), Key: aws.String(m.key), UploadId: m.id, PartNumber: aws.Int32(int32(num + 1)),
+		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))), ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
+	}, s3store.UnsignedPayload)
+	if err != nil {
+		return err
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.parts = append(m.parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(int32(num + 1)), ChecksumCRC32C: out.ChecksumCRC32C})
+	return nil
+}
+
+func (m *s3Multipart) commit(ctx context.Context, parts int) error {
+	if len(m.parts) != parts {
+		return fmt.Errorf("%d parts put of %d", len(m.parts), parts)
+	}
+	slices.SortFunc(m.parts, func(a, b types.CompletedPart) int { return cmp.Compare(*a.PartNumber, *b.PartNumber) })
+	_, err := m.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
+		Bucket: aws.String(s3Bucket), Key: aws.String(m.key), UploadId: m.id,
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: m.parts},
+	})
+	return err
+}
+
+func (m *s3Multipart) abort() {
+	_, _ = m.client.AbortMultipartUpload(context.Background(), &s3.AbortMultipartUploadInput{
+		Bucket: aws.String(s3Bucket), Key: aws.String(m.key), UploadId: m.id})
 }
 
 // storeKeys reads the keys of the files in stream_proxy's store s3 or azure
